@@ -1,0 +1,145 @@
+"""Descriptions in, checked LoRA adapters out: the encoder and the hypernetwork, batched.
+
+This is the one place that turns text into adapters; the CLI, the offline engine
+and the server's batcher all call `AdapterGenerator.generate_batch`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .adapters import DEFAULT_MAX_DELTA_NORM, LoRAAdapter, check_weights, peft_key
+from .descriptions import DEFAULT_MAX_DESCRIPTION_CHARS, adapter_key, adapter_name, normalize_description
+from .encoder import TaskEncoder
+from .errors import AdapterCheckError, ConfigError, T2LError
+from .hypernet.checkpoint import load_checkpoint
+from .hypernet.model import TextToLoRA
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class GeneratorSettings:
+    """Limits on what the generator accepts and emits."""
+
+    max_description_chars: int = DEFAULT_MAX_DESCRIPTION_CHARS
+    max_delta_norm: float = DEFAULT_MAX_DELTA_NORM
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.max_description_chars <= 0:
+            raise ConfigError(f"`max_description_chars` must be positive, got {self.max_description_chars}.")
+        if self.max_delta_norm <= 0:
+            raise ConfigError(f"`max_delta_norm` must be positive, got {self.max_delta_norm}.")
+        if self.dtype not in ("auto", *DTYPES):
+            raise ConfigError(f"`dtype` must be auto or one of {sorted(DTYPES)}, got {self.dtype!r}.")
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def resolved_dtype(self, device: torch.device) -> torch.dtype:
+        """float32 on CPU (bf16 matmuls are several times slower there), bf16 on GPU."""
+        if self.dtype == "auto":
+            return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return DTYPES[self.dtype]
+
+
+class AdapterGenerator:
+    """Generates named, checked adapters from descriptions in one batched pass."""
+
+    def __init__(
+        self,
+        hypernet: TextToLoRA,
+        encoder: TaskEncoder,
+        fingerprint: str,
+        settings: GeneratorSettings = GeneratorSettings(),
+    ) -> None:
+        self.hypernet = hypernet.eval()
+        self.encoder = encoder
+        self.fingerprint = fingerprint
+        self.settings = settings
+        self.config = hypernet.config
+        self._device = next(hypernet.parameters()).device
+
+    @classmethod
+    def from_checkpoint(cls, folder: str | Path, settings: GeneratorSettings = GeneratorSettings()) -> "AdapterGenerator":
+        device = settings.resolved_device()
+        hypernet, digest = load_checkpoint(folder, device=device, dtype=settings.resolved_dtype(device))
+        return cls(hypernet, TaskEncoder(hypernet.config.encoder, device=device), digest, settings)
+
+    @property
+    def base_model(self) -> str:
+        return self.config.base.name
+
+    def normalize(self, description: object) -> str:
+        """The normal form of a description; raises `InvalidDescriptionError`."""
+        return normalize_description(description, self.settings.max_description_chars)
+
+    def key(self, normal_description: str) -> str:
+        return adapter_key(normal_description, self.fingerprint)
+
+    def name_for(self, description: object) -> str:
+        """The adapter name a description will get, without generating it."""
+        return adapter_name(self.key(self.normalize(description)))
+
+    def generate(self, descriptions: Sequence[object]) -> list[LoRAAdapter]:
+        """Adapters for all descriptions in one pass; raises the first `T2LError` met."""
+        results = self.generate_batch(descriptions)
+        for result in results:
+            if isinstance(result, T2LError):
+                raise result
+        return results  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def generate_batch(self, descriptions: Sequence[object]) -> list[LoRAAdapter | T2LError]:
+        """One result per description: its adapter, or the error that refused it.
+
+        A bad description or a refused adapter does not fail the others in the batch.
+        """
+        results: list[LoRAAdapter | T2LError | None] = [None] * len(descriptions)
+        valid: list[tuple[int, str]] = []
+        for i, text in enumerate(descriptions):
+            try:
+                valid.append((i, self.normalize(text)))
+            except T2LError as err:
+                results[i] = err
+        if valid:
+            texts = [text for _, text in valid]
+            emb = self.encoder.encode(texts).to(self._device, next(self.hypernet.parameters()).dtype)
+            weights = self.hypernet(emb)  # {module: A (N, L, r, in), B (N, L, out, r)}
+            weights = {m: (w.A.float().cpu(), w.B.float().cpu()) for m, w in weights.items()}
+            for j, (i, text) in enumerate(valid):
+                results[i] = self._adapter(text, {m: (A[j], B[j]) for m, (A, B) in weights.items()})
+        return results  # type: ignore[return-value]
+
+    def _adapter(self, text: str, weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> LoRAAdapter | T2LError:
+        name = adapter_name(self.key(text))
+        lora = self.config.lora
+        tensors: dict[str, torch.Tensor] = {}
+        for module, (A, B) in weights.items():
+            problem = check_weights(A, B, lora.scaling, self.settings.max_delta_norm)
+            if problem:
+                return AdapterCheckError(f"adapter for this description refused: {module}: {problem}.")
+            for layer in range(A.shape[0]):
+                # clone: every adapter owns its memory, so vLLM's in-place scaling of B
+                # and the cache's lifetime never touch another adapter's tensors.
+                tensors[peft_key(layer, module, "A")] = A[layer].clone()
+                tensors[peft_key(layer, module, "B")] = B[layer].clone()
+        return LoRAAdapter(
+            name=name,
+            lora=lora,
+            tensors=tensors,
+            base_model=self.base_model,
+            description=text,
+            metadata={"t2l_hypernet": self.fingerprint},
+        )

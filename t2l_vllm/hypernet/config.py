@@ -1,0 +1,146 @@
+"""What a user asks for when making a hypernetwork: plain dataclasses, checked on creation.
+
+`HypernetConfig` is saved beside the weights as JSON and is everything needed to
+rebuild the module (base-model shapes, encoder, LoRA settings, variant), so a
+checkpoint never needs the base model or the training arguments to be used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+from ..errors import ConfigError
+from .shapes import MODULE_FEATURES, BaseModelShapes
+
+VARIANTS = ("L", "M", "S")
+# Ranks vLLM accepts for `--max-lora-rank`; an adapter of another rank cannot be served.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """The adapters a hypernetwork writes (the reference: r=8, alpha=16, rsLoRA, q/v)."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    use_rslora: bool = True
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+
+    def __post_init__(self) -> None:
+        if self.rank <= 0:
+            raise ConfigError(f"`rank` must be positive, got {self.rank}.")
+        if self.rank not in VLLM_LORA_RANKS:
+            raise ConfigError(f"`rank` must be one that vLLM serves {VLLM_LORA_RANKS}, got {self.rank}.")
+        if self.alpha <= 0:
+            raise ConfigError(f"`alpha` must be positive, got {self.alpha}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"`dropout` must be in [0, 1), got {self.dropout}.")
+        if not self.target_modules:
+            raise ConfigError("`target_modules` must name at least one module.")
+        unknown = [m for m in self.target_modules if m not in MODULE_FEATURES]
+        if unknown:
+            raise ConfigError(f"`target_modules` has unsupported {unknown}; choose from {sorted(MODULE_FEATURES)}.")
+        if len(set(self.target_modules)) != len(self.target_modules):
+            raise ConfigError(f"`target_modules` repeats a module: {list(self.target_modules)}.")
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+
+    @property
+    def scaling(self) -> float:
+        """The factor PEFT and vLLM apply to B @ A: alpha/sqrt(r) with rsLoRA, else alpha/r."""
+        return self.alpha / (self.rank**0.5 if self.use_rslora else self.rank)
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """How task descriptions become vectors.
+
+    `model` is a sentence-transformers name or path. `pooling` overrides the model's
+    own pooling ("cls" for gte-large-en-v1.5, as the reference does). `add_full_stop`
+    and `scale` reproduce the reference's text and embedding normalisation:
+    "sqrt_dim" L2-normalises and multiplies by sqrt(dim), "unit" L2-normalises only.
+    """
+
+    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    dim: int = 384
+    pooling: Literal["cls", "mean", "model"] = "model"
+    add_full_stop: bool = True
+    scale: Literal["sqrt_dim", "unit", "none"] = "sqrt_dim"
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dim <= 0:
+            raise ConfigError(f"encoder `dim` must be positive, got {self.dim}.")
+        if self.pooling not in ("cls", "mean", "model"):
+            raise ConfigError(f"encoder `pooling` must be cls, mean or model, got {self.pooling!r}.")
+        if self.scale not in ("sqrt_dim", "unit", "none"):
+            raise ConfigError(f"encoder `scale` must be sqrt_dim, unit or none, got {self.scale!r}.")
+
+
+@dataclass(frozen=True)
+class OutputTransform:
+    """How raw head outputs become A and B (only reconstruction-trained imports need it).
+
+    `zscore`: the heads predict z-scores against per-element statistics kept in the
+    checkpoint; `offset`: a per-layer A/B offset is added (the reference's AB_offset);
+    `scale`: both A and B are multiplied by it (the reference's 1/sqrt(delta_w_scaling)).
+    """
+
+    zscore: bool = False
+    offset: bool = False
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class HypernetConfig:
+    """Everything that defines a Text-to-LoRA hypernetwork, saved as `config.json`."""
+
+    base: BaseModelShapes
+    variant: Literal["L", "M", "S"] = "M"
+    latent_size: int = 128
+    head_in_size: int = 512
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    encoder: EncoderSettings = field(default_factory=EncoderSettings)
+    position_encoding: Literal["rotary", "learned"] = "rotary"
+    head_init: Literal["hyperinit", "random"] = "hyperinit"
+    output: OutputTransform = field(default_factory=OutputTransform)
+    dropout: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"`variant` must be one of {VARIANTS}, got {self.variant!r}.")
+        if self.latent_size <= 0 or self.latent_size % 4:
+            raise ConfigError(f"`latent_size` must be a positive multiple of 4, got {self.latent_size}.")
+        if self.variant == "S" and self.position_encoding == "rotary" and self.latent_size % 2:
+            raise ConfigError(f"rotary positions need an even `latent_size`, got {self.latent_size}.")
+        if self.head_in_size <= 0:
+            raise ConfigError(f"`head_in_size` must be positive, got {self.head_in_size}.")
+        if self.position_encoding not in ("rotary", "learned"):
+            raise ConfigError(f"`position_encoding` must be rotary or learned, got {self.position_encoding!r}.")
+        if self.head_init not in ("hyperinit", "random"):
+            raise ConfigError(f"`head_init` must be hyperinit or random, got {self.head_init!r}.")
+        for module in self.lora.target_modules:
+            self.base.module_shape(module)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["base"] = self.base.to_dict()
+        data["lora"]["target_modules"] = list(self.lora.target_modules)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "HypernetConfig":
+        try:
+            return cls(
+                base=BaseModelShapes.from_dict(data["base"]),
+                lora=LoraSettings(**{**data.get("lora", {}), "target_modules": tuple(data.get("lora", {}).get("target_modules", ("q_proj", "v_proj")))}),
+                encoder=EncoderSettings(**data.get("encoder", {})),
+                output=OutputTransform(**data.get("output", {})),
+                **{k: v for k, v in data.items() if k not in ("base", "lora", "encoder", "output")},
+            )
+        except (KeyError, TypeError) as err:
+            raise ConfigError(f"hypernetwork config is malformed: {err}") from err
+
+    def replace(self, **changes: Any) -> "HypernetConfig":
+        return replace(self, **changes)

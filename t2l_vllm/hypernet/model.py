@@ -1,0 +1,297 @@
+"""The Text-to-LoRA hypernetwork (variants L, M and S), batched over descriptions.
+
+One forward pass maps N task embeddings to the LoRA A and B matrices of every
+layer and target module: the trunk runs once over all (description, module,
+layer) triples, then each module's head decodes its slice. The layout of the
+trunk follows the reference (`hyper_modulator.py`), so that its released
+checkpoints import key by key:
+
+    task (N, E) -> Linear + LN -> (N, d/2) ┐
+    layer index -> Embedding + LN -> (d/4) ├ concat -> (N, M, L, d)
+    module index -> Embedding + LN -> (d/4)┘
+    -> mixer (d -> 4d -> d) -> block1 (residual)           : shared by every variant
+    -> variant decoder (block2, to_head, head)              : L, M or S
+
+L: one head emits r*(in+out) values, split into A and B.
+M: one head per module emits r*max(in,out); a learned A-or-B embedding is added
+   before block2 and the head runs twice, truncating to in (A) or out (B).
+S: like M, but the head emits one rank row (max(in,out)) at a time; the rank
+   position enters through rotary or learned position embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import HypernetConfig
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class LoraWeights:
+    """Generated A and B of one module for N descriptions and every layer."""
+
+    A: Tensor  # (N, layers, r, in)
+    B: Tensor  # (N, layers, out, r)
+
+
+class ResidualBlock(nn.Module):
+    """x + MLP(LN(x)), with SiLU after both linears as in the reference."""
+
+    def __init__(self, size: int, dropout: float) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(size),
+            nn.Linear(size, 4 * size),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            nn.Linear(4 * size, size),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.mlp(x)
+
+
+def rotary(x: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
+    """Llama-style rotary position embedding over the last dimension of x (..., P, D)."""
+    dim = x.shape[-1]
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, device=x.device, dtype=torch.float32) / dim))
+    freqs = positions.to(torch.float32)[:, None] * inv_freq[None, :]  # (P, D/2)
+    angles = torch.cat([freqs, freqs], dim=-1)  # (P, D)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    half = dim // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def peft_default_A(rank: int, in_features: int, cols: int, generator: torch.Generator | None) -> Tensor:
+    """PEFT's default lora_A init (kaiming-uniform with a=sqrt(5): U(-1/sqrt(in), 1/sqrt(in)))."""
+    bound = 1.0 / math.sqrt(in_features)
+    return (torch.rand(rank, cols, generator=generator) * 2 - 1) * bound
+
+
+class TextToLoRA(nn.Module):
+    """Shared parts of every variant; subclasses define the head and `_decode`."""
+
+    variant: str = ""
+
+    def __init__(self, config: HypernetConfig) -> None:
+        super().__init__()
+        self.config = config
+        d, p = config.latent_size, config.dropout
+        self.modules_order = list(config.lora.target_modules)
+        self.shapes = {m: config.base.module_shape(m) for m in self.modules_order}
+        self.rank = config.lora.rank
+
+        self.task_proj = nn.Sequential(nn.Linear(config.encoder.dim, d // 2), nn.LayerNorm(d // 2))
+        self.layer_emb = nn.Sequential(nn.Embedding(config.base.num_layers, d // 4), nn.LayerNorm(d // 4))
+        self.module_emb = nn.Sequential(nn.Embedding(len(self.modules_order), d // 4), nn.LayerNorm(d // 4))
+        self.mixer = nn.Sequential(
+            nn.Dropout(p), nn.Linear(d, 4 * d), nn.SiLU(), nn.Dropout(p), nn.Linear(4 * d, d), nn.SiLU(), nn.Dropout(p)
+        )
+        self.block1 = ResidualBlock(d, p)
+        self.block2 = ResidualBlock(d, p)
+        self.to_head = nn.Sequential(
+            nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.SiLU(), nn.Dropout(p), nn.Linear(4 * d, config.head_in_size), nn.SiLU()
+        )
+        self.heads = nn.ModuleDict(
+            {m: nn.Linear(config.head_in_size, self.head_out_features(m)) for m in self.modules_order}
+        )
+        self._register_output_statistics()
+
+    # --- variant interface -------------------------------------------------
+    def head_out_features(self, module: str) -> int:
+        raise NotImplementedError
+
+    def _decode(self, h: Tensor, module: str) -> tuple[Tensor, Tensor]:
+        """Trunk features (T, d) -> A (T, r, in) and B (T, r, out) for one module."""
+        raise NotImplementedError
+
+    def _hyperinit_bias(self, module: str, generator: torch.Generator | None) -> Tensor:
+        """Head bias that makes the untrained hypernetwork emit PEFT's initial LoRA."""
+        raise NotImplementedError
+
+    # --- shared ------------------------------------------------------------
+    def _register_output_statistics(self) -> None:
+        """Frozen per-element tensors of reconstruction-trained checkpoints (z-score, offset)."""
+        out = self.config.output
+        n_layers, r = self.config.base.num_layers, self.rank
+        for name, wanted in (("mean", out.zscore), ("std", out.zscore), ("offset", out.offset)):
+            if not wanted:
+                continue
+            for m, shape in self.shapes.items():
+                self.register_buffer(f"{name}_A_{m}", torch.zeros(n_layers, r, shape.in_features))
+                self.register_buffer(f"{name}_B_{m}", torch.zeros(n_layers, shape.out_features, r))
+
+    @torch.no_grad()
+    def reset_heads(self, seed: int = 0) -> None:
+        """Initialises the heads as `config.head_init` says.
+
+        "hyperinit" (the reference's SFT init, bias-HyperInit): zero weights, bias set
+        so that every description yields PEFT's default LoRA (A random, B zero), so
+        training starts from delta-W = 0. "random": small random weights, so that an
+        untrained hypernetwork already gives different adapters for different texts.
+        """
+        generator = torch.Generator().manual_seed(seed)
+        for module, head in self.heads.items():
+            if self.config.head_init == "hyperinit":
+                head.weight.zero_()
+                head.bias.copy_(self._hyperinit_bias(module, generator).reshape(-1))
+            else:
+                head.weight.normal_(0.0, 0.02, generator=generator)
+                head.bias.zero_()
+
+    def embed_inputs(self, task_emb: Tensor) -> Tensor:
+        """(N, E) task embeddings -> (N, modules, layers, d) trunk inputs."""
+        n, n_mod, n_lay = task_emb.shape[0], len(self.modules_order), self.config.base.num_layers
+        device = task_emb.device
+        task = self.task_proj(task_emb)  # (N, d/2)
+        layers = self.layer_emb(torch.arange(n_lay, device=device))  # (L, d/4)
+        mods = self.module_emb(torch.arange(n_mod, device=device))  # (M, d/4)
+        return torch.cat(
+            [
+                task[:, None, None, :].expand(n, n_mod, n_lay, -1),
+                layers[None, None, :, :].expand(n, n_mod, n_lay, -1),
+                mods[None, :, None, :].expand(n, n_mod, n_lay, -1),
+            ],
+            dim=-1,
+        )  # (N, M, L, d)
+
+    def forward(self, task_emb: Tensor) -> dict[str, LoraWeights]:
+        """Task embeddings (N, E) -> {module: LoraWeights} for all N descriptions and layers."""
+        n, n_lay = task_emb.shape[0], self.config.base.num_layers
+        h = self.block1(self.mixer(self.embed_inputs(task_emb)))  # (N, M, L, d)
+        out: dict[str, LoraWeights] = {}
+        for i, module in enumerate(self.modules_order):
+            A, B = self._decode(h[:, i].reshape(n * n_lay, -1), module)  # (N*L, r, in), (N*L, r, out)
+            A = A.reshape(n, n_lay, self.rank, -1)
+            B = B.reshape(n, n_lay, self.rank, -1).transpose(-1, -2)  # (N, L, out, r)
+            out[module] = self._to_raw(module, A, B)
+        return out
+
+    def _to_raw(self, module: str, A: Tensor, B: Tensor) -> LoraWeights:
+        out = self.config.output
+        if out.zscore:
+            A = A * (getattr(self, f"std_A_{module}") + 1e-10) + getattr(self, f"mean_A_{module}")
+            B = B * (getattr(self, f"std_B_{module}") + 1e-10) + getattr(self, f"mean_B_{module}")
+        if out.offset:
+            A = A + getattr(self, f"offset_A_{module}")
+            B = B + getattr(self, f"offset_B_{module}")
+        if out.scale != 1.0:
+            A, B = A * out.scale, B * out.scale
+        return LoraWeights(A=A, B=B)
+
+
+class TextToLoRA_L(TextToLoRA):
+    """L: one head per module emits all of A and B at once (largest, most expressive)."""
+
+    variant = "L"
+
+    def head_out_features(self, module: str) -> int:
+        s = self.shapes[module]
+        return self.rank * (s.in_features + s.out_features)
+
+    def _decode(self, h: Tensor, module: str) -> tuple[Tensor, Tensor]:
+        s = self.shapes[module]
+        out = self.heads[module](self.to_head(self.block2(h)))  # (T, r*(in+out))
+        A, B = out.split([self.rank * s.in_features, self.rank * s.out_features], dim=-1)
+        return A.reshape(-1, self.rank, s.in_features), B.reshape(-1, self.rank, s.out_features)
+
+    def _hyperinit_bias(self, module: str, generator: torch.Generator | None) -> Tensor:
+        s = self.shapes[module]
+        A = peft_default_A(self.rank, s.in_features, s.in_features, generator)
+        return torch.cat([A.reshape(-1), torch.zeros(s.out_features * self.rank)])
+
+
+class _SharedHead(TextToLoRA):
+    """M and S: one head per module, shared by A and B, told apart by a learned embedding."""
+
+    def __init__(self, config: HypernetConfig) -> None:
+        super().__init__(config)
+        d = config.latent_size
+        self.matrix_emb = nn.ParameterDict(
+            {m: nn.Parameter(torch.randn(2, d)) for m in self.modules_order}  # row 0: A, row 1: B
+        )
+        self.matrix_emb_norm = nn.LayerNorm(d)
+
+    def _width(self, module: str) -> int:
+        s = self.shapes[module]
+        return max(s.in_features, s.out_features)
+
+    def _decode(self, h: Tensor, module: str) -> tuple[Tensor, Tensor]:
+        s = self.shapes[module]
+        emb = self.matrix_emb_norm(self.matrix_emb[module])  # (2, d)
+        rows = [self._rows(self.block2(h + emb[i]), module) for i in range(2)]  # (T, r, width) each
+        return rows[0][..., : s.in_features], rows[1][..., : s.out_features]
+
+    def _rows(self, h: Tensor, module: str) -> Tensor:
+        raise NotImplementedError
+
+
+class TextToLoRA_M(_SharedHead):
+    """M: the shared head emits r rows of max(in, out) values per pass, two passes (A, B)."""
+
+    variant = "M"
+
+    def head_out_features(self, module: str) -> int:
+        return self.rank * self._width(module)
+
+    def _rows(self, h: Tensor, module: str) -> Tensor:
+        return self.heads[module](self.to_head(h)).reshape(-1, self.rank, self._width(module))
+
+    def _hyperinit_bias(self, module: str, generator: torch.Generator | None) -> Tensor:
+        s = self.shapes[module]
+        return peft_default_A(self.rank, s.in_features, self._width(module), generator) / math.sqrt(2)
+
+
+class TextToLoRA_S(_SharedHead):
+    """S: the shared head emits one rank row per pass; r positions, two matrices."""
+
+    variant = "S"
+
+    def __init__(self, config: HypernetConfig) -> None:
+        super().__init__(config)
+        if config.position_encoding == "learned":
+            d = config.latent_size
+            self.rank_emb = nn.Sequential(nn.Embedding(self.rank, d), nn.LayerNorm(d))
+
+    def head_out_features(self, module: str) -> int:
+        return self._width(module)
+
+    def _rows(self, h: Tensor, module: str) -> Tensor:
+        positions = torch.arange(self.rank, device=h.device)
+        h = h[:, None, :].expand(-1, self.rank, -1)  # (T, r, d)
+        if self.config.position_encoding == "learned":
+            h = h + self.block2(self.rank_emb(positions))[None]
+        else:
+            h = self.block2(rotary(h, positions))
+        return self.heads[module](self.to_head(h))  # (T, r, width)
+
+    def _hyperinit_bias(self, module: str, generator: torch.Generator | None) -> Tensor:
+        s = self.shapes[module]
+        A = peft_default_A(1, s.in_features, self._width(module), generator)
+        return A.reshape(-1) / math.sqrt(2) / math.sqrt(self.rank)
+
+
+VARIANT_CLASSES: dict[str, type[TextToLoRA]] = {cls.variant: cls for cls in (TextToLoRA_L, TextToLoRA_M, TextToLoRA_S)}
+
+
+def build_hypernet(config: HypernetConfig, seed: int = 0) -> TextToLoRA:
+    """A freshly initialised hypernetwork for `config` (deterministic for a given seed)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = VARIANT_CLASSES[config.variant](config)
+        model.reset_heads(seed)
+    return model.eval()
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters (frozen statistics buffers are not counted)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
