@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .encoder import quiet_hf_progress
 from .hypernet.checkpoint import save_checkpoint
 from .hypernet.config import EncoderSettings, HypernetConfig, LoraSettings
 from .hypernet.model import build_hypernet
@@ -73,7 +74,7 @@ def _build_atomically(root: Path) -> None:
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
-        build_default(tmp)
+        build_default(tmp, final_root=root)
         (tmp / "COMPLETE").write_text(VERSION + "\n")
         try:
             os.rename(tmp, root)
@@ -103,8 +104,12 @@ def build_tokenizer():
     return fast
 
 
-def build_default(root: Path) -> DefaultPaths:
-    """Writes the tiny base model and its hypernetwork under `root`."""
+def build_default(root: Path, final_root: Path | None = None) -> DefaultPaths:
+    """Writes the tiny base model and its hypernetwork under `root`.
+
+    `final_root` is where `root` will be renamed to; the hypernetwork names its base
+    model by that final path.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     paths = DefaultPaths(base_model=root / "base", hypernet=root / "hypernet")
@@ -119,13 +124,14 @@ def build_default(root: Path) -> DefaultPaths:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = LlamaForCausalLM(config).float().eval()
-    model.save_pretrained(paths.base_model, safe_serialization=True)
+    with quiet_hf_progress():
+        model.save_pretrained(paths.base_model)
     tokenizer.save_pretrained(paths.base_model)
     (paths.base_model / "generation_config.json").write_text(
         json.dumps({"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id}) + "\n"
     )
 
-    shapes = BaseModelShapes.from_hf_config(config.to_dict(), name=str(paths.base_model))
+    shapes = BaseModelShapes.from_hf_config(config.to_dict(), name=str((final_root or root) / "base"))
     hyper_config = HypernetConfig(
         base=shapes,
         variant="M",

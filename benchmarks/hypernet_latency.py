@@ -1,0 +1,244 @@
+"""Hypernetwork latency per adapter, against a compute floor measured on the same machine.
+
+Times `TextToLoRA.forward` (variants L, M, S) on random task embeddings at the
+shapes of three real base models, and compares each time with a floor: the FLOPs
+of the output heads (the bulk of the work at these shapes) divided by the rate
+this device reaches on a matmul of the largest head's shape. The ratio says how
+close generation is to what the hardware allows; the target is batch 32 within
+1.3x of the floor. Base shapes are written inline, so nothing is downloaded.
+
+    python benchmarks/hypernet_latency.py [--device cuda] [--quick] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from t2l_vllm.hypernet.config import VARIANTS, EncoderSettings, HypernetConfig, LoraSettings
+from t2l_vllm.hypernet.model import build_hypernet, count_parameters
+from t2l_vllm.hypernet.shapes import BaseModelShapes, ModuleShape
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """A base model's `config.json` essentials and the hypernetwork sizes used for it."""
+
+    name: str
+    hf_config: dict[str, Any]
+    latent_size: int
+    head_in_size: int
+
+
+MODELS: dict[str, BaseModel] = {
+    "mistral-7b": BaseModel(
+        "mistralai/Mistral-7B-Instruct-v0.2",
+        dict(model_type="mistral", num_hidden_layers=32, hidden_size=4096, num_attention_heads=32,
+             num_key_value_heads=8, head_dim=128, intermediate_size=14336),
+        latent_size=128,
+        head_in_size=512,
+    ),
+    "llama-3.1-8b": BaseModel(
+        "meta-llama/Llama-3.1-8B-Instruct",
+        dict(model_type="llama", num_hidden_layers=32, hidden_size=4096, num_attention_heads=32,
+             num_key_value_heads=8, head_dim=128, intermediate_size=14336),
+        latent_size=512,
+        head_in_size=2048,
+    ),
+    "gemma-2-2b": BaseModel(
+        "google/gemma-2-2b-it",
+        dict(model_type="gemma2", num_hidden_layers=26, hidden_size=2304, num_attention_heads=8,
+             num_key_value_heads=4, head_dim=256, intermediate_size=9216),
+        latent_size=512,
+        head_in_size=2048,
+    ),
+}
+LORA = LoraSettings(rank=8, alpha=16.0, use_rslora=True, target_modules=("q_proj", "v_proj"))
+ENCODER = EncoderSettings(model="Alibaba-NLP/gte-large-en-v1.5", dim=1024, pooling="cls", trust_remote_code=True)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TARGET_RATIO = 1.3
+RATE_BATCH = 32  # the matmul rate is measured at the largest head's shape for this many descriptions
+
+
+def hypernet_config(model: BaseModel, variant: str) -> HypernetConfig:
+    base = BaseModelShapes.from_hf_config(model.hf_config, name=model.name)
+    return HypernetConfig(
+        base=base, variant=variant, latent_size=model.latent_size, head_in_size=model.head_in_size,
+        lora=LORA, encoder=ENCODER, head_init="random",  # random heads: no all-zero weights in the matmuls
+    )
+
+
+def head_out_features(variant: str, shape: ModuleShape, rank: int) -> int:
+    """Output size of one module's head: L emits A and B whole, M r rows, S one row."""
+    width = max(shape.in_features, shape.out_features)
+    return {"L": rank * (shape.in_features + shape.out_features), "M": rank * width, "S": width}[variant]
+
+
+def head_rows(variant: str, batch: int, layers: int, rank: int) -> int:
+    """Rows each head processes: one per layer (L), times two passes A/B (M), times r rank rows (S)."""
+    return batch * layers * {"L": 1, "M": 2, "S": 2 * rank}[variant]
+
+
+def head_flops(config: HypernetConfig, batch: int) -> int:
+    """Multiply-add FLOPs of all output heads for `batch` descriptions."""
+    layers, rank = config.base.num_layers, config.lora.rank
+    rows = head_rows(config.variant, batch, layers, rank)
+    return sum(
+        2 * rows * config.head_in_size * head_out_features(config.variant, config.base.module_shape(m), rank)
+        for m in config.lora.target_modules
+    )
+
+
+def timed_ms(fn: Callable[[], object], warmup: int, repeats: int, sync: Callable[[], None]) -> list[float]:
+    """Wall times (ms) of `repeats` calls of `fn` after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def matmul_rate(model: BaseModel, device: torch.device, dtype: torch.dtype, warmup: int, repeats: int,
+                sync: Callable[[], None]) -> tuple[list[int], float]:
+    """FLOP/s of the heads' own kernel (a biased linear) at the largest L head's shape, batch 32."""
+    config = hypernet_config(model, "L")
+    layers, rank = config.base.num_layers, config.lora.rank
+    rows = head_rows("L", RATE_BATCH, layers, rank)
+    cols = max(head_out_features("L", config.base.module_shape(m), rank) for m in config.lora.target_modules)
+    k = config.head_in_size
+    x = torch.randn(rows, k, device=device, dtype=dtype)
+    weight = torch.randn(cols, k, device=device, dtype=dtype) * 0.02
+    bias = torch.zeros(cols, device=device, dtype=dtype)
+    with torch.inference_mode():
+        times = timed_ms(lambda: F.linear(x, weight, bias), warmup, repeats, sync)
+    del x, weight, bias
+    return [rows, k, cols], 2 * rows * k * cols / (statistics.median(times) / 1e3)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (auto: cuda if available)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                        help="auto: float32 on CPU, bfloat16 on CUDA")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
+    parser.add_argument("--repeats", type=int, help="timed runs per configuration (auto: 3 on CPU, 20 on CUDA)")
+    parser.add_argument("--warmup", type=int, help="untimed runs first (auto: 1 on CPU, 5 on CUDA)")
+    parser.add_argument("--quick", action="store_true", help="one warm-up and one timed run per configuration")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "hypernet_latency.json")
+    args = parser.parse_args(argv)
+    args.device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                               else "cpu" if args.device == "auto" else args.device)
+    if args.device.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda, got {args.device}")
+    on_cuda = args.device.type == "cuda"
+    args.dtype = DTYPES[args.dtype] if args.dtype != "auto" else torch.bfloat16 if on_cuda else torch.float32
+    args.warmup = 1 if args.quick else args.warmup if args.warmup is not None else 5 if on_cuda else 1
+    args.repeats = 1 if args.quick else args.repeats if args.repeats is not None else 20 if on_cuda else 3
+    if args.repeats < 1 or args.warmup < 0 or any(b < 1 for b in args.batches):
+        parser.error("--repeats and --batches must be positive, --warmup not negative")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device, dtype = args.device, args.dtype
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    torch.manual_seed(0)
+    dtype_name = str(dtype).removeprefix("torch.")
+    print(f"device: {device_name(device)} ({device}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)")
+    print(f"dtype: {dtype_name}  torch {torch.__version__}  warm-up {args.warmup}, repeats {args.repeats} (median)")
+
+    rates: dict[str, dict[str, Any]] = {}
+    results: list[dict[str, Any]] = []
+    header = f"{'model':<13} {'variant':>7} {'batch':>5} {'params (M)':>10} {'ms/adapter':>11} {'floor ms/adapter':>16} {'ratio':>6}"
+    for key in args.models:
+        model_spec = MODELS[key]
+        shape, rate = matmul_rate(model_spec, device, dtype, args.warmup, args.repeats, sync)
+        free_memory(device)
+        rates[key] = {"shape_mkn": shape, "gflops": rate / 1e9}
+        print(f"\n{key}: matmul [{shape[0]}x{shape[1]}] @ [{shape[1]}x{shape[2]}] {rate / 1e9:.1f} GFLOP/s")
+        print(header)
+        for variant in args.variants:
+            config = hypernet_config(model_spec, variant)
+            model = build_hypernet(config).to(device=device, dtype=dtype)
+            params = count_parameters(model)
+            for batch in args.batches:
+                task_emb = torch.randn(batch, config.encoder.dim, device=device, dtype=dtype)
+                with torch.inference_mode():
+                    times = timed_ms(lambda: model(task_emb), args.warmup, args.repeats, sync)
+                del task_emb
+                free_memory(device)
+                flops = head_flops(config, batch)
+                ms = statistics.median(times) / batch
+                floor = flops / rate * 1e3 / batch
+                results.append(dict(model=key, base_model=model_spec.name, variant=variant, batch=batch,
+                                    params=params, ms_per_adapter=ms, floor_ms_per_adapter=floor,
+                                    ratio=ms / floor, head_gflop=flops / 1e9, times_ms=times))
+                print(f"{key:<13} {variant:>7} {batch:>5} {params / 1e6:>10.1f} {ms:>11.3f} {floor:>16.3f} {ms / floor:>6.2f}",
+                      flush=True)
+            del model
+            free_memory(device)
+
+    print(f"\ntarget: batch 32 within {TARGET_RATIO}x of the floor")
+    for r in results:
+        if r["batch"] == 32:
+            verdict = "meets" if r["ratio"] <= TARGET_RATIO else "misses"
+            print(f"{r['model']:<13} {r['variant']}: {verdict} the target ({r['ratio']:.2f}x floor)")
+
+    peak = {"peak_host_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        peak["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    report = dict(
+        device=device_name(device), device_type=device.type, cpu_cores=os.cpu_count(),
+        torch_threads=torch.get_num_threads(), dtype=dtype_name, torch_version=torch.__version__,
+        python_version=sys.version.split()[0], warmup=args.warmup, repeats=args.repeats,
+        target_ratio=TARGET_RATIO, lora=dict(rank=LORA.rank, alpha=LORA.alpha, use_rslora=LORA.use_rslora,
+                                             target_modules=list(LORA.target_modules)),
+        encoder_dim=ENCODER.dim, matmul=rates, results=results, **peak,
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""PEFT folders for vLLM to load, one per adapter name, under a private root.
+
+vLLM loads LoRA weights from a folder path, and may reload an evicted adapter from
+that path at any later time; if the folder is gone then, its engine dies. So the
+store writes each folder atomically, never rewrites a name with other content (names
+are content hashes), and removes a folder only when its owner says no request can
+still reach it. The root defaults to tmpfs (/dev/shm) where available.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .adapters import LoRAAdapter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoredAdapter:
+    """Where vLLM finds an adapter, and the integer id it is known by in the engine."""
+
+    name: str
+    path: Path
+    int_id: int
+    nbytes: int
+
+
+def default_store_parent() -> Path:
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+
+
+class AdapterStore:
+    """Writes and removes adapter folders; thread-safe.
+
+    Integer ids are handed out from a counter and never reused: an id that vLLM
+    still caches can never come to mean other weights.
+    """
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        if root is None:
+            self.root = Path(tempfile.mkdtemp(prefix="t2l_vllm-adapters-", dir=default_store_parent()))
+            self._owns_root = True
+        else:
+            self.root = Path(root)
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._owns_root = False
+        self._ids = itertools.count(1)
+        self._stored: dict[str, StoredAdapter] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._stored)
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(s.nbytes for s in self._stored.values())
+
+    def get(self, name: str) -> StoredAdapter | None:
+        with self._lock:
+            return self._stored.get(name)
+
+    def put(self, adapter: LoRAAdapter) -> StoredAdapter:
+        """Writes the adapter's folder unless it is already stored; returns where it is."""
+        with self._lock:
+            stored = self._stored.get(adapter.name)
+            if stored is not None:
+                return stored
+        path = self.root / adapter.name
+        tmp = Path(tempfile.mkdtemp(prefix=f".{adapter.name}-", dir=self.root))
+        try:
+            adapter.save_peft(tmp)
+            with self._lock:
+                stored = self._stored.get(adapter.name)
+                if stored is not None:  # another thread stored it meanwhile
+                    return stored
+                if path.exists():  # left by an earlier owner of this root: same name, same bytes
+                    shutil.rmtree(path)
+                os.rename(tmp, path)
+                stored = StoredAdapter(adapter.name, path, next(self._ids), adapter.nbytes)
+                self._stored[adapter.name] = stored
+                return stored
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def remove(self, name: str) -> None:
+        """Deletes a folder. Call only when no queued or running request can load it."""
+        with self._lock:
+            stored = self._stored.pop(name, None)
+        if stored is not None:
+            shutil.rmtree(stored.path, ignore_errors=True)
+
+    def close(self) -> None:
+        """Removes every folder (and the root if the store made it)."""
+        with self._lock:
+            names = list(self._stored)
+            self._stored.clear()
+        for name in names:
+            shutil.rmtree(self.root / name, ignore_errors=True)
+        if self._owns_root:
+            shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,36 @@
+"""`t2l-vllm info`: what a hypernetwork is and the shapes of every matrix it generates."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..hypernet.checkpoint import load_checkpoint
+from ..hypernet.model import count_parameters
+from .common import add_hypernet_option, hypernet_dir
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="describe a hypernetwork checkpoint", description=__doc__)
+    add_hypernet_option(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    folder = hypernet_dir(args)
+    model, digest = load_checkpoint(folder)
+    c = model.config
+    adapter_params = sum(
+        c.base.num_layers * c.lora.rank * (s.in_features + s.out_features) for s in model.shapes.values()
+    )
+    print(f"hypernetwork  {folder}")
+    print(f"variant       {c.variant} (latent {c.latent_size}, head input {c.head_in_size})")
+    print(f"parameters    {count_parameters(model):,} ({count_parameters(model) / 1e6:.1f}M)")
+    print(f"fingerprint   {digest}")
+    print(f"encoder       {c.encoder.model} ({c.encoder.dim}-d, pooling {c.encoder.pooling}, scale {c.encoder.scale})")
+    print(f"base model    {c.base.name or '?'} ({c.base.model_type}, {c.base.num_layers} layers)")
+    print(f"lora          r={c.lora.rank} alpha={c.lora.alpha:g} rslora={c.lora.use_rslora} scaling={c.lora.scaling:.4g}")
+    print(f"adapter       {adapter_params:,} parameters ({adapter_params * 4 / 2**20:.2f} MiB float32)")
+    print("generated matrices (every layer 0..%d):" % (c.base.num_layers - 1))
+    for module, s in model.shapes.items():
+        print(f"  {module:<10} lora_A [{c.lora.rank}, {s.in_features}]  lora_B [{s.out_features}, {c.lora.rank}]")
+    return 0
