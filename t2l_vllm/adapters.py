@@ -25,6 +25,9 @@ from .hypernet.config import LoraSettings
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
+# Provenance (name, description, hypernetwork) beside the PEFT files; PEFT and vLLM
+# ignore it. Kept out of the safetensors header, whose metadata order is not stable.
+ORIGIN_FILE = "t2l_adapter.json"
 DEFAULT_MAX_DELTA_NORM = 1000.0
 
 _MLP_MODULES = {"gate_proj", "up_proj", "down_proj"}
@@ -83,10 +86,9 @@ class LoRAAdapter:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / CONFIG_FILE).write_text(json.dumps(self.peft_config(), indent=2, sort_keys=True) + "\n")
-        metadata = {"format": "pt", "t2l_name": self.name, **self.metadata}
-        if self.description:
-            metadata["t2l_description"] = self.description
-        save_file({k: v.contiguous() for k, v in sorted(self.tensors.items())}, str(folder / WEIGHTS_FILE), metadata)
+        origin = {"name": self.name, "description": self.description, **self.metadata}
+        (folder / ORIGIN_FILE).write_text(json.dumps(origin, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(folder / WEIGHTS_FILE), {"format": "pt"})
         return folder
 
     @classmethod

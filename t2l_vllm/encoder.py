@@ -130,12 +130,13 @@ def _load_sentence_transformer(settings: EncoderSettings, device: torch.device):
 
 
 def _build(settings: EncoderSettings, path: str, device: torch.device):
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
     if settings.pooling == "model":
         return SentenceTransformer(path, device=str(device), trust_remote_code=settings.trust_remote_code)
     # Build the pipeline by hand to impose the pooling the checkpoint was trained with.
     remote = {"trust_remote_code": settings.trust_remote_code}
-    transformer = models.Transformer(path, model_args=remote, config_args=remote, tokenizer_args=remote)
-    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode=settings.pooling)
+    transformer = Transformer(path, model_args=remote, config_args=remote, tokenizer_args=remote)
+    pooling = Pooling(transformer.get_word_embedding_dimension(), pooling_mode=settings.pooling)
     return SentenceTransformer(modules=[transformer, pooling], device=str(device))

@@ -144,5 +144,5 @@ class AdapterGenerator:
             tensors=tensors,
             base_model=self.base_model,
             description=text,
-            metadata={"t2l_hypernet": self.fingerprint},
+            metadata={"hypernet": self.fingerprint},
         )
