@@ -1,0 +1,14 @@
+"""Everything that touches vLLM. Nothing outside this package imports vLLM.
+
+`register` is the `vllm.general_plugins` entry point: vLLM calls it in every one
+of its processes (API server, engine core, workers), maybe more than once, so it
+is cheap, idempotent and does no device work.
+"""
+
+from __future__ import annotations
+
+
+def register() -> None:
+    from .internals import install_cpu_lora_fix
+
+    install_cpu_lora_fix()

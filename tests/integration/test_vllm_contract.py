@@ -1,0 +1,45 @@
+"""Contract tests for the vLLM internals this project relies on (vLLM 0.32).
+
+If one fails after a vLLM upgrade, read `t2l_vllm/vllm_plugin/internals.py` first.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import vllm
+from vllm.lora.ops.torch_ops import lora_ops
+from vllm.lora.punica_wrapper import punica_cpu
+from vllm.lora.request import LoRARequest
+
+from t2l_vllm.vllm_plugin.internals import TESTED_VLLM, install_cpu_lora_fix, last_slot_leaks_into_no_lora_rows
+
+
+def test_vllm_is_the_tested_release():
+    assert vllm.__version__.startswith(TESTED_VLLM)
+
+
+def test_unpatched_cpu_shrink_still_has_the_negative_index_bug():
+    """The fix is needed: vLLM's own op lets a -1 row read the last adapter slot.
+
+    When this starts failing, vLLM fixed the op upstream and the patch can go.
+    """
+    original = inspect.unwrap(lora_ops.bgmv_shrink)
+    while getattr(original, "_t2l_skips_no_lora_rows", False):
+        original = original.__closure__[0].cell_contents
+    assert last_slot_leaks_into_no_lora_rows(original)
+
+
+def test_patched_shrink_zeroes_no_lora_rows_and_keeps_the_others():
+    assert install_cpu_lora_fix()
+    assert punica_cpu.bgmv_shrink is lora_ops.bgmv_shrink
+    assert not last_slot_leaks_into_no_lora_rows(lora_ops.bgmv_shrink)
+
+
+def test_sgmv_shrink_still_delegates_to_bgmv_shrink_by_module_global():
+    assert "bgmv_shrink(" in inspect.getsource(lora_ops.sgmv_shrink)
+
+
+def test_lora_request_takes_name_id_and_path():
+    request = LoRARequest(lora_name="t2l-x", lora_int_id=7, lora_path="/tmp/x")
+    assert (request.lora_name, request.lora_int_id, request.lora_path) == ("t2l-x", 7, "/tmp/x")
