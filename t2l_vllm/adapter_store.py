@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,10 +43,11 @@ class AdapterStore:
     """Writes and removes adapter folders; thread-safe.
 
     Integer ids are handed out from a counter and never reused: an id that vLLM
-    still caches can never come to mean other weights.
+    still caches can never come to mean other weights. A server passes vLLM's own
+    LoRA id counter as `id_source`, so its ids never collide with `--lora-modules`.
     """
 
-    def __init__(self, root: str | Path | None = None) -> None:
+    def __init__(self, root: str | Path | None = None, id_source: Callable[[], int] | None = None) -> None:
         if root is None:
             self.root = Path(tempfile.mkdtemp(prefix="t2l_vllm-adapters-", dir=default_store_parent()))
             self._owns_root = True
@@ -53,7 +55,7 @@ class AdapterStore:
             self.root = Path(root)
             self.root.mkdir(parents=True, exist_ok=True)
             self._owns_root = False
-        self._ids = itertools.count(1)
+        self._next_id = id_source or itertools.count(1).__next__
         self._stored: dict[str, StoredAdapter] = {}
         self._lock = threading.Lock()
 
@@ -86,7 +88,7 @@ class AdapterStore:
                 if path.exists():  # left by an earlier owner of this root: same name, same bytes
                     shutil.rmtree(path)
                 os.rename(tmp, path)
-                stored = StoredAdapter(adapter.name, path, next(self._ids), adapter.nbytes)
+                stored = StoredAdapter(adapter.name, path, self._next_id(), adapter.nbytes)
                 self._stored[adapter.name] = stored
                 return stored
         finally:

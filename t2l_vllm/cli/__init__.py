@@ -1,6 +1,6 @@
 """`t2l-vllm`: one module per command, each with `add_parser(subparsers)` and `run(args)`.
 
-A `T2LError` (bad input, a checkpoint that does not fit, ...) ends the command
+`serve` passes the options it does not know to vLLM. A `T2LError` (bad input, a checkpoint that does not fit, ...) ends the command
 with its message on stderr and exit status 2, never a traceback.
 """
 
@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import T2LError
-from . import demo, generate, import_reference, info, init_hypernet
+from . import demo, generate, import_reference, info, init_hypernet, serve
 
-COMMANDS = (init_hypernet, info, generate, import_reference, demo)
+COMMANDS = (init_hypernet, info, generate, import_reference, serve, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "passes_unknown_options", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.unknown_options = unknown
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.run(args) or 0)

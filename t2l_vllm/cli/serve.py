@@ -1,0 +1,73 @@
+"""`t2l-vllm serve`: vLLM's OpenAI-compatible server, with a generated adapter per `task_description`.
+
+Every option not listed here is vLLM's own (`--port`, `--api-key`, `--max-loras`,
+`--max-cpu-loras`, `--tensor-parallel-size`, `--gpu-memory-utilization`, ...)
+and is passed to vLLM unchanged. LoRA is switched on, with `--max-lora-rank` at
+least the hypernetwork's rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..cache import CacheSettings
+from ..hypernet.checkpoint import load_config
+from ..hypernet.shapes import check_shapes_fit, load_base_shapes
+from .common import add_generator_options, generator_settings
+
+_CACHE = CacheSettings()
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve", help="serve an OpenAI-compatible API with per-request generated adapters", description=__doc__, allow_abbrev=False
+    )
+    p.add_argument("--model", help="base model: local folder or hub id (default: the hypernetwork's base model)")
+    add_generator_options(p)
+    group = p.add_argument_group("adapter cache and batching")
+    group.add_argument("--adapter-dir", help="folder for the generated PEFT folders vLLM loads (default: a new folder on /dev/shm)")
+    group.add_argument("--adapter-cache-entries", type=int, default=_CACHE.max_entries, help="adapters kept ready (default: %(default)s)")
+    group.add_argument("--adapter-cache-mib", type=float, default=_CACHE.max_bytes / 2**20, help="their total size bound in MiB (default: %(default)s)")
+    group.add_argument("--hypernet-batch-size", type=int, default=_CACHE.max_batch_size, help="most descriptions in one hypernetwork pass (default: %(default)s)")
+    group.add_argument("--hypernet-batch-wait-ms", type=float, default=_CACHE.max_wait_ms, help="how long a pass waits for more descriptions (default: %(default)s)")
+    p.set_defaults(run=run, passes_unknown_options=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvloop
+    from vllm.entrypoints.launchers.api_server.entry import run_server
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from ..vllm_plugin.offline import resolve_model_and_hypernet
+    from ..vllm_plugin.server import PLUGIN_NAME, ServeSettings
+
+    model, hypernet = resolve_model_and_hypernet(args.model, args.hypernet)
+    config, _ = load_config(hypernet)
+    check_shapes_fit(config.base, load_base_shapes(model), list(config.lora.target_modules))
+    settings = ServeSettings(
+        hypernet=hypernet,
+        adapter_dir=args.adapter_dir,
+        generator=generator_settings(args),
+        cache=CacheSettings(
+            max_entries=args.adapter_cache_entries,
+            max_bytes=int(args.adapter_cache_mib * 2**20),
+            max_batch_size=args.hypernet_batch_size,
+            max_wait_ms=args.hypernet_batch_wait_ms,
+        ),
+    )
+    # Endpoint plugins load only when named in VLLM_PLUGINS; keep what the user named.
+    named = [p for p in os.environ.get("VLLM_PLUGINS", "").split(",") if p]
+    os.environ["VLLM_PLUGINS"] = ",".join(dict.fromkeys([*named, PLUGIN_NAME]))
+
+    cli_env_setup()
+    parser = make_arg_parser(FlexibleArgumentParser(prog="t2l-vllm serve"))
+    vllm_args = parser.parse_args(["--model", model, *args.unknown_options])
+    vllm_args.enable_lora = True
+    vllm_args.max_lora_rank = max(vllm_args.max_lora_rank or 0, config.lora.rank)
+    vllm_args.t2l = settings
+    validate_parsed_serve_args(vllm_args)
+    uvloop.run(run_server(vllm_args))
+    return 0

@@ -1,0 +1,225 @@
+"""vLLM endpoint plugin: `task_description` on /v1/chat/completions and /v1/completions.
+
+The plugin replaces vLLM's two POST routes with thin wrappers that keep vLLM's
+own handlers doing all the work:
+
+    body -> task_description? -> lease on a generated adapter (cache, batcher)
+         -> register the adapter's name with vLLM's model registry
+         -> body.model := adapter name -> vLLM's original handler (streaming or not)
+         -> headers x-t2l-adapter / x-t2l-source -> release the lease when the
+            response (or stream) ends
+
+A request without a description reaches vLLM's handler unchanged. Bad input is
+answered with an OpenAI-shaped error; nothing here can take the engine down: a
+folder vLLM may load is never deleted while a request holds its lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import logging
+from argparse import Namespace
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
+
+from ..adapter_store import AdapterStore, StoredAdapter
+from ..cache import AdapterCache, CacheSettings, Lease
+from ..errors import AdapterCheckError, InvalidDescriptionError, T2LError
+from ..generator import AdapterGenerator, GeneratorSettings
+from ..metrics import T2LMetrics
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION_FIELD = "task_description"
+ADAPTER_HEADER = "x-t2l-adapter"
+SOURCE_HEADER = "x-t2l-source"
+PLUGIN_NAME = "t2l_vllm"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What `t2l-vllm serve` adds to vLLM's options; travels on vLLM's args as `t2l`."""
+
+    hypernet: str
+    adapter_dir: str | None = None
+    generator: GeneratorSettings = field(default_factory=GeneratorSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+
+
+@dataclass
+class T2LState:
+    """Per-app state of the plugin, on `app.state.t2l`."""
+
+    cache: AdapterCache
+    metrics: T2LMetrics
+    models: Any  # vLLM's OpenAIServingModels
+
+
+@dataclass(frozen=True)
+class _Route:
+    """One wrapped vLLM route: its path, request model and original endpoint."""
+
+    path: str
+    request_model: type
+    original: Callable[..., Awaitable[Response]]
+
+
+def openai_error(status: HTTPStatus, message: str, param: str | None = None) -> JSONResponse:
+    """An error body shaped as OpenAI's (and vLLM's): {"error": {message, type, param, code}}."""
+    return JSONResponse(
+        {"error": {"message": message, "type": status.phrase.replace(" ", "") + "Error", "param": param, "code": status.value}},
+        status_code=status.value,
+    )
+
+
+class T2LEndpointPlugin:
+    """The `vllm.endpoint_plugins` entry point (a zero-argument factory)."""
+
+    name = PLUGIN_NAME
+    required_tasks = ("generate",)
+
+    def attach_router(self, app: FastAPI) -> None:
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+        originals = {
+            route.path: route.endpoint
+            for route in app.routes
+            if isinstance(route, APIRoute) and "POST" in route.methods
+        }
+        router = APIRouter()
+        for path, model in (("/v1/chat/completions", ChatCompletionRequest), ("/v1/completions", CompletionRequest)):
+            if path not in originals:
+                raise RuntimeError(f"t2l_vllm: vLLM has no POST {path} route to extend; is this vLLM 0.32?")
+            router.add_api_route(path, _endpoint(_Route(path, model, originals[path])), methods=["POST"])
+        app.include_router(router)
+
+    async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
+        settings: ServeSettings | None = getattr(args, "t2l", None)
+        if engine_client is None or settings is None:
+            logger.warning("t2l_vllm endpoint plugin loaded without `t2l-vllm serve`; task_description is ignored.")
+            return
+        generator = await asyncio.to_thread(AdapterGenerator.from_checkpoint, settings.hypernet, settings.generator)
+        models = state.openai_serving_models
+        store = AdapterStore(settings.adapter_dir, id_source=lambda: models.lora_id_counter.inc(1))
+        atexit.register(store.close)  # the folders live on tmpfs: never leave them behind
+        metrics = T2LMetrics()
+
+        def forget(stored: StoredAdapter) -> None:
+            models.lora_requests.pop(stored.name, None)
+
+        cache = AdapterCache(generator, store, settings.cache, metrics, on_remove=forget)
+        cache.start()
+        state.t2l = T2LState(cache=cache, metrics=metrics, models=models)
+        config = generator.config
+        print(
+            f"t2l_vllm: hypernetwork {settings.hypernet} ({config.variant}, fingerprint {generator.fingerprint[:12]}) "
+            f"for {config.base.name}; adapters r={config.lora.rank} on {', '.join(config.lora.target_modules)}; "
+            f"POST /v1/chat/completions and /v1/completions accept `{DESCRIPTION_FIELD}`; "
+            f"cache {settings.cache.max_entries} adapters / {settings.cache.max_bytes / 2**20:.0f} MiB in {store.root}",
+            flush=True,
+        )
+
+
+def _endpoint(route: _Route) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(raw_request: Request) -> Response:
+        t2l: T2LState | None = getattr(raw_request.app.state, "t2l", None)
+        try:
+            body = json.loads(await raw_request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            return _refuse(t2l, HTTPStatus.BAD_REQUEST, f"the request body is not valid JSON: {err}")
+        if not isinstance(body, dict):
+            return _refuse(t2l, HTTPStatus.BAD_REQUEST, "the request body must be a JSON object.")
+        if t2l is None or DESCRIPTION_FIELD not in body:
+            return await _forward(route, body, raw_request, None, t2l)
+        description = body.pop(DESCRIPTION_FIELD)
+        if description is None:
+            return _refuse(t2l, HTTPStatus.BAD_REQUEST, f"`{DESCRIPTION_FIELD}` is null; give a string or leave the field out.", DESCRIPTION_FIELD)
+        problem = _check_model(t2l, body.get("model"))
+        if problem is not None:
+            return _refuse(t2l, *problem)
+        try:
+            lease = await t2l.cache.acquire(description)
+        except InvalidDescriptionError as err:
+            return _refuse(t2l, HTTPStatus.BAD_REQUEST, f"`{DESCRIPTION_FIELD}`: {err}", DESCRIPTION_FIELD)
+        except AdapterCheckError as err:
+            return _refuse(t2l, HTTPStatus.UNPROCESSABLE_ENTITY, str(err), DESCRIPTION_FIELD)
+        except T2LError as err:
+            return _refuse(t2l, HTTPStatus.SERVICE_UNAVAILABLE, str(err))
+        return await _forward(route, body, raw_request, lease, t2l)
+
+    endpoint.__name__ = f"t2l_{route.path.strip('/').replace('/', '_')}"
+    return endpoint
+
+
+def _check_model(t2l: T2LState, model: object) -> tuple[HTTPStatus, str, str] | None:
+    """A description applies to the base model; `model` may be omitted or name it."""
+    if model is None or (isinstance(model, str) and t2l.models.is_base_model(model)):
+        return None
+    if isinstance(model, str) and model in t2l.models.lora_requests:
+        return (HTTPStatus.BAD_REQUEST, f"`{DESCRIPTION_FIELD}` cannot be combined with the LoRA adapter `{model}`; name the base model.", "model")
+    return (HTTPStatus.NOT_FOUND, f"The model `{model}` does not exist.", "model")
+
+
+async def _forward(route: _Route, body: dict, raw_request: Request, lease: Lease | None, t2l: T2LState | None) -> Response:
+    """Runs vLLM's own handler on the (possibly re-targeted) body; releases the lease after."""
+    source = "request" if lease is not None else "none"
+    try:
+        if lease is not None:
+            _register(t2l, lease.stored)
+            body["model"] = lease.name
+        try:
+            request = route.request_model.model_validate(body)
+        except ValidationError as err:
+            raise RequestValidationError(err.errors()) from err
+        response = await route.original(request, raw_request)
+        if response is None:  # vLLM's with_cancellation: the client went away
+            raise asyncio.CancelledError
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
+    if t2l is not None:
+        t2l.metrics.requests.labels(source=source).inc()
+    response.headers[ADAPTER_HEADER] = lease.name if lease is not None else "base"
+    response.headers[SOURCE_HEADER] = source
+    if lease is not None:
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = _release_after(response.body_iterator, lease)
+        else:
+            lease.release()
+    return response
+
+
+def _register(t2l: T2LState, stored: StoredAdapter) -> None:
+    """Makes vLLM's handler resolve the adapter's name (its public registry of LoRAs)."""
+    from vllm.lora.request import LoRARequest
+
+    if stored.name not in t2l.models.lora_requests:
+        t2l.models.lora_requests[stored.name] = LoRARequest(
+            lora_name=stored.name, lora_int_id=stored.int_id, lora_path=str(stored.path)
+        )
+
+
+async def _release_after(chunks: AsyncIterator[Any], lease: Lease) -> AsyncIterator[Any]:
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        lease.release()
+
+
+def _refuse(t2l: T2LState | None, status: HTTPStatus, message: str, param: str | None = None) -> JSONResponse:
+    if t2l is not None:
+        t2l.metrics.request_errors.labels(status=str(status.value)).inc()
+    return openai_error(status, message, param)
