@@ -9,8 +9,11 @@ ops). This project batches base and adapter requests all the time, so it install
 a fix: the shrink step writes zeros for -1 rows, hence the expand step adds
 B @ 0 = 0 to them, and rows with an adapter are computed exactly as before.
 
+It also prunes vLLM's `vllm:lora_requests_info` gauge, whose label sets (adapter
+names) would otherwise grow with every new description.
+
 `tests/integration/test_vllm_contract.py` fails loudly if vLLM changes the
-functions patched here.
+functions patched or the metric pruned here.
 """
 
 from __future__ import annotations
@@ -71,3 +74,28 @@ def last_slot_leaks_into_no_lora_rows(shrink: Callable[..., None]) -> bool:
     out = torch.zeros(2, 3)
     shrink(inputs, weights, out, torch.tensor([0, -1]), 1.0)
     return bool(out[1].abs().sum() > 0)
+
+
+LORA_INFO_METRIC = "vllm:lora_requests_info"
+
+
+def prune_lora_info_series(keep: int = 1, registry=None) -> int:
+    """Drops all but the newest `keep` series of vLLM's `vllm:lora_requests_info`.
+
+    vLLM labels that gauge with the names of the running and waiting adapters and
+    never removes a label set, so with one adapter per description /metrics (and
+    the API server's memory) would grow without bound. Each series' value is the
+    time it was last set; the newest ones are what a scrape needs. Returns how
+    many series were removed.
+    """
+    from prometheus_client import REGISTRY
+
+    gauge = (registry or REGISTRY)._names_to_collectors.get(LORA_INFO_METRIC)
+    if gauge is None or not hasattr(gauge, "_metrics"):
+        return 0
+    with gauge._lock:
+        series = sorted(gauge._metrics.items(), key=lambda item: item[1]._value.get(), reverse=True)
+    stale = [labels for labels, _ in series[keep:]]
+    for labels in stale:
+        gauge.remove(*labels)
+    return len(stale)

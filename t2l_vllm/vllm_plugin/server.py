@@ -121,6 +121,7 @@ class T2LEndpointPlugin:
         cache = AdapterCache(generator, store, settings.cache, metrics, on_remove=forget)
         cache.start()
         state.t2l = T2LState(cache=cache, metrics=metrics, models=models)
+        state.t2l_pruner = asyncio.get_running_loop().create_task(_prune_vllm_lora_metric_forever())
         config = generator.config
         print(
             f"t2l_vllm: hypernetwork {settings.hypernet} ({config.variant}, fingerprint {generator.fingerprint[:12]}) "
@@ -129,6 +130,14 @@ class T2LEndpointPlugin:
             f"cache {settings.cache.max_entries} adapters / {settings.cache.max_bytes / 2**20:.0f} MiB in {store.root}",
             flush=True,
         )
+
+
+async def _prune_vllm_lora_metric_forever(interval_s: float = 5.0) -> None:
+    from .internals import prune_lora_info_series
+
+    while True:
+        await asyncio.sleep(interval_s)
+        prune_lora_info_series()
 
 
 def _endpoint(route: _Route) -> Callable[[Request], Awaitable[Response]]:

@@ -43,3 +43,23 @@ def test_sgmv_shrink_still_delegates_to_bgmv_shrink_by_module_global():
 def test_lora_request_takes_name_id_and_path():
     request = LoRARequest(lora_name="t2l-x", lora_int_id=7, lora_path="/tmp/x")
     assert (request.lora_name, request.lora_int_id, request.lora_path) == ("t2l-x", 7, "/tmp/x")
+
+
+def test_lora_info_gauge_is_pruned_to_the_newest_series():
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from t2l_vllm.vllm_plugin.internals import LORA_INFO_METRIC, prune_lora_info_series
+
+    registry = CollectorRegistry()
+    gauge = Gauge(LORA_INFO_METRIC, "test", ["max_lora", "waiting_lora_adapters", "running_lora_adapters"], registry=registry)
+    for i in range(5):
+        gauge.labels("2", "", f"t2l-{i}").set(100 + i)
+    assert prune_lora_info_series(keep=1, registry=registry) == 4
+    assert [s.labels["running_lora_adapters"] for s in registry.collect().__next__().samples] == ["t2l-4"]
+
+
+def test_vllm_still_labels_lora_info_with_adapter_names():
+    from vllm.v1.metrics import loggers
+
+    source = inspect.getsource(loggers)
+    assert 'name="vllm:lora_requests_info"' in source and "running_lora_adapters" in source

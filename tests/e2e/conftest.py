@@ -1,0 +1,97 @@
+"""A real `t2l-vllm serve` process on loopback, shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+API_KEY = "t2l-test-key"
+CACHE_ENTRIES = 16
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    adapter_dir: Path
+    model: str
+    native_lora: str
+    log: Path
+    api_key: str = API_KEY
+
+    def client(self):
+        from openai import OpenAI
+
+        return OpenAI(base_url=f"{self.url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+    def metrics(self) -> dict[str, float]:
+        """t2l_* samples from /metrics, by their full name with labels."""
+        text = httpx.get(f"{self.url}/metrics", timeout=30).text
+        values = {}
+        for line in text.splitlines():
+            if line.startswith("t2l_"):
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+        return values
+
+    def alive(self) -> bool:
+        return self.process.poll() is None and httpx.get(f"{self.url}/health", timeout=30).status_code == 200
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(default_paths, generator, tmp_path_factory):
+    work = tmp_path_factory.mktemp("server")
+    native = generator.generate(["A LoRA registered the ordinary vLLM way."])[0].save_peft(work / "native")
+    port = free_port()
+    adapter_dir = work / "adapters"
+    log = work / "server.log"
+    command = [
+        sys.executable, "-m", "t2l_vllm", "serve",
+        "--adapter-cache-entries", str(CACHE_ENTRIES), "--adapter-dir", str(adapter_dir),
+        "--host", "127.0.0.1", "--port", str(port), "--api-key", API_KEY,
+        "--dtype", "float32", "--gpu-memory-utilization", "0.3", "--max-model-len", "512",
+        "--max-loras", "2", "--max-cpu-loras", "2", "--max-num-seqs", "32",
+        "--lora-modules", f"native-lora={native}", "--served-model-name", "tiny",
+    ]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail(f"server did not become healthy:\n{log.read_text()[-4000:]}")
+        time.sleep(1)
+    yield Server(url, process, adapter_dir, "tiny", "native-lora", log)
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        pytest.fail(f"server did not stop on SIGTERM:\n{log.read_text()[-4000:]}")
+    left = [p.name for p in adapter_dir.iterdir()] if adapter_dir.exists() else []
+    assert not left, f"adapter folders left after shutdown: {left[:5]}"
