@@ -43,6 +43,10 @@ class T2LMetrics:
         self.requests = Counter(
             "t2l_requests", "Requests by where their adapter came from: request, router, none.", ["source"], registry=registry
         )
+        self.router_decisions = Counter(
+            "t2l_router_decisions", "Router choices by task name from the library, or fallback:query / fallback:base.",
+            ["task"], registry=registry,
+        )
         self.request_errors = Counter(
             "t2l_request_errors", "Requests answered with an error by t2l_vllm, by HTTP status.", ["status"], registry=registry
         )

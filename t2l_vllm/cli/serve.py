@@ -14,7 +14,9 @@ import os
 from ..cache import CacheSettings
 from ..hypernet.checkpoint import load_config
 from ..hypernet.shapes import check_shapes_fit, load_base_shapes
+from ..router import TaskLibrary
 from .common import add_generator_options, generator_settings
+from .route import add_router_options, router_settings
 
 _CACHE = CacheSettings()
 
@@ -31,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--adapter-cache-mib", type=float, default=_CACHE.max_bytes / 2**20, help="their total size bound in MiB (default: %(default)s)")
     group.add_argument("--hypernet-batch-size", type=int, default=_CACHE.max_batch_size, help="most descriptions in one hypernetwork pass (default: %(default)s)")
     group.add_argument("--hypernet-batch-wait-ms", type=float, default=_CACHE.max_wait_ms, help="how long a pass waits for more descriptions (default: %(default)s)")
+    routing = p.add_argument_group("automatic adaptation for requests without a task_description")
+    routing.add_argument("--router", metavar="LIBRARY", help="task library YAML (`starter`: the one shipped with t2l_vllm)")
+    add_router_options(routing)
     p.set_defaults(run=run, passes_unknown_options=True)
 
 
@@ -47,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     model, hypernet = resolve_model_and_hypernet(args.model, args.hypernet)
     config, _ = load_config(hypernet)
     check_shapes_fit(config.base, load_base_shapes(model), list(config.lora.target_modules))
+    if args.router:
+        TaskLibrary.load(args.router)  # a bad library stops start-up here, before vLLM starts
     settings = ServeSettings(
         hypernet=hypernet,
         adapter_dir=args.adapter_dir,
@@ -57,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             max_batch_size=args.hypernet_batch_size,
             max_wait_ms=args.hypernet_batch_wait_ms,
         ),
+        router=router_settings(args, args.router) if args.router else None,
     )
     # Endpoint plugins load only when named in VLLM_PLUGINS; keep what the user named.
     named = [p for p in os.environ.get("VLLM_PLUGINS", "").split(",") if p]

@@ -9,7 +9,9 @@ own handlers doing all the work:
          -> headers x-t2l-adapter / x-t2l-source -> release the lease when the
             response (or stream) ends
 
-A request without a description reaches vLLM's handler unchanged. Bad input is
+A request without a description is routed (`--router`): the router's task
+description, the query itself, or none. With no router, or when the router
+chooses the base model, the request reaches vLLM's handler unchanged. Bad input is
 answered with an OpenAI-shaped error; nothing here can take the engine down: a
 folder vLLM may load is never deleted while a request holds its lease.
 """
@@ -37,12 +39,15 @@ from ..cache import AdapterCache, CacheSettings, Lease
 from ..errors import AdapterCheckError, InvalidDescriptionError, T2LError
 from ..generator import AdapterGenerator, GeneratorSettings
 from ..metrics import T2LMetrics
+from ..router import EmbeddingRouter, RouterSettings, query_of_request
 
 logger = logging.getLogger(__name__)
 
 DESCRIPTION_FIELD = "task_description"
 ADAPTER_HEADER = "x-t2l-adapter"
 SOURCE_HEADER = "x-t2l-source"
+TASK_HEADER = "x-t2l-task"
+SCORE_HEADER = "x-t2l-score"
 PLUGIN_NAME = "t2l_vllm"
 
 
@@ -54,6 +59,7 @@ class ServeSettings:
     adapter_dir: str | None = None
     generator: GeneratorSettings = field(default_factory=GeneratorSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    router: RouterSettings | None = None
 
 
 @dataclass
@@ -63,6 +69,7 @@ class T2LState:
     cache: AdapterCache
     metrics: T2LMetrics
     models: Any  # vLLM's OpenAIServingModels
+    router: EmbeddingRouter | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,7 @@ class T2LEndpointPlugin:
             logger.warning("t2l_vllm endpoint plugin loaded without `t2l-vllm serve`; task_description is ignored.")
             return
         generator = await asyncio.to_thread(AdapterGenerator.from_checkpoint, settings.hypernet, settings.generator)
+        router = None if settings.router is None else await asyncio.to_thread(EmbeddingRouter.from_settings, settings.router)
         models = state.openai_serving_models
         store = AdapterStore(settings.adapter_dir, id_source=lambda: models.lora_id_counter.inc(1))
         atexit.register(store.close)  # the folders live on tmpfs: never leave them behind
@@ -120,7 +128,7 @@ class T2LEndpointPlugin:
 
         cache = AdapterCache(generator, store, settings.cache, metrics, on_remove=forget)
         cache.start()
-        state.t2l = T2LState(cache=cache, metrics=metrics, models=models)
+        state.t2l = T2LState(cache=cache, metrics=metrics, models=models, router=router)
         state.t2l_pruner = asyncio.get_running_loop().create_task(_prune_vllm_lora_metric_forever())
         config = generator.config
         print(
@@ -130,6 +138,12 @@ class T2LEndpointPlugin:
             f"cache {settings.cache.max_entries} adapters / {settings.cache.max_bytes / 2**20:.0f} MiB in {store.root}",
             flush=True,
         )
+        if router is not None:
+            print(
+                f"t2l_vllm: router over {len(router.library.tasks)} tasks from {router.library.path} "
+                f"(threshold {router.threshold:.3f}, fallback {router.fallback}) for requests without `{DESCRIPTION_FIELD}`",
+                flush=True,
+            )
 
 
 async def _prune_vllm_lora_metric_forever(interval_s: float = 5.0) -> None:
@@ -149,11 +163,17 @@ def _endpoint(route: _Route) -> Callable[[Request], Awaitable[Response]]:
             return _refuse(t2l, HTTPStatus.BAD_REQUEST, f"the request body is not valid JSON: {err}")
         if not isinstance(body, dict):
             return _refuse(t2l, HTTPStatus.BAD_REQUEST, "the request body must be a JSON object.")
-        if t2l is None or DESCRIPTION_FIELD not in body:
-            return await _forward(route, body, raw_request, None, t2l)
-        description = body.pop(DESCRIPTION_FIELD)
+        if t2l is None:
+            return await _forward(route, body, raw_request, None, None, _Choice("none"))
+        if DESCRIPTION_FIELD in body:
+            description = body.pop(DESCRIPTION_FIELD)
+            if description is None:
+                return _refuse(t2l, HTTPStatus.BAD_REQUEST, f"`{DESCRIPTION_FIELD}` is null; give a string or leave the field out.", DESCRIPTION_FIELD)
+            choice = _Choice("request")
+        else:
+            description, choice = await _route(t2l, body)
         if description is None:
-            return _refuse(t2l, HTTPStatus.BAD_REQUEST, f"`{DESCRIPTION_FIELD}` is null; give a string or leave the field out.", DESCRIPTION_FIELD)
+            return await _forward(route, body, raw_request, None, t2l, choice)
         problem = _check_model(t2l, body.get("model"))
         if problem is not None:
             return _refuse(t2l, *problem)
@@ -165,10 +185,37 @@ def _endpoint(route: _Route) -> Callable[[Request], Awaitable[Response]]:
             return _refuse(t2l, HTTPStatus.UNPROCESSABLE_ENTITY, str(err), DESCRIPTION_FIELD)
         except T2LError as err:
             return _refuse(t2l, HTTPStatus.SERVICE_UNAVAILABLE, str(err))
-        return await _forward(route, body, raw_request, lease, t2l)
+        return await _forward(route, body, raw_request, lease, t2l, choice)
 
     endpoint.__name__ = f"t2l_{route.path.strip('/').replace('/', '_')}"
     return endpoint
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """Where a request's description came from, and the router's verdict if it chose."""
+
+    source: str  # request | router | none
+    task: str | None = None
+    score: float | None = None
+
+    def headers(self) -> dict[str, str]:
+        headers = {SOURCE_HEADER: self.source}
+        if self.task is not None:
+            headers[TASK_HEADER] = self.task
+        if self.score is not None:
+            headers[SCORE_HEADER] = f"{self.score:.4f}"
+        return headers
+
+
+async def _route(t2l: T2LState, body: dict) -> tuple[str | None, _Choice]:
+    """The router's description for a request without one (None: the base model)."""
+    query = query_of_request(body) if t2l.router is not None else None
+    if query is None or not query.strip():
+        return None, _Choice("none")
+    decision = (await asyncio.to_thread(t2l.router.route, [query]))[0]
+    t2l.metrics.router_decisions.labels(task=decision.label).inc()
+    return decision.description, _Choice("router", decision.label, decision.score)
 
 
 def _check_model(t2l: T2LState, model: object) -> tuple[HTTPStatus, str, str] | None:
@@ -180,9 +227,8 @@ def _check_model(t2l: T2LState, model: object) -> tuple[HTTPStatus, str, str] | 
     return (HTTPStatus.NOT_FOUND, f"The model `{model}` does not exist.", "model")
 
 
-async def _forward(route: _Route, body: dict, raw_request: Request, lease: Lease | None, t2l: T2LState | None) -> Response:
+async def _forward(route: _Route, body: dict, raw_request: Request, lease: Lease | None, t2l: T2LState | None, choice: _Choice) -> Response:
     """Runs vLLM's own handler on the (possibly re-targeted) body; releases the lease after."""
-    source = "request" if lease is not None else "none"
     try:
         if lease is not None:
             _register(t2l, lease.stored)
@@ -199,9 +245,9 @@ async def _forward(route: _Route, body: dict, raw_request: Request, lease: Lease
             lease.release()
         raise
     if t2l is not None:
-        t2l.metrics.requests.labels(source=source).inc()
+        t2l.metrics.requests.labels(source=choice.source).inc()
     response.headers[ADAPTER_HEADER] = lease.name if lease is not None else "base"
-    response.headers[SOURCE_HEADER] = source
+    response.headers.update(choice.headers())
     if lease is not None:
         if isinstance(response, StreamingResponse):
             response.body_iterator = _release_after(response.body_iterator, lease)

@@ -1,0 +1,154 @@
+"""The embedding router: library checks, decisions, calibration, with the real MiniLM encoder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from t2l_vllm.router import (
+    EmbeddingRouter,
+    RouterConfigError,
+    RouterSettings,
+    TaskIndex,
+    TaskLibrary,
+    fit_threshold,
+    load_labelled,
+    query_of_request,
+)
+
+SMALL = {
+    "threshold": 0.25,
+    "fallback": "query",
+    "tasks": [
+        {"name": "math", "descriptions": ["Solve arithmetic word problems.", "Do maths."],
+         "examples": ["Tom has 3 apples and buys 4 more. How many?", "What is 12 times 7?", "A train goes 60 km/h for 2 hours; how far?"]},
+        {"name": "french", "descriptions": ["Translate English text into French."],
+         "examples": ["Translate to French: the cat sleeps.", "How do you say 'good morning' in French?"]},
+        {"name": "sentiment", "descriptions": ["Classify a review as positive or negative."],
+         "examples": ["This movie was a waste of time.", "I loved the food and the staff were lovely!"]},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def small_router():
+    return EmbeddingRouter(TaskLibrary.from_dict(SMALL))
+
+
+def test_queries_go_to_their_task_and_use_its_first_description(small_router):
+    math, french, review = small_router.route(
+        ["If I have 10 pears and eat 3, how many are left?", "Please translate 'where is the station' to French", "What a waste of time, I hated this movie."]
+    )
+    assert (math.task, math.description) == ("math", "Solve arithmetic word problems.")
+    assert french.task == "french" and review.task == "sentiment"
+    assert math.score >= small_router.threshold
+
+
+def test_off_topic_query_falls_back_to_the_query_itself(small_router):
+    (decision,) = small_router.route(["  Who painted   the Mona Lisa?  "])
+    assert decision.task is None and decision.fallback == "query"
+    assert decision.description == "Who painted the Mona Lisa?"
+    assert decision.label == "fallback:query"
+
+
+def test_base_fallback_and_overrides(small_router):
+    base = EmbeddingRouter(small_router.library, RouterSettings(fallback="base", threshold=0.99), encoder=small_router.encoder)
+    (decision,) = base.route(["What is 12 times 7?"])
+    assert decision.task is None and decision.description is None and decision.fallback == "base"
+
+
+def test_query_fallback_is_cut_to_the_description_limit(small_router):
+    router = EmbeddingRouter(small_router.library, RouterSettings(threshold=2.0, max_description_chars=10), encoder=small_router.encoder)
+    assert router.route(["abcdefghijklmnop"])[0].description == "abcdefghij"
+
+
+def test_two_stage_search_matches_exhaustive_scoring():
+    torch.manual_seed(0)
+    centres = torch.randn(500, 32)
+    owners = torch.arange(3000) % 500
+    entries = torch.nn.functional.normalize(centres[owners] + 0.7 * torch.randn(3000, 32), dim=-1)
+    queries = torch.nn.functional.normalize(centres[:40] + 0.7 * torch.randn(40, 32), dim=-1)
+    exhaustive = TaskIndex(entries, owners, 500, top_k=3, shortlist=10_000).scores(queries)
+    shortlisted = TaskIndex(entries, owners, 500, top_k=3, shortlist=64).scores(queries)
+    agree = (exhaustive[0] == shortlisted[0]).float().mean()
+    assert agree >= 0.95
+    same = exhaustive[0] == shortlisted[0]
+    torch.testing.assert_close(exhaustive[1][same], shortlisted[1][same])
+
+
+def test_fit_threshold_maximises_accuracy():
+    best = [("a", 0.9), ("b", 0.8), ("a", 0.3), ("b", 0.2), ("a", 0.6)]
+    labels = ["a", "b", None, None, "b"]  # the 0.6 query is mislabelled by the router either way
+    threshold, accuracy = fit_threshold(best, labels)
+    assert 0.3 < threshold < 0.8
+    assert accuracy == pytest.approx(0.8)
+
+
+def test_query_of_request():
+    chat = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "first"},
+                         {"role": "assistant", "content": "ok"}, {"role": "user", "content": [{"type": "text", "text": "last"}]}]}
+    assert query_of_request(chat) == "last"
+    assert query_of_request({"prompt": "complete me"}) == "complete me"
+    assert query_of_request({"prompt": ["only one"]}) == "only one"
+    assert query_of_request({"prompt": [1, 2, 3]}) is None
+    assert query_of_request({"messages": [{"role": "system", "content": "x"}]}) is None
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "library.yaml"
+    path.write_text(text)
+    return path
+
+
+GOOD_TASK = "  - name: t\n    descriptions: [\"d\"]\n    examples: [\"e\"]\n"
+
+
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ("tasks: [\n", "not valid YAML"),
+        ("- just\n- a list\n", "top level must be a mapping"),
+        ("threshold: 0.5\n", "`tasks` must be a non-empty list"),
+        ("tasks:\n  - descriptions: [\"d\"]\n    examples: [\"e\"]\n", "task #1 has no `name`"),
+        ("tasks:\n" + GOOD_TASK + GOOD_TASK, "task `t` appears twice"),
+        ("tasks:\n  - name: t\n    examples: [\"e\"]\n", "task `t` needs `descriptions`"),
+        ("tasks:\n  - name: t\n    descriptions: [\"d\"]\n    examples: []\n", "task `t` needs `examples`"),
+        ("tasks:\n  - name: t\n    descriptions: [\"  \"]\n    examples: [\"e\"]\n", "task `t`: descriptions[0] is empty"),
+        ("tasks:\n  - name: t\n    descriptions: [3]\n    examples: [\"e\"]\n", "task `t`: descriptions[0] must be a string, got int"),
+        ("threshold: high\ntasks:\n" + GOOD_TASK, "`threshold` must be a number"),
+        ("fallback: guess\ntasks:\n" + GOOD_TASK, "`fallback` must be one of"),
+        ("tasks:\n  - name: t\n    descriptions: [\"d\"]\n    examples: [\"e\"]\n    colour: red\n", "task `t` has unknown field(s) ['colour']"),
+    ],
+)
+def test_bad_library_files_name_the_file_task_and_problem(tmp_path, text, fragment):
+    path = _write(tmp_path, text)
+    with pytest.raises(RouterConfigError) as err:
+        TaskLibrary.load(path)
+    assert str(path) in str(err.value) and fragment in str(err.value)
+
+
+def test_unreadable_library_file(tmp_path):
+    with pytest.raises(RouterConfigError, match="cannot read it"):
+        TaskLibrary.load(tmp_path / "missing.yaml")
+
+
+def test_write_threshold_keeps_the_rest_of_the_file(tmp_path):
+    path = _write(tmp_path, "# my tasks\nthreshold: 0.1\nfallback: base\ntasks:\n" + GOOD_TASK)
+    TaskLibrary.load(path).write_threshold(0.4321)
+    text = path.read_text()
+    assert text.startswith("# my tasks\nthreshold: 0.4321\n") and "fallback: base" in text
+    assert TaskLibrary.load(path).threshold == pytest.approx(0.4321)
+
+
+@pytest.mark.parametrize(
+    "line,fragment",
+    [("{not json", "line 2: not valid JSON"), ('{"query": "x"}', "line 2: expected"), ('{"query": "x", "task": "nope"}', "task `nope` is not in the library")],
+)
+def test_bad_labelled_lines_name_file_and_line(tmp_path, line, fragment):
+    path = tmp_path / "labelled.jsonl"
+    path.write_text(json.dumps({"query": "ok", "task": None}) + "\n" + line + "\n")
+    with pytest.raises(RouterConfigError, match=fragment):
+        load_labelled(path, TaskLibrary.from_dict(SMALL))
