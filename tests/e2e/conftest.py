@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,10 +55,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(default_paths, generator, tmp_path_factory):
-    work = tmp_path_factory.mktemp("server")
-    native = generator.generate(["A LoRA registered the ordinary vLLM way."])[0].save_peft(work / "native")
+@contextlib.contextmanager
+def running_server(work: Path, extra_args: list[str]) -> Iterator[Server]:
+    """Starts `t2l-vllm serve` on a free loopback port; stops it and checks the clean-up."""
     port = free_port()
     adapter_dir = work / "adapters"
     log = work / "server.log"
@@ -65,8 +66,8 @@ def server(default_paths, generator, tmp_path_factory):
         "--adapter-cache-entries", str(CACHE_ENTRIES), "--adapter-dir", str(adapter_dir),
         "--host", "127.0.0.1", "--port", str(port), "--api-key", API_KEY,
         "--dtype", "float32", "--gpu-memory-utilization", "0.3", "--max-model-len", "512",
-        "--max-loras", "2", "--max-cpu-loras", "2", "--max-num-seqs", "32",
-        "--lora-modules", f"native-lora={native}", "--served-model-name", "tiny",
+        "--max-loras", "2", "--max-cpu-loras", "2", "--max-num-seqs", "32", "--served-model-name", "tiny",
+        *extra_args,
     ]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
     with open(log, "w") as out:
@@ -85,13 +86,29 @@ def server(default_paths, generator, tmp_path_factory):
             os.killpg(process.pid, signal.SIGKILL)
             pytest.fail(f"server did not become healthy:\n{log.read_text()[-4000:]}")
         time.sleep(1)
-    yield Server(url, process, adapter_dir, "tiny", "native-lora", log)
-    os.killpg(process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        pytest.fail(f"server did not stop on SIGTERM:\n{log.read_text()[-4000:]}")
+        yield Server(url, process, adapter_dir, "tiny", "native-lora", log)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            pytest.fail(f"server did not stop on SIGTERM:\n{log.read_text()[-4000:]}")
     left = [p.name for p in adapter_dir.iterdir()] if adapter_dir.exists() else []
     assert not left, f"adapter folders left after shutdown: {left[:5]}"
+
+
+@pytest.fixture(scope="session")
+def server(default_paths, generator, tmp_path_factory):
+    work = tmp_path_factory.mktemp("server")
+    native = generator.generate(["A LoRA registered the ordinary vLLM way."])[0].save_peft(work / "native")
+    with running_server(work, ["--lora-modules", f"native-lora={native}"]) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def start_server():
+    """`running_server` for tests that need a server with their own options."""
+    return running_server

@@ -1,0 +1,97 @@
+"""`t2l-vllm serve --router`: requests without a description are routed; with one, they are not."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.server
+
+LIBRARY = {
+    "threshold": 0.3,
+    "fallback": "base",
+    "tasks": [
+        {"name": "math", "descriptions": ["Solve arithmetic word problems step by step.", "Do maths."],
+         "examples": ["Tom has 3 apples and buys 4 more. How many?", "What is 12 times 7?", "A train goes 60 km/h for 2 hours; how far does it go?"]},
+        {"name": "french", "descriptions": ["Translate English text into French."],
+         "examples": ["Translate to French: the cat sleeps.", "How do you say 'good morning' in French?"]},
+    ],
+}
+MATH_QUERY = "If I have 10 pears and eat 3 of them, how many pears are left?"
+OFF_TOPIC = "Who painted the Mona Lisa?"
+
+
+@pytest.fixture(scope="module")
+def routed(tmp_path_factory, start_server):
+    work = tmp_path_factory.mktemp("routed")
+    library = work / "library.yaml"
+    library.write_text(yaml.safe_dump(LIBRARY))
+    with start_server(work, ["--router", str(library)]) as server:
+        yield server
+
+
+def ask(server, content, **extra_body):
+    raw = server.client().chat.completions.with_raw_response.create(
+        model=server.model, messages=[{"role": "user", "content": content}], max_tokens=8, temperature=0,
+        extra_body={"ignore_eos": True, **extra_body},
+    )
+    return raw.parse().choices[0].message.content, raw.headers
+
+
+def test_a_query_without_description_is_routed_to_its_task(routed, generator):
+    _, headers = ask(routed, MATH_QUERY)
+    assert headers["x-t2l-source"] == "router"
+    assert headers["x-t2l-task"] == "math"
+    assert float(headers["x-t2l-score"]) >= 0.3
+    assert headers["x-t2l-adapter"] == generator.name_for("Solve arithmetic word problems step by step.")
+
+
+def test_all_queries_of_a_task_share_one_adapter(routed):
+    _, first = ask(routed, MATH_QUERY)
+    _, second = ask(routed, "A shop sells pens at 2 dollars each. How much do 6 pens cost?")
+    assert second["x-t2l-task"] == "math"
+    assert first["x-t2l-adapter"] == second["x-t2l-adapter"]
+
+
+def test_off_topic_query_with_base_fallback_is_served_by_the_base_model(routed, engine):
+    from vllm import SamplingParams
+
+    text, headers = ask(routed, OFF_TOPIC)
+    assert (headers["x-t2l-source"], headers["x-t2l-task"], headers["x-t2l-adapter"]) == ("router", "fallback:base", "base")
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    (offline,) = engine.chat([[{"role": "user", "content": OFF_TOPIC}]], None, params)
+    assert text == offline.outputs[0].text
+
+
+def test_a_request_with_its_own_description_is_not_routed(routed, generator):
+    _, headers = ask(routed, MATH_QUERY, task_description="Translate English text into French.")
+    assert headers["x-t2l-source"] == "request"
+    assert "x-t2l-task" not in headers
+    assert headers["x-t2l-adapter"] == generator.name_for("Translate English text into French.")
+
+
+def test_router_decisions_are_counted_by_task_name(routed):
+    ask(routed, MATH_QUERY)
+    metrics = routed.metrics()
+    assert metrics['t2l_router_decisions_total{task="math"}'] >= 1
+    assert not any("Mona" in name or "pears" in name for name in metrics)
+
+
+@pytest.mark.parametrize(
+    "library,fragment",
+    [
+        ("tasks:\n  - name: math\n    descriptions: [\"d\"]\n", "task `math` needs `examples`"),
+        ("tasks: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_a_bad_library_stops_start_up_with_a_clear_error(tmp_path, library, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(library)
+    result = subprocess.run([sys.executable, "-m", "t2l_vllm", "serve", "--router", str(path), "--port", "1"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert str(path) in result.stderr and fragment in result.stderr
+    assert "Traceback" not in result.stderr
