@@ -9,6 +9,10 @@ A description becomes a *lease* on a stored adapter (a PEFT folder vLLM can load
          most `max_wait_ms` after the first, and runs ONE encoder + hypernetwork pass
          for all of them in a worker thread (never on the event loop)
 
+With `semantic_threshold` set, a miss whose description embeds within that cosine
+of a resident adapter's description reuses that adapter instead of generating one
+(the check runs inside the batch pass, on the embeddings the pass needs anyway).
+
 A lease pins its adapter until released: an adapter evicted while pinned keeps its
 folder until the last lease ends, because a queued or running vLLM request may
 still load it. Disk and memory are therefore bounded by the cache size plus the
@@ -24,6 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import torch
 from lru import LRU
 
 from .adapter_store import AdapterStore, StoredAdapter
@@ -43,8 +48,11 @@ class CacheSettings:
     max_bytes: int = 4 * 2**30
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
+    semantic_threshold: float | None = None  # cosine; None: off
 
     def __post_init__(self) -> None:
+        if self.semantic_threshold is not None and not -1.0 <= self.semantic_threshold <= 1.0:
+            raise ConfigError(f"`semantic_threshold` is a cosine in [-1, 1], got {self.semantic_threshold}.")
         for name in ("max_entries", "max_bytes", "max_batch_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"`{name}` must be positive, got {getattr(self, name)}.")
@@ -106,6 +114,8 @@ class AdapterCache:
         self._retired: dict[str, StoredAdapter] = {}  # evicted, kept while pinned
         self._pins: dict[str, int] = {}
         self._pending: dict[str, _Pending] = {}
+        self._embeddings: dict[str, tuple[StoredAdapter, torch.Tensor]] = {}  # kept name -> its unit task embedding
+        self._aliases: LRU = LRU(4 * settings.max_entries)  # description name -> reused adapter name
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="t2l-hypernet")
         self._batcher: asyncio.Task | None = None
@@ -143,10 +153,10 @@ class AdapterCache:
         """A pinned adapter for the description; raises a `T2LError` for bad input."""
         text = self.generator.normalize(description)
         name = adapter_name(self.generator.key(text))
-        stored = self._lookup(name)
+        stored, how = self._lookup(name)
         if stored is not None:
-            self._count("hit")
-            self._pin(name)
+            self._count(how)
+            self._pin(stored.name)
             return Lease(stored, self._unpin)
         pending = self._pending.get(name)
         if pending is None:
@@ -168,12 +178,19 @@ class AdapterCache:
         return Lease(stored, self._unpin)
 
     # --- residency ---------------------------------------------------------
-    def _lookup(self, name: str) -> StoredAdapter | None:
+    def _lookup(self, name: str) -> tuple[StoredAdapter | None, str]:
+        """The kept adapter for a name, and how it was found: hit or semantic_hit."""
+        target = self._aliases.get(name)
+        if target is not None:
+            stored, _ = self._lookup(target)
+            if stored is not None:
+                return stored, "semantic_hit"
+            del self._aliases[name]
         stored = self._resident.get(name)
         if stored is None and name in self._retired:  # evicted but still pinned: revive it
             stored = self._retired.pop(name)
             self._insert(stored)
-        return stored
+        return stored, "hit"
 
     def _insert(self, stored: StoredAdapter) -> None:
         if stored.name in self._resident:
@@ -197,6 +214,7 @@ class AdapterCache:
             self._remove(stored)
 
     def _remove(self, stored: StoredAdapter) -> None:
+        self._embeddings.pop(stored.name, None)
         if self._on_remove is not None:
             self._on_remove(stored)
         self.store.remove(stored.name)
@@ -243,9 +261,12 @@ class AdapterCache:
 
     async def _generate(self, names: list[str]) -> None:
         texts = [self._pending[name].text for name in names]
+        resident = self._semantic_snapshot()
+        for stored in resident[0] if resident else ():
+            self._pin(stored.name)  # candidates for reuse keep their folders during the pass
         start = time.perf_counter()
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self._executor, self._generate_and_store, texts)
+            results = await asyncio.get_running_loop().run_in_executor(self._executor, self._generate_and_store, texts, resident)
         except Exception as err:  # noqa: BLE001 - a bug must fail these requests, not the batcher
             logger.exception("hypernetwork pass failed for %d descriptions", len(texts))
             results = [T2LError(f"adapter generation failed: {err}")] * len(texts)
@@ -258,17 +279,50 @@ class AdapterCache:
             if isinstance(result, BaseException):
                 pending.future.set_exception(result)
                 continue
-            if self.metrics:
+            stored, embedding, reused = result
+            if reused:
+                self._aliases[name] = stored.name
+                self._count("semantic_hit")
+            elif self.metrics:
                 self.metrics.generations.inc()
             if pending.waiters > 0:
-                self._pin(name, pending.waiters)
+                self._pin(stored.name, pending.waiters)
                 pending.pinned = True
-            self._insert(result)
-            pending.future.set_result(result)
+            if embedding is not None:
+                self._embeddings[stored.name] = (stored, embedding)
+            self._insert(stored)
+            pending.future.set_result(stored)
+        for stored in resident[0] if resident else ():
+            self._unpin(stored.name)
 
-    def _generate_and_store(self, texts: list[str]) -> list[StoredAdapter | T2LError]:
-        """Worker thread: one batched pass, then one PEFT folder per adapter."""
-        out: list[StoredAdapter | T2LError] = []
-        for result in self.generator.generate_batch(texts):
-            out.append(result if isinstance(result, T2LError) else self.store.put(result))
+    def _semantic_snapshot(self) -> tuple[list[StoredAdapter], torch.Tensor] | None:
+        """Kept adapters and their embeddings, for the worker thread to compare against."""
+        if self.settings.semantic_threshold is None:
+            return None
+        if not self._embeddings:
+            return [], torch.empty(0)
+        stored, embeddings = zip(*self._embeddings.values())
+        return list(stored), torch.stack(embeddings)
+
+    def _generate_and_store(
+        self, texts: list[str], resident: tuple[list[StoredAdapter], torch.Tensor] | None
+    ) -> list[tuple[StoredAdapter, torch.Tensor | None, bool] | T2LError]:
+        """Worker thread: one batched pass (reusing close resident adapters), then PEFT folders."""
+        if resident is None:
+            return [r if isinstance(r, T2LError) else (self.store.put(r), None, False) for r in self.generator.generate_batch(texts)]
+        embeddings = self.generator.encoder.encode(texts)
+        units = torch.nn.functional.normalize(embeddings, dim=-1)
+        out: list = [None] * len(texts)
+        fresh = []
+        stored, matrix = resident
+        if stored:
+            best, where = (units @ matrix.T).max(dim=-1)
+        for i in range(len(texts)):
+            if stored and float(best[i]) >= self.settings.semantic_threshold:  # type: ignore[operator]
+                out[i] = (stored[int(where[i])], None, True)
+            else:
+                fresh.append(i)
+        generated = self.generator.generate_from_embeddings([texts[i] for i in fresh], embeddings[fresh])
+        for i, result in zip(fresh, generated):
+            out[i] = result if isinstance(result, T2LError) else (self.store.put(result), units[i], False)
         return out

@@ -116,14 +116,20 @@ class AdapterGenerator:
                 results[i] = err
         if positions:
             texts = list(positions)
-            emb = self.encoder.encode(texts).to(self._device, next(self.hypernet.parameters()).dtype)
-            weights = self.hypernet(emb)  # {module: A (N, L, r, in), B (N, L, out, r)}
-            weights = {m: (w.A.float().cpu(), w.B.float().cpu()) for m, w in weights.items()}
-            for j, text in enumerate(texts):
-                result = self._adapter(text, {m: (A[j], B[j]) for m, (A, B) in weights.items()})
+            for text, result in zip(texts, self.generate_from_embeddings(texts, self.encoder.encode(texts))):
                 for i in positions[text]:
                     results[i] = result
         return results  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def generate_from_embeddings(self, texts: Sequence[str], embeddings: torch.Tensor) -> list[LoRAAdapter | T2LError]:
+        """The hypernetwork pass for normalised descriptions whose task embeddings are known."""
+        if not texts:
+            return []
+        emb = embeddings.to(self._device, next(self.hypernet.parameters()).dtype)
+        weights = self.hypernet(emb)  # {module: A (N, L, r, in), B (N, L, out, r)}
+        weights = {m: (w.A.float().cpu(), w.B.float().cpu()) for m, w in weights.items()}
+        return [self._adapter(text, {m: (A[j], B[j]) for m, (A, B) in weights.items()}) for j, text in enumerate(texts)]
 
     def _adapter(self, text: str, weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> LoRAAdapter | T2LError:
         name = adapter_name(self.key(text))

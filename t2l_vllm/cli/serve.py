@@ -32,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--adapter-cache-entries", type=int, default=_CACHE.max_entries, help="adapters kept ready (default: %(default)s)")
     group.add_argument("--adapter-cache-mib", type=float, default=_CACHE.max_bytes / 2**20, help="their total size bound in MiB (default: %(default)s)")
     group.add_argument("--hypernet-batch-size", type=int, default=_CACHE.max_batch_size, help="most descriptions in one hypernetwork pass (default: %(default)s)")
+    group.add_argument("--semantic-cache-threshold", type=float, default=None, help="reuse a cached adapter whose description embeds within this cosine of a new one (default: off)")
     group.add_argument("--hypernet-batch-wait-ms", type=float, default=_CACHE.max_wait_ms, help="how long a pass waits for more descriptions (default: %(default)s)")
     routing = p.add_argument_group("automatic adaptation for requests without a task_description")
     routing.add_argument("--router", metavar="LIBRARY", help="task library YAML (`starter`: the one shipped with t2l_vllm)")
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             max_bytes=int(args.adapter_cache_mib * 2**20),
             max_batch_size=args.hypernet_batch_size,
             max_wait_ms=args.hypernet_batch_wait_ms,
+            semantic_threshold=args.semantic_cache_threshold,
         ),
         router=router_settings(args, args.router) if args.router else None,
     )

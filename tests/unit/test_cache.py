@@ -1,0 +1,121 @@
+"""The adapter cache and batcher on a real event loop, with the real generator and store."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from t2l_vllm.adapter_store import AdapterStore
+from t2l_vllm.cache import AdapterCache, CacheSettings
+from t2l_vllm.errors import InvalidDescriptionError
+from t2l_vllm.metrics import T2LMetrics
+
+
+def run_with_cache(generator, tmp_path, settings: CacheSettings, scenario):
+    """Runs `scenario(cache, removed, metrics)` on a fresh loop with a fresh cache."""
+
+    async def main():
+        removed: list[str] = []
+        metrics = T2LMetrics(CollectorRegistry())
+        cache = AdapterCache(generator, AdapterStore(tmp_path / "store"), settings, metrics, on_remove=lambda s: removed.append(s.name))
+        cache.start()
+        try:
+            return await scenario(cache, removed, metrics)
+        finally:
+            await cache.close()
+
+    return asyncio.run(main())
+
+
+def value(metric, **labels) -> float:
+    return (metric.labels(**labels) if labels else metric)._value.get()
+
+
+def test_concurrent_misses_share_one_pass_and_one_generation_per_name(generator, tmp_path):
+    async def scenario(cache, removed, metrics):
+        descriptions = [f"Cache task {i % 8}: tag parts of speech." for i in range(64)]
+        leases = await asyncio.gather(*(cache.acquire(d) for d in descriptions))
+        names = {d: {l.name for l, e in zip(leases, descriptions) if e == d} for d in descriptions}
+        for lease in leases:
+            lease.release()
+        return names, value(metrics.generations), value(metrics.hypernet_passes), value(metrics.cache_lookups, result="coalesced")
+
+    names, generations, passes, coalesced = run_with_cache(generator, tmp_path, CacheSettings(max_wait_ms=50), scenario)
+    assert all(len(n) == 1 for n in names.values()) and len(names) == 8
+    assert (generations, passes, coalesced) == (8, 1, 56)
+
+
+def test_an_evicted_adapter_keeps_its_folder_while_leased(generator, tmp_path):
+    async def scenario(cache, removed, metrics):
+        held = await cache.acquire("Held task: summarise legal contracts.")
+        for i in range(3):
+            (await cache.acquire(f"Filler task {i}: count words.")).release()
+        still_there = held.stored.path.is_dir() and held.name not in removed
+        held.release()
+        return held, still_there, removed, len(cache)
+
+    held, still_there, removed, resident = run_with_cache(generator, tmp_path, CacheSettings(max_entries=2), scenario)
+    assert still_there
+    assert held.name in removed and not held.stored.path.exists()
+    assert resident == 2
+
+
+def test_the_byte_bound_limits_residency(generator, tmp_path):
+    one = generator.generate(["size probe"])[0].nbytes
+
+    async def scenario(cache, removed, metrics):
+        for i in range(5):
+            (await cache.acquire(f"Byte-bound task {i}.")).release()
+        return len(cache), cache.resident_bytes, len(list((tmp_path / "store").iterdir()))
+
+    resident, nbytes, folders = run_with_cache(generator, tmp_path, CacheSettings(max_bytes=int(2.5 * one)), scenario)
+    assert resident == 2 and nbytes == 2 * one and folders == 2
+
+
+def test_bad_descriptions_fail_alone(generator, tmp_path):
+    async def scenario(cache, removed, metrics):
+        good = asyncio.ensure_future(cache.acquire("Write haiku about autumn."))
+        with pytest.raises(InvalidDescriptionError):
+            await cache.acquire("   ")
+        lease = await good
+        lease.release()
+        return lease.name
+
+    assert run_with_cache(generator, tmp_path, CacheSettings(), scenario).startswith("t2l-")
+
+
+def test_a_cancelled_waiter_does_not_leak_its_pin(generator, tmp_path):
+    async def scenario(cache, removed, metrics):
+        waiter = asyncio.ensure_future(cache.acquire("Cancelled task: list prime numbers."))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        for i in range(3):  # push it out of a 1-entry cache
+            (await cache.acquire(f"Pusher {i}.")).release()
+        return removed, cache._pins
+
+    removed, pins = run_with_cache(generator, tmp_path, CacheSettings(max_entries=1), scenario)
+    assert generator.name_for("Cancelled task: list prime numbers.") in removed
+    assert pins == {}
+
+
+@pytest.mark.parametrize("threshold,expected_generations", [(None, 2), (0.9, 1)])
+def test_semantic_cache_reuses_a_close_description(generator, tmp_path, threshold, expected_generations):
+    async def scenario(cache, removed, metrics):
+        first = await cache.acquire("Translate English sentences into French.")
+        second = await cache.acquire("Translate english sentences to French.")
+        again = await cache.acquire("Translate english sentences to French.")
+        for lease in (first, second, again):
+            lease.release()
+        return first.name, second.name, again.name, value(metrics.generations), value(metrics.cache_lookups, result="semantic_hit")
+
+    first, second, again, generations, semantic = run_with_cache(generator, tmp_path, CacheSettings(semantic_threshold=threshold), scenario)
+    assert generations == expected_generations
+    assert second == again
+    if threshold is None:
+        assert first != second and semantic == 0
+    else:
+        assert first == second and semantic == 2
