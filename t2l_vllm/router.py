@@ -198,16 +198,19 @@ class TaskIndex:
     def __init__(self, entries: torch.Tensor, owners: torch.Tensor, n_tasks: int, top_k: int, shortlist: int) -> None:
         self.top_k, self.shortlist, self.n_tasks = top_k, shortlist, n_tasks
         order = torch.argsort(owners, stable=True)
-        self.entries = entries[order].contiguous()  # (E, dim), grouped by task
+        entries = entries[order]
+        # (E + 1, dim), grouped by task; the last row is padding for tasks with fewer entries.
+        self.entries = torch.cat([entries, torch.zeros(1, entries.shape[1])]).contiguous()
+        self.pad = len(entries)
         owners = owners[order]
         counts = torch.bincount(owners, minlength=n_tasks)
         starts = torch.cumsum(counts, 0) - counts
         width = int(counts.max())
         offsets = torch.arange(width)[None, :]
         # (T, width) entry indices per task, padded with E (a column of -inf scores).
-        self.slots = torch.where(offsets < counts[:, None], starts[:, None] + offsets, torch.tensor(len(self.entries)))
+        self.slots = torch.where(offsets < counts[:, None], starts[:, None] + offsets, torch.tensor(self.pad))
         self.counts = counts
-        sums = torch.zeros(n_tasks, entries.shape[1]).index_add_(0, owners, self.entries)
+        sums = torch.zeros(n_tasks, entries.shape[1]).index_add_(0, owners, entries)
         self.centroids = torch.nn.functional.normalize(sums, dim=-1)  # (T, dim)
 
     def scores(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,9 +220,8 @@ class TaskIndex:
         else:
             candidates = (queries @ self.centroids.T).topk(self.shortlist, dim=-1).indices  # (Q, S)
         slots = self.slots[candidates]  # (Q, C, width)
-        padded = torch.cat([self.entries, torch.zeros(1, self.entries.shape[1])])
-        sims = torch.einsum("qd,qcwd->qcw", queries, padded[slots])  # (Q, C, width)
-        sims = sims.masked_fill(slots == len(self.entries), float("-inf"))
+        sims = torch.einsum("qd,qcwd->qcw", queries, self.entries[slots])  # (Q, C, width)
+        sims = sims.masked_fill(slots == self.pad, float("-inf"))
         k = min(self.top_k, sims.shape[-1])
         top = sims.topk(k, dim=-1).values  # (Q, C, k)
         counts = self.counts[candidates]  # (Q, C): tasks with fewer than k entries average fewer
