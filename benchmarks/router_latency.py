@@ -52,7 +52,7 @@ def synthetic_index(base_entries: torch.Tensor, base_owners: torch.Tensor, n_bas
     """The starter tasks, then copies of them with perturbed vectors up to `n_tasks` tasks."""
     if n_tasks <= n_base:
         keep = base_owners < n_tasks
-        return TaskIndex(base_entries[keep], base_owners[keep], n_tasks, settings.top_k, settings.shortlist)
+        return TaskIndex(base_entries[keep], base_owners[keep], n_tasks, settings.top_k, settings.shortlist, settings.scoring)
     generator = torch.Generator().manual_seed(0)
     copies = -(-n_tasks // n_base)
     entries = base_entries.repeat(copies, 1)
@@ -60,7 +60,7 @@ def synthetic_index(base_entries: torch.Tensor, base_owners: torch.Tensor, n_bas
     entries[: len(base_entries)] = base_entries  # the real starter tasks stay as they are
     owners = torch.cat([base_owners + i * n_base for i in range(copies)])
     keep = owners < n_tasks
-    return TaskIndex(entries[keep], owners[keep], n_tasks, settings.top_k, settings.shortlist)
+    return TaskIndex(entries[keep], owners[keep], n_tasks, settings.top_k, settings.shortlist, settings.scoring)
 
 
 def main() -> None:

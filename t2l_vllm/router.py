@@ -5,10 +5,13 @@ The decision is split the way semantic routers split it:
 - `TaskLibrary` (data): tasks, each with descriptions and example queries, read
   from YAML, plus the calibrated `threshold` and the `fallback` policy;
 - the encoder (text -> unit vectors), a sentence-transformers model;
-- `TaskIndex` (vectors): every description and example embedded once; a query is
-  scored against each task by the mean of its top-k most similar entries. Large
-  libraries are searched in two stages: task centroids pick a shortlist, whose
-  entries are then scored exactly;
+- `TaskIndex` (vectors): every description and example embedded once. A query is
+  scored against each task by cosine to the task's centroid (the normalised mean
+  of its entries; the default, one matrix product however many entries a task
+  has), or by the mean of the task's top-k most similar entries ("topk"; large
+  libraries are then searched in two stages: centroids pick a shortlist whose
+  entries are scored exactly). On the shipped labelled sets, centroid scoring
+  routed more queries right than top-k (see README);
 - `EmbeddingRouter` (the choice): the best task if its score reaches the
   threshold, and then that task's FIRST description, so every query of one task
   shares one cached adapter; otherwise the fallback: `query` (the query itself,
@@ -36,6 +39,7 @@ from .errors import ConfigError, T2LError
 
 Fallback = Literal["query", "base"]
 FALLBACKS = ("query", "base")
+SCORINGS = ("centroid", "topk")
 STARTER_LIBRARY = Path(__file__).parent / "assets" / "task_library.yaml"
 DEFAULT_THRESHOLD = 0.5
 
@@ -163,6 +167,7 @@ class RouterSettings:
     threshold: float | None = None
     fallback: Fallback | None = None
     encoder: str = DEFAULT_ENCODER
+    scoring: Literal["centroid", "topk"] = "centroid"
     top_k: int = 3
     shortlist: int = 64
     max_description_chars: int = DEFAULT_MAX_DESCRIPTION_CHARS
@@ -170,6 +175,8 @@ class RouterSettings:
     def __post_init__(self) -> None:
         if self.fallback is not None and self.fallback not in FALLBACKS:
             raise ConfigError(f"`router fallback` must be one of {FALLBACKS}, got {self.fallback!r}.")
+        if self.scoring not in SCORINGS:
+            raise ConfigError(f"`router scoring` must be one of {SCORINGS}, got {self.scoring!r}.")
         if self.top_k <= 0 or self.shortlist <= 0:
             raise ConfigError("`top_k` and `shortlist` must be positive.")
 
@@ -195,8 +202,8 @@ class SentenceEncoder:
 class TaskIndex:
     """Entry vectors grouped by task, scored by the mean of each task's top-k entries."""
 
-    def __init__(self, entries: torch.Tensor, owners: torch.Tensor, n_tasks: int, top_k: int, shortlist: int) -> None:
-        self.top_k, self.shortlist, self.n_tasks = top_k, shortlist, n_tasks
+    def __init__(self, entries: torch.Tensor, owners: torch.Tensor, n_tasks: int, top_k: int, shortlist: int, scoring: str = "centroid") -> None:
+        self.top_k, self.shortlist, self.n_tasks, self.scoring = top_k, shortlist, n_tasks, scoring
         order = torch.argsort(owners, stable=True)
         entries = entries[order]
         # (E + 1, dim), grouped by task; the last row is padding for tasks with fewer entries.
@@ -215,6 +222,9 @@ class TaskIndex:
 
     def scores(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(Q, dim) unit queries -> best task index (Q,) and its score (Q,)."""
+        if self.scoring == "centroid":
+            best = (queries @ self.centroids.T).max(dim=-1)  # (Q, T) -> (Q,)
+            return best.indices, best.values
         if self.n_tasks <= self.shortlist:
             candidates = torch.arange(self.n_tasks).expand(len(queries), -1)  # (Q, T)
         else:
@@ -246,7 +256,9 @@ class EmbeddingRouter:
             for text in (*task.descriptions, *task.examples):
                 texts.append(text)
                 owners.append(i)
-        self.index = TaskIndex(self.encoder.encode(texts), torch.tensor(owners), len(library.tasks), settings.top_k, settings.shortlist)
+        self.index = TaskIndex(
+            self.encoder.encode(texts), torch.tensor(owners), len(library.tasks), settings.top_k, settings.shortlist, settings.scoring
+        )
 
     @classmethod
     def from_settings(cls, settings: RouterSettings) -> "EmbeddingRouter":

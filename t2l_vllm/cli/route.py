@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..router import FALLBACKS, EmbeddingRouter, RouterSettings, TaskLibrary, evaluate, fit_threshold, load_labelled
+from ..router import FALLBACKS, SCORINGS, EmbeddingRouter, RouterSettings, TaskLibrary, evaluate, fit_threshold, load_labelled
 
 _DEFAULTS = RouterSettings()
 
@@ -40,7 +40,8 @@ def add_router_options(parser: argparse.ArgumentParser, prefix: str = "router-")
     """Options shared by `route` and `serve --router` (where they carry a `router-` prefix)."""
     parser.add_argument(f"--{prefix}threshold", type=float, help="override the library's threshold")
     parser.add_argument(f"--{prefix}fallback", choices=FALLBACKS, help="override the library's fallback")
-    parser.add_argument(f"--{prefix}top-k", type=int, default=_DEFAULTS.top_k, help="entries averaged per task (default: %(default)s)")
+    parser.add_argument(f"--{prefix}scoring", choices=SCORINGS, default=_DEFAULTS.scoring, help="task score: cosine to the task centroid, or mean of the top-k entries (default: %(default)s)")
+    parser.add_argument(f"--{prefix}top-k", type=int, default=_DEFAULTS.top_k, help="entries averaged per task with topk scoring (default: %(default)s)")
 
 
 def router_settings(args: argparse.Namespace, library: str, prefix: str = "router_") -> RouterSettings:
@@ -48,6 +49,7 @@ def router_settings(args: argparse.Namespace, library: str, prefix: str = "route
         library=library,
         threshold=getattr(args, f"{prefix}threshold"),
         fallback=getattr(args, f"{prefix}fallback"),
+        scoring=getattr(args, f"{prefix}scoring"),
         top_k=getattr(args, f"{prefix}top_k"),
     )
 

@@ -71,8 +71,8 @@ def test_two_stage_search_matches_exhaustive_scoring():
     owners = torch.arange(3000) % 500
     entries = torch.nn.functional.normalize(centres[owners] + 0.7 * torch.randn(3000, 32), dim=-1)
     queries = torch.nn.functional.normalize(centres[:40] + 0.7 * torch.randn(40, 32), dim=-1)
-    exhaustive = TaskIndex(entries, owners, 500, top_k=3, shortlist=10_000).scores(queries)
-    shortlisted = TaskIndex(entries, owners, 500, top_k=3, shortlist=64).scores(queries)
+    exhaustive = TaskIndex(entries, owners, 500, top_k=3, shortlist=10_000, scoring="topk").scores(queries)
+    shortlisted = TaskIndex(entries, owners, 500, top_k=3, shortlist=64, scoring="topk").scores(queries)
     agree = (exhaustive[0] == shortlisted[0]).float().mean()
     assert agree >= 0.95
     same = exhaustive[0] == shortlisted[0]

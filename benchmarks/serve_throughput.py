@@ -1,0 +1,565 @@
+"""Serving throughput of generated adapters against vLLM's own multi-LoRA, on one server.
+
+The question: what does a per-request `task_description` cost over serving the same
+adapters the ordinary vLLM way? One `t2l-vllm serve` process (one engine, one
+configuration, `--max-loras K`) answers four arms with the same prompts, the same
+`max_tokens`, greedy decoding with `ignore_eos`, and the same client concurrency:
+
+    a  base model, no adapter (no `task_description`)
+    b  vLLM's own LoRA: K PEFT folders registered with `--lora-modules`, written
+       beforehand by `AdapterGenerator` from K descriptions; requests name them
+       round-robin with `model=native-j`
+    c  t2l_vllm: the same K descriptions as `task_description`, round-robin, cache
+       warm (each description sent before the timed run)
+    d  t2l_vllm: a new description on every request (a hypernetwork pass each;
+       the adapter cache is sized so nothing is evicted during the run)
+
+b and c run identical adapter weights (the same descriptions through the same
+hypernetwork), and a check before timing confirms they give the same tokens, so c/b
+isolates what the description path adds. Prefix caching is off, so no arm reuses
+another's prefill. The machine is noisy: the arms run in several rounds, the order
+rotated each round, each timed run preceded by an untimed one of `concurrency`
+requests (every adapter of b and c, every batch size once).
+
+Per arm: output tokens/s (completion tokens from the usage chunk / wall time of the
+arm) and TTFT p50/p99 (time to the first streamed chunk carrying a choice, i.e. the
+first generated token, whose text may be empty for a partial UTF-8 byte), and, from
+vLLM's own /metrics over each timed run, the mean TTFT, queue and prefill times
+counted from the request's arrival at the engine, which t2l_vllm's adapter lookup
+and generation precede: the difference to the client's TTFT is what the HTTP front
+end, the plugin and generation add. The
+hypernetwork's latency alone is measured in the same run, twice: in this process
+(`AdapterGenerator.generate([d])` plus the PEFT folder write, single descriptions)
+and on the idle server (sequential fresh-description requests, the delta of its
+`t2l_generation_seconds` histogram). The server's is the reference: it is the very
+pass arm d waits for. The in-process one is a cross-check; its torch threads spin
+against other jobs, so it suffers most when the machine is loaded. Targets:
+TTFT p50(d) - TTFT p50(c) <= 1.2 x the server's pass alone, and c/b >= 0.95.
+
+    python benchmarks/serve_throughput.py [--k 4 --requests 64 --rounds 4 --concurrency 8
+        --max-tokens 32 --model BASE --hypernet DIR --out results.json] [-- extra serve options]
+
+Unknown options go to `t2l-vllm serve` after this script's own (so they win).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from t2l_vllm.generator import AdapterGenerator
+
+ARMS = ("a", "b", "c", "d")
+ARM_LABELS = {
+    "a": "base model, no adapter",
+    "b": "vLLM --lora-modules, K folders",
+    "c": "t2l, K descriptions, cache warm",
+    "d": "t2l, new description per request",
+}
+SERVED_NAME = "base"
+HOST = "127.0.0.1"
+TARGET_TTFT_FACTOR = 1.2
+TARGET_C_OVER_B = 0.95
+ALONE_SAMPLES = 10
+# vLLM's histograms, timed from when a request reaches the engine (after t2l_vllm made its adapter):
+# client TTFT minus engine TTFT is what the HTTP front end, the plugin and generation add.
+ENGINE_HISTOGRAMS = {
+    "ttft": "vllm:time_to_first_token_seconds",
+    "queue": "vllm:request_queue_time_seconds",
+    "prefill": "vllm:request_prefill_time_seconds",
+}
+PROMPTS = (
+    "Question: which planet in the solar system is the largest? Answer:",
+    "Translate to French: The weather is lovely today and we are going to the park.",
+    "Summarise: The committee met on Tuesday and agreed to postpone the vote until spring.",
+    "Review: The battery lasts two days but the screen scratches easily. Sentiment:",
+    "Tom has 3 apples and buys 4 more, then gives 2 to Anna. How many apples does he have?",
+    "Write a haiku about a lighthouse in the fog.",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "List three differences between mitochondria and chloroplasts:",
+)
+TASKS = (
+    "Answer multiple-choice science questions with the letter of the right option.",
+    "Solve grade-school math word problems step by step.",
+    "Translate English sentences into formal French.",
+    "Label the sentiment of product reviews as positive or negative.",
+    "Summarise news paragraphs in one sentence.",
+    "Complete Python functions from their docstrings.",
+    "Rewrite informal sentences in a polite business register.",
+    "Extract the named people and places from a paragraph.",
+)
+
+
+@dataclass(frozen=True)
+class RequestResult:
+    ttft_s: float
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class ArmRun:
+    """One timed run of one arm in one round."""
+
+    arm: str
+    round: int
+    wall_s: float
+    results: list[RequestResult]
+    load_average: float  # 1-minute, at the end of the run: other jobs on the machine show here
+    engine_ms: dict[str, float]  # vLLM's own per-request means over this run, see ENGINE_HISTOGRAMS
+
+    @property
+    def tokens(self) -> int:
+        return sum(r.completion_tokens for r in self.results)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What every request of every arm shares, and what distinguishes the arms."""
+
+    requests: int
+    concurrency: int
+    max_tokens: int
+    native_names: list[str]  # arm b, round-robin
+    descriptions: list[str]  # arm c, round-robin; the same tasks as native_names
+
+
+# --- command line ------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="base model (default: the embedded tiny Llama; needs --hypernet)")
+    parser.add_argument("--hypernet", help="hypernetwork folder (default: the embedded one)")
+    parser.add_argument("--k", type=int, default=4, help="adapters in arms b and c, and --max-loras (default: %(default)s)")
+    parser.add_argument("--max-cpu-loras", type=int, help="vLLM's --max-cpu-loras (default: 2K, so b's and c's adapters all stay loaded)")
+    parser.add_argument("--requests", type=int, default=64, help="timed requests per arm per round (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds over all arms, order rotated each round (default: %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight per arm (default: %(default)s)")
+    parser.add_argument("--max-tokens", type=int, default=32, help="output tokens per request, ignore_eos (default: %(default)s)")
+    parser.add_argument("--port", type=int, help="server port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "serve_throughput.json")
+    args, server_extra = parser.parse_known_args(argv)
+    if min(args.k, args.requests, args.rounds, args.concurrency, args.max_tokens) < 1:
+        parser.error("--k, --requests, --rounds, --concurrency and --max-tokens must be positive")
+    if args.model and not args.hypernet:
+        parser.error("--model needs --hypernet: the embedded hypernetwork only fits the embedded base model")
+    args.max_cpu_loras = args.max_cpu_loras or 2 * args.k
+    if args.max_cpu_loras < args.k:
+        parser.error("--max-cpu-loras must be at least --k")
+    return args, [a for a in server_extra if a != "--"]
+
+
+# --- adapters and the generator -------------------------------------------------------
+def task_descriptions(k: int) -> list[str]:
+    return [f"Task {j}: {TASKS[j % len(TASKS)]}" for j in range(k)]
+
+
+def fresh_description(tag: str) -> str:
+    """A description no earlier request used, as long as those of `TASKS`."""
+    return f"Fresh task {tag}: answer questions about topic {tag} in one short sentence."
+
+
+def write_native_adapters(generator: AdapterGenerator, descriptions: list[str], folder: Path) -> dict[str, Path]:
+    """The K PEFT folders arm b registers with `--lora-modules`, from one batched pass."""
+    adapters = generator.generate(descriptions)
+    return {f"native-{j}": adapter.save_peft(folder / f"native-{j}") for j, adapter in enumerate(adapters)}
+
+
+def time_generation_in_process(generator: AdapterGenerator, folder: Path, samples: int) -> list[float]:
+    """Seconds for one description: encoder, hypernetwork, checks and the PEFT folder write."""
+    times = []
+    for i in range(samples + 1):  # the first is a warm-up
+        start = time.perf_counter()
+        generator.generate([fresh_description(f"in-process-{i}")])[0].save_peft(folder / f"alone-{i}")
+        times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+# --- the server process --------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def server_command(args: argparse.Namespace, port: int, native: dict[str, Path], cache_entries: int, cpu: bool,
+                   extra: list[str]) -> list[str]:
+    command = [sys.executable, "-m", "t2l_vllm", "serve", "--host", HOST, "--port", str(port),
+               "--served-model-name", SERVED_NAME, "--max-model-len", "512", "--no-enable-prefix-caching",
+               "--disable-uvicorn-access-log",
+               "--max-loras", str(args.k), "--max-cpu-loras", str(args.max_cpu_loras),
+               "--adapter-cache-entries", str(cache_entries),
+               "--lora-modules", *(f"{name}={path}" for name, path in native.items())]
+    if args.model:
+        command += ["--model", args.model]
+    if args.hypernet:
+        command += ["--hypernet", args.hypernet]
+    if cpu:
+        command += ["--dtype", "float32", "--gpu-memory-utilization", "0.3"]
+    return command + extra
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if this script dies, even by SIGKILL (Linux)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@contextmanager
+def running_server(command: list[str], log: Path, url: str) -> Iterator[subprocess.Popen]:
+    """Starts the server in its own process group; SIGTERMs the group on the way out."""
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    try:
+        wait_healthy(process, url, log)
+        yield process
+    finally:
+        stop_group(process)
+
+
+def wait_healthy(process: subprocess.Popen, url: str, log: Path, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"server not healthy after {timeout_s:.0f} s:\n{log.read_text()[-4000:]}")
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def scrape(url: str) -> dict[str, float]:
+    """t2l_* samples from /metrics by full name with labels; vllm:* ones summed over their labels."""
+    values: dict[str, float] = {}
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        if line.startswith("t2l_"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+        elif line.startswith("vllm:"):
+            name, value = line.rsplit(" ", 1)
+            key = name.split("{")[0]
+            values[key] = values.get(key, 0.0) + float(value)
+    return values
+
+
+def delta(after: dict[str, float], before: dict[str, float], name: str) -> float:
+    return after.get(name, 0.0) - before.get(name, 0.0)
+
+
+def histogram_mean_ms(after: dict[str, float], before: dict[str, float], name: str) -> float:
+    count = delta(after, before, f"{name}_count")
+    return 1e3 * delta(after, before, f"{name}_sum") / count if count else float("nan")
+
+
+# --- requests ------------------------------------------------------------------------
+def body(prompt: str, max_tokens: int, model: str = SERVED_NAME, description: str | None = None,
+         stream: bool = True) -> dict[str, Any]:
+    payload: dict[str, Any] = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+                               "ignore_eos": True, "stream": stream}
+    if stream:
+        payload["stream_options"] = {"include_usage": True}
+    if description is not None:
+        payload["task_description"] = description
+    return payload
+
+
+def arm_bodies(arm: str, tag: str, count: int, w: Workload, max_tokens: int) -> list[dict[str, Any]]:
+    """`count` requests of one arm; request i gets prompt i and adapter i (round-robin)."""
+    def one(i: int) -> dict[str, Any]:
+        prompt = PROMPTS[i % len(PROMPTS)]
+        if arm == "b":
+            return body(prompt, max_tokens, model=w.native_names[i % len(w.native_names)])
+        if arm == "c":
+            return body(prompt, max_tokens, description=w.descriptions[i % len(w.descriptions)])
+        if arm == "d":
+            return body(prompt, max_tokens, description=fresh_description(f"{tag}-{i}"))
+        return body(prompt, max_tokens)
+    return [one(i) for i in range(count)]
+
+
+def warmup_count(w: Workload) -> int:
+    """Untimed requests before each timed arm: every adapter of b and c once, and every
+    batch size up to the concurrency (the engine's first steps at a new shape are slow)."""
+    return max(len(w.native_names), w.concurrency)
+
+
+async def stream_one(client: httpx.AsyncClient, payload: dict[str, Any]) -> RequestResult:
+    start = time.perf_counter()
+    ttft, tokens = None, 0
+    async with client.stream("POST", "/v1/completions", json=payload) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread()).decode()[:500]}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if ttft is None and chunk.get("choices"):
+                ttft = time.perf_counter() - start
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    if ttft is None:
+        raise RuntimeError("the stream ended without a token")
+    return RequestResult(ttft, tokens)
+
+
+async def closed_loop(client: httpx.AsyncClient, payloads: list[dict[str, Any]], concurrency: int) -> tuple[float, list[RequestResult]]:
+    """Sends all payloads with `concurrency` in flight; returns the wall time and the results in order."""
+    results: list[RequestResult | None] = [None] * len(payloads)
+    indices = iter(range(len(payloads)))
+
+    async def worker() -> None:
+        for i in indices:
+            results[i] = await stream_one(client, payloads[i])
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(payloads)))))
+    return time.perf_counter() - start, results  # type: ignore[return-value]
+
+
+async def run_rounds(client: httpx.AsyncClient, url: str, w: Workload, rounds: int) -> list[ArmRun]:
+    runs = []
+    for r in range(rounds):
+        order = ARMS[r % len(ARMS):] + ARMS[:r % len(ARMS)]
+        for arm in order:
+            await closed_loop(client, arm_bodies(arm, f"warm-{r}", warmup_count(w), w, w.max_tokens), w.concurrency)
+            before = scrape(url)
+            wall, results = await closed_loop(client, arm_bodies(arm, f"r{r}", w.requests, w, w.max_tokens), w.concurrency)
+            after = scrape(url)
+            engine = {key: histogram_mean_ms(after, before, name) for key, name in ENGINE_HISTOGRAMS.items()}
+            runs.append(ArmRun(arm, r, wall, results, os.getloadavg()[0], engine))
+            print(f"  round {r} arm {arm}: {runs[-1].tokens / wall:8.1f} tok/s, TTFT p50 "
+                  f"{1e3 * statistics.median(x.ttft_s for x in results):7.1f} ms, wall {wall:5.1f} s, "
+                  f"load average {runs[-1].load_average:.2f}", flush=True)
+    return runs
+
+
+async def complete_text(client: httpx.AsyncClient, payload: dict[str, Any]) -> str:
+    response = await client.post("/v1/completions", json=payload)
+    response.raise_for_status()
+    return response.json()["choices"][0]["text"]
+
+
+async def same_tokens_check(client: httpx.AsyncClient, w: Workload) -> dict[str, Any]:
+    """b and c run the same weights: their greedy texts must match, and differ from the base model's."""
+    prompt, n = PROMPTS[0], 12
+    base = await complete_text(client, body(prompt, n, stream=False))
+    native = [await complete_text(client, body(prompt, n, model=m, stream=False)) for m in w.native_names]
+    t2l = [await complete_text(client, body(prompt, n, description=d, stream=False)) for d in w.descriptions]
+    return {"b_equals_c": native == t2l, "adapters_change_output": any(t != base for t in t2l)}
+
+
+async def server_generation_alone(client: httpx.AsyncClient, url: str, samples: int) -> dict[str, float]:
+    """Sequential fresh-description requests on the idle server: its pass time for one description."""
+    before = scrape(url)
+    for i in range(samples):
+        await complete_text(client, body(PROMPTS[0], 1, description=fresh_description(f"server-alone-{i}"), stream=False))
+    after = scrape(url)
+    passes = delta(after, before, "t2l_generation_seconds_count")
+    return {"passes": passes, "mean_s": delta(after, before, "t2l_generation_seconds_sum") / passes}
+
+
+async def measure(url: str, w: Workload, rounds: int) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=w.concurrency + 2, max_keepalive_connections=w.concurrency + 2)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        check = await same_tokens_check(client, w)
+        alone = await server_generation_alone(client, url, ALONE_SAMPLES)
+        before = scrape(url)
+        runs = await run_rounds(client, url, w, rounds)
+        after = scrape(url)
+    passes = delta(after, before, "t2l_generation_seconds_count")
+    under_load = {
+        "passes": passes,
+        "generations": delta(after, before, "t2l_generations_total"),
+        "mean_pass_s": delta(after, before, "t2l_generation_seconds_sum") / passes if passes else float("nan"),
+        "mean_batch": delta(after, before, "t2l_hypernet_batch_size_sum") / passes if passes else float("nan"),
+        "cache_evictions": delta(after, before, "t2l_cache_evictions_total"),
+    }
+    return {"check": check, "server_alone": alone, "during_rounds": under_load, "runs": runs}
+
+
+# --- summary -------------------------------------------------------------------------
+def summarize(runs: list[ArmRun]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for arm in ARMS:
+        mine = [r for r in runs if r.arm == arm]
+        ttfts = [x.ttft_s for r in mine for x in r.results]
+        out[arm] = {
+            "label": ARM_LABELS[arm],
+            "requests": len(ttfts),
+            "tokens": sum(r.tokens for r in mine),
+            "tokens_per_s": sum(r.tokens for r in mine) / sum(r.wall_s for r in mine),
+            "tokens_per_s_by_round": [r.tokens / r.wall_s for r in mine],
+            "ttft_p50_ms": 1e3 * float(np.percentile(ttfts, 50)),
+            "ttft_p99_ms": 1e3 * float(np.percentile(ttfts, 99)),
+            "ttft_p50_ms_by_round": [1e3 * statistics.median(x.ttft_s for x in r.results) for r in mine],
+            "ttft_mean_ms": 1e3 * statistics.mean(ttfts),
+            **{f"engine_{key}_mean_ms": statistics.mean(r.engine_ms[key] for r in mine) for key in ENGINE_HISTOGRAMS},
+        }
+    return out
+
+
+def targets(arms: dict[str, dict[str, Any]], server_alone_s: float) -> dict[str, Any]:
+    ratio = lambda x: arms[x]["tokens_per_s"] / arms["b"]["tokens_per_s"]  # noqa: E731
+    by_round = lambda x: [p / q for p, q in zip(arms[x]["tokens_per_s_by_round"], arms["b"]["tokens_per_s_by_round"])]  # noqa: E731
+    ttft_gap_ms = arms["d"]["ttft_p50_ms"] - arms["c"]["ttft_p50_ms"]
+    bound_ms = TARGET_TTFT_FACTOR * 1e3 * server_alone_s
+    return {
+        "c_over_b": ratio("c"), "d_over_b": ratio("d"), "a_over_b": ratio("a"),
+        "c_over_b_by_round": by_round("c"), "d_over_b_by_round": by_round("d"),
+        "ttft_p50_d_minus_c_ms": ttft_gap_ms, "ttft_bound_ms": bound_ms,
+        "ttft_target_met": ttft_gap_ms <= bound_ms, "c_over_b_target_met": ratio("c") >= TARGET_C_OVER_B,
+    }
+
+
+def print_report(arms: dict[str, dict[str, Any]], t: dict[str, Any], gen: dict[str, Any], check: dict[str, Any],
+                 cache_entries: int) -> None:
+    print(f"\n{'arm':<38} {'tok/s':>8} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} {'requests':>9}  tok/s by round")
+    for arm, s in arms.items():
+        rounds = " ".join(f"{v:.0f}" for v in s["tokens_per_s_by_round"])
+        print(f"{arm} {s['label']:<36} {s['tokens_per_s']:>8.1f} {s['ttft_p50_ms']:>12.1f} {s['ttft_p99_ms']:>12.1f} "
+              f"{s['requests']:>9}  {rounds}")
+    print(f"\nTTFT means, ms: {'client':>8} {'engine':>8} {'before engine':>14} {'queue':>8} {'prefill':>8}"
+          "   (engine: vLLM's histograms, from the request's arrival at the engine)")
+    for arm, s in arms.items():
+        front = s["ttft_mean_ms"] - s["engine_ttft_mean_ms"]
+        print(f"  {arm}{'':<13} {s['ttft_mean_ms']:>8.1f} {s['engine_ttft_mean_ms']:>8.1f} {front:>14.1f} "
+              f"{s['engine_queue_mean_ms']:>8.1f} {s['engine_prefill_mean_ms']:>8.1f}")
+    fmt = lambda xs: ", ".join(f"{x:.3f}" for x in xs)  # noqa: E731
+    print(f"\nc/b = {t['c_over_b']:.3f} (by round {fmt(t['c_over_b_by_round'])})   "
+          f"d/b = {t['d_over_b']:.3f} (by round {fmt(t['d_over_b_by_round'])})   a/b = {t['a_over_b']:.3f}")
+    print(f"b and c give the same tokens: {check['b_equals_c']}; adapters change the output: {check['adapters_change_output']}")
+    load = gen["during_rounds"]
+    print(f"generation alone: in process {1e3 * gen['in_process_median_s']:.1f} ms median, "
+          f"{1e3 * gen['in_process_min_s']:.1f} ms best of {ALONE_SAMPLES} "
+          f"(encoder + hypernetwork + checks + folder write); server pass {1e3 * gen['server_alone']['mean_s']:.1f} ms "
+          f"mean of {gen['server_alone']['passes']:.0f} isolated passes")
+    print(f"during the rounds: {load['passes']:.0f} passes for {load['generations']:.0f} adapters, mean batch "
+          f"{load['mean_batch']:.2f}, {1e3 * load['mean_pass_s']:.1f} ms per pass; adapter cache {cache_entries} entries, "
+          f"{load['cache_evictions']:.0f} evictions")
+    print(f"target TTFT p50(d) - p50(c) = {t['ttft_p50_d_minus_c_ms']:.1f} ms <= {TARGET_TTFT_FACTOR} x server pass alone "
+          f"= {t['ttft_bound_ms']:.1f} ms: {'met' if t['ttft_target_met'] else 'MISSED'}")
+    print(f"target c/b = {t['c_over_b']:.3f} >= {TARGET_C_OVER_B}: {'met' if t['c_over_b_target_met'] else 'MISSED'}")
+
+
+def write_chart(arms: dict[str, dict[str, Any]], path: Path) -> bool:
+    """Two bar panels (tokens/s with one dot per round; TTFT p50 with a p99 tick), via Pillow if present."""
+    try:
+        from PIL import Image, ImageDraw
+    except ImportError:
+        return False
+    width, height, pad = 760, 360, 40
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    colours = {"a": (120, 120, 120), "b": (60, 110, 200), "c": (40, 160, 90), "d": (220, 120, 40)}
+    panels = [("output tokens/s", lambda s: s["tokens_per_s"], lambda s: s["tokens_per_s_by_round"]),
+              ("TTFT ms: p50 bar, p99 tick", lambda s: s["ttft_p50_ms"], lambda s: [s["ttft_p99_ms"]])]
+    panel_w = (width - 3 * pad) // 2
+    for p, (title, value, marks) in enumerate(panels):
+        x0, top, bottom = pad + p * (panel_w + pad), pad, height - pad
+        scale = (bottom - top - 20) / max(max([value(s), *marks(s)]) for s in arms.values())
+        draw.text((x0, 10), title, fill="black")
+        draw.line([(x0, bottom), (x0 + panel_w, bottom)], fill="black")
+        bar_w = panel_w // (2 * len(arms))
+        for i, (arm, s) in enumerate(arms.items()):
+            bx = x0 + bar_w // 2 + 2 * i * bar_w
+            draw.rectangle([bx, bottom - value(s) * scale, bx + bar_w, bottom], fill=colours[arm])
+            for m in marks(s):
+                draw.line([(bx + 2, bottom - m * scale), (bx + bar_w - 2, bottom - m * scale)], fill="black", width=2)
+            draw.text((bx, bottom - value(s) * scale - 14), f"{value(s):.0f}", fill="black")
+            draw.text((bx + bar_w // 2 - 3, bottom + 6), arm, fill="black")
+    draw.text((pad, height - 16), "a base   b vLLM --lora-modules   c t2l warm   d t2l new description", fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return True
+
+
+# --- main ----------------------------------------------------------------------------
+def raise_on_sigterm() -> None:
+    """SIGTERM to this script unwinds through the `finally` that stops the server."""
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run(args: argparse.Namespace, extra: list[str], work: Path) -> dict[str, Any]:
+    import torch
+
+    from t2l_vllm.default_model import default_paths
+
+    hypernet = args.hypernet or str(default_paths().hypernet)
+    generator = AdapterGenerator.from_checkpoint(hypernet)
+    w = Workload(args.requests, args.concurrency, args.max_tokens, [f"native-{j}" for j in range(args.k)],
+                 task_descriptions(args.k))
+    native = write_native_adapters(generator, w.descriptions, work / "native")
+    # Every description the run sends, plus slack: nothing is evicted, so d measures generation, not churn.
+    cache_entries = args.k + ALONE_SAMPLES + args.rounds * (args.requests + warmup_count(w)) + 16
+    port = args.port or free_port()
+    url = f"http://{HOST}:{port}"
+    command = server_command(args, port, native, cache_entries, not torch.cuda.is_available(), extra)
+    print("server:", " ".join(command), flush=True)
+    start = time.perf_counter()
+    with running_server(command, work / "server.log", url):
+        print(f"server healthy after {time.perf_counter() - start:.0f} s; load average {os.getloadavg()[0]:.2f}", flush=True)
+        in_process = time_generation_in_process(generator, work / "alone", ALONE_SAMPLES)
+        measured = asyncio.run(measure(url, w, args.rounds))
+    arms = summarize(measured["runs"])
+    gen = {"in_process_s": in_process, "in_process_median_s": statistics.median(in_process), "in_process_min_s": min(in_process),
+           "server_alone": measured["server_alone"], "during_rounds": measured["during_rounds"]}
+    t = targets(arms, measured["server_alone"]["mean_s"])
+    print_report(arms, t, gen, measured["check"], cache_entries)
+    return {"arms": arms, "targets": t, "generation": gen, "check": measured["check"], "server_command": command,
+            "adapter_cache_entries": cache_entries, "runs": [{**asdict(r), "results": [asdict(x) for x in r.results]}
+                                                             for r in measured["runs"]]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, extra = parse_args(argv)
+    raise_on_sigterm()
+    started = time.perf_counter()
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="t2l-serve-bench-") as tmp:
+        report = run(args, extra, Path(tmp))
+    wall = time.perf_counter() - started
+    report.update(config={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                  prompts=list(PROMPTS), cpu_cores=os.cpu_count(), load_average_at_start=load, wall_s=wall)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    chart = args.out.with_suffix(".png")
+    wrote_chart = write_chart(report["arms"], chart)
+    print(f"\nwall time {wall:.0f} s; wrote {args.out}" + (f" and {chart}" if wrote_chart else " (no chart: Pillow missing)"))
+
+
+if __name__ == "__main__":
+    main()
