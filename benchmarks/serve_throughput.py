@@ -474,7 +474,7 @@ def print_report(arms: dict[str, dict[str, Any]], t: dict[str, Any], gen: dict[s
 
 
 def write_chart(arms: dict[str, dict[str, Any]], path: Path) -> bool:
-    """Two bar panels (tokens/s with one dot per round; TTFT p50 with a p99 tick), via Pillow if present."""
+    """Two bar panels (tokens/s, a tick per round; TTFT p50, a tick at p99), drawn with Pillow (a vLLM dependency)."""
     try:
         from PIL import Image, ImageDraw
     except ImportError:
@@ -483,7 +483,7 @@ def write_chart(arms: dict[str, dict[str, Any]], path: Path) -> bool:
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     colours = {"a": (120, 120, 120), "b": (60, 110, 200), "c": (40, 160, 90), "d": (220, 120, 40)}
-    panels = [("output tokens/s", lambda s: s["tokens_per_s"], lambda s: s["tokens_per_s_by_round"]),
+    panels = [("output tokens/s: all rounds bar, a tick per round", lambda s: s["tokens_per_s"], lambda s: s["tokens_per_s_by_round"]),
               ("TTFT ms: p50 bar, p99 tick", lambda s: s["ttft_p50_ms"], lambda s: [s["ttft_p99_ms"]])]
     panel_w = (width - 3 * pad) // 2
     for p, (title, value, marks) in enumerate(panels):
