@@ -79,6 +79,19 @@ def test_two_stage_search_matches_exhaustive_scoring():
     torch.testing.assert_close(exhaustive[1][same], shortlisted[1][same])
 
 
+def test_inverted_lists_find_the_same_task_as_a_full_scan():
+    from t2l_vllm.router import CentroidClusters
+
+    torch.manual_seed(0)
+    centroids = torch.nn.functional.normalize(torch.randn(20_000, 32), dim=-1)
+    queries = torch.nn.functional.normalize(centroids[:200] + 0.3 * torch.randn(200, 32) / 32**0.5, dim=-1)
+    exact = (queries @ centroids.T).max(dim=-1)
+    found, scores = CentroidClusters(centroids).search(queries)
+    agree = found == exact.indices
+    assert agree.float().mean() >= 0.95
+    torch.testing.assert_close(scores[agree], exact.values[agree])
+
+
 def test_fit_threshold_maximises_accuracy():
     best = [("a", 0.9), ("b", 0.8), ("a", 0.3), ("b", 0.2), ("a", 0.6)]
     labels = ["a", "b", None, None, "b"]  # the 0.6 query is mislabelled by the router either way
