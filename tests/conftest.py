@@ -28,7 +28,7 @@ def generator(default_paths):
 @pytest.fixture(scope="session")
 def engine(default_paths, generator):
     """One tiny vLLM engine (CPU, float32) for the whole run: the offline API."""
-    from t2l_vllm.vllm_plugin.offline import T2LEngine
+    from t2l_vllm import T2LEngine
 
     with T2LEngine(
         str(default_paths.base_model),
