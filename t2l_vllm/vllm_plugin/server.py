@@ -209,8 +209,14 @@ class _Choice:
 
 
 async def _route(t2l: T2LState, body: dict) -> tuple[str | None, _Choice]:
-    """The router's description for a request without one (None: the base model)."""
-    query = query_of_request(body) if t2l.router is not None else None
+    """The router's description for a request without one (None: leave the request as it is).
+
+    Only requests for the base model are routed; one that names a LoRA adapter or an
+    unknown model goes to vLLM unchanged, which serves or refuses it as usual.
+    """
+    if t2l.router is None or _check_model(t2l, body.get("model")) is not None:
+        return None, _Choice("none")
+    query = query_of_request(body)
     if query is None or not query.strip():
         return None, _Choice("none")
     decision = (await asyncio.to_thread(t2l.router.route, [query]))[0]

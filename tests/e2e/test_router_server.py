@@ -25,11 +25,12 @@ OFF_TOPIC = "Who painted the Mona Lisa?"
 
 
 @pytest.fixture(scope="module")
-def routed(tmp_path_factory, start_server):
+def routed(tmp_path_factory, start_server, generator):
     work = tmp_path_factory.mktemp("routed")
     library = work / "library.yaml"
     library.write_text(yaml.safe_dump(LIBRARY))
-    with start_server(work, ["--router", str(library)]) as server:
+    native = generator.generate(["A LoRA registered the ordinary vLLM way."])[0].save_peft(work / "native")
+    with start_server(work, ["--router", str(library), "--lora-modules", f"native-lora={native}"]) as server:
         yield server
 
 
@@ -71,6 +72,14 @@ def test_a_request_with_its_own_description_is_not_routed(routed, generator):
     assert headers["x-t2l-source"] == "request"
     assert "x-t2l-task" not in headers
     assert headers["x-t2l-adapter"] == generator.name_for("Translate English text into French.")
+
+
+def test_a_request_naming_a_lora_module_is_not_routed(routed):
+    raw = routed.client().chat.completions.with_raw_response.create(
+        model="native-lora", messages=[{"role": "user", "content": MATH_QUERY}], max_tokens=4, temperature=0
+    )
+    assert raw.headers["x-t2l-source"] == "none" and "x-t2l-task" not in raw.headers
+    assert raw.parse().model == "native-lora"
 
 
 def test_router_decisions_are_counted_by_task_name(routed):
