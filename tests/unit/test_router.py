@@ -55,7 +55,7 @@ def test_off_topic_query_falls_back_to_the_query_itself(small_router):
 
 
 def test_base_fallback_and_overrides(small_router):
-    base = EmbeddingRouter(small_router.library, RouterSettings(fallback="base", threshold=0.99), encoder=small_router.encoder)
+    base = EmbeddingRouter(small_router.library, RouterSettings(fallback="base", threshold=5.0), encoder=small_router.encoder)
     (decision,) = base.route(["What is 12 times 7?"])
     assert decision.task is None and decision.description is None and decision.fallback == "base"
 
@@ -85,11 +85,12 @@ def test_inverted_lists_find_the_same_task_as_a_full_scan():
     torch.manual_seed(0)
     centroids = torch.nn.functional.normalize(torch.randn(20_000, 32), dim=-1)
     queries = torch.nn.functional.normalize(centroids[:200] + 0.3 * torch.randn(200, 32) / 32**0.5, dim=-1)
-    exact = (queries @ centroids.T).max(dim=-1)
-    found, scores = CentroidClusters(centroids).search(queries)
-    agree = found == exact.indices
+    exact = (queries @ centroids.T).topk(2, dim=-1)
+    found, best, second = CentroidClusters(centroids).search(queries)
+    agree = found == exact.indices[:, 0]
     assert agree.float().mean() >= 0.95
-    torch.testing.assert_close(scores[agree], exact.values[agree])
+    torch.testing.assert_close(best[agree], exact.values[agree, 0])
+    assert (second <= best).all()
 
 
 def test_fit_threshold_maximises_accuracy():

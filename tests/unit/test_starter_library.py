@@ -39,8 +39,8 @@ def test_fit_then_eval_on_the_labelled_sets(tmp_path, capsys):
           f"off-topic to fallback {fit.off_topic_fallback_rate:.3f} / {held_out.off_topic_fallback_rate:.3f}")
     assert fit.n >= 120 and held_out.n >= 60
     assert fit.accuracy >= 0.85
-    assert fit.off_topic_fallback_rate >= 0.8
-    assert held_out.accuracy >= 0.75
+    assert fit.off_topic_fallback_rate >= 0.9
+    assert held_out.accuracy >= 0.78
     capsys.readouterr()
     assert cli(["route", "eval", str(library), str(DATA / "routing_heldout.jsonl")]) == 0
     import json
