@@ -34,10 +34,14 @@ _MLP_MODULES = {"gate_proj", "up_proj", "down_proj"}
 _KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
 
 
+def parent_block(module: str) -> str:
+    """The decoder-layer attribute that holds a projection: `self_attn` or `mlp`."""
+    return "mlp" if module in _MLP_MODULES else "self_attn"
+
+
 def peft_key(layer: int, module: str, matrix: str) -> str:
     """PEFT's state-dict key for one matrix ("A" or "B") of one module of one layer."""
-    block = "mlp" if module in _MLP_MODULES else "self_attn"
-    return f"base_model.model.model.layers.{layer}.{block}.{module}.lora_{matrix}.weight"
+    return f"base_model.model.model.layers.{layer}.{parent_block(module)}.{module}.lora_{matrix}.weight"
 
 
 @dataclass(frozen=True)
