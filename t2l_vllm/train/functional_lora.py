@@ -38,7 +38,7 @@ def applied_loras(
 
     weights: module name -> (A (N, layers, r, in), B (N, layers, out, r)), where N is
     the batch size of the forward (use `expand` for one adapter shared by a batch).
-    Dropout on the LoRA input applies while the model is in training mode, as in PEFT.
+    `dropout` applies to the LoRA input, as PEFT's lora_dropout; pass 0 to evaluate.
     """
     handles = []
     try:
@@ -54,7 +54,7 @@ def applied_loras(
 
 def _lora_hook(A: Tensor, B: Tensor, scaling: float, dropout: float):
     def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-        x = nn.functional.dropout(inputs[0], dropout, module.training) if dropout else inputs[0]  # (N, T, in)
+        x = nn.functional.dropout(inputs[0], dropout) if dropout else inputs[0]  # (N, T, in)
         down = torch.einsum("nti,nri->ntr", x.to(A.dtype), A)  # (N, T, r)
         return output + scaling * torch.einsum("ntr,nor->nto", down, B).to(output.dtype)  # (N, T, out)
 
