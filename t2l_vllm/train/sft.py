@@ -1,13 +1,15 @@
-"""End-to-end (SFT) training of a hypernetwork through a frozen base model.
+"""Supervised training of adapters through a frozen base model: T2L SFT and plain LoRAs.
 
 Each step samples a batch that mixes tasks (one example per task, as the
 reference's 8 tasks x 1 example), gives every example one of its task's
-descriptions, generates one adapter per example in a single hypernetwork pass,
-applies them functionally to the frozen base model, and minimises the
+descriptions, asks the adapter source for one adapter per example (a hypernetwork
+generates them in one pass; a plain LoRA shares one), applies them functionally
+to the frozen base model, and minimises the
 completion's cross-entropy (label smoothing) plus an L2 penalty on the generated
 A and B. AdamW with linear warm-up then linear decay, gradient clipping.
-Checkpoints hold the hypernetwork and the optimiser, schedule and RNG state, so a
-resumed run takes the same next step as an uninterrupted one.
+Checkpoints hold the source (a hypernetwork checkpoint or a PEFT folder) and the
+optimiser, schedule and RNG state, so a resumed run takes the same next step as an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -22,12 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..encoder import TaskEncoder
 from ..errors import ConfigError
-from ..hypernet.checkpoint import load_checkpoint, save_checkpoint
-from ..hypernet.model import TextToLoRA
 from .data import IGNORE, SFTRecord, collate, encode_example
 from .functional_lora import applied_loras
+from .sources import HypernetSource, SingleLoRA
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.pt"
@@ -59,30 +59,26 @@ class SFTSettings:
 
 
 class SFTTrainer:
-    """Trains `hypernet` in place; the base model and the encoder stay frozen."""
+    """Trains `source` in place; the base model (and a hypernetwork's encoder) stay frozen."""
 
     def __init__(
         self,
-        hypernet: TextToLoRA,
-        encoder: TaskEncoder,
+        source: HypernetSource | SingleLoRA,
         base_model: nn.Module,
         tokenizer: Any,
         records: Sequence[SFTRecord],
         settings: SFTSettings = SFTSettings(),
         eval_records: Sequence[SFTRecord] = (),
     ) -> None:
-        self.hypernet, self.base, self.tokenizer, self.settings = hypernet, base_model, tokenizer, settings
+        self.source, self.base, self.tokenizer, self.settings = source, base_model, tokenizer, settings
         self.base.requires_grad_(False).eval()
         self.records, self.eval_records = list(records), list(eval_records)
         self.by_task: dict[str, list[int]] = {}
         for i, record in enumerate(self.records):
             self.by_task.setdefault(record.task, []).append(i)
         self.tasks = sorted(self.by_task)
-        texts = sorted({d for r in (*self.records, *self.eval_records) for d in r.descriptions})
-        device = next(hypernet.parameters()).device
-        self.embeddings = dict(zip(texts, encoder.encode(texts).to(device)))  # frozen encoder: embed once
         self.tokens = {id(r): encode_example(tokenizer, r, settings.max_length) for r in (*self.records, *self.eval_records)}
-        self.optimizer = torch.optim.AdamW(hypernet.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        self.optimizer = torch.optim.AdamW(source.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         warmup = max(1, int(settings.warmup_frac * settings.steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min((s + 1) / warmup, max(0.0, (settings.steps - s) / max(1, settings.steps - warmup)))
@@ -99,14 +95,13 @@ class SFTTrainer:
 
     def loss(self, records: Sequence[SFTRecord], descriptions: Sequence[str], training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(total loss, cross-entropy) for examples, each with its own generated adapter."""
-        config = self.hypernet.config
-        generated = self.hypernet(torch.stack([self.embeddings[d] for d in descriptions]))
-        weights = {m: (w.A, w.B) for m, w in generated.items()}
+        lora = self.source.lora
+        weights = self.source.adapters(descriptions)
         batch = collate([self.tokens[id(r)] for r in records], self.tokenizer.pad_token_id)
-        device = next(self.hypernet.parameters()).device
+        device = next(self.source.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
-        dropout = config.lora.dropout if training else 0.0
-        with applied_loras(self.base, weights, config.lora.scaling, dropout):
+        dropout = lora.dropout if training else 0.0
+        with applied_loras(self.base, weights, lora.scaling, dropout):
             logits = self.base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         ce = nn.functional.cross_entropy(
             logits[:, :-1].flatten(0, 1).float(),
@@ -118,12 +113,12 @@ class SFTTrainer:
         return ce + self.settings.l2_generated * l2, ce
 
     def train_step(self) -> float:
-        self.hypernet.train()
+        self.source.train()
         records, descriptions = self.sample()
         total, ce = self.loss(records, descriptions, training=True)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        nn.utils.clip_grad_norm_(self.hypernet.parameters(), self.settings.grad_clip)
+        nn.utils.clip_grad_norm_(self.source.parameters(), self.settings.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
@@ -135,7 +130,7 @@ class SFTTrainer:
         records = list(records if records is not None else self.eval_records)
         if not records:
             return float("nan")
-        self.hypernet.eval()
+        self.source.eval()
         losses = []
         for start in range(0, len(records), self.settings.batch_size):
             chunk = records[start : start + self.settings.batch_size]
@@ -164,7 +159,7 @@ class SFTTrainer:
     # --- checkpoints -------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
-        save_checkpoint(self.hypernet, folder)
+        self.source.save(folder)
         torch.save(
             {
                 "step": self.step,
@@ -179,8 +174,7 @@ class SFTTrainer:
     def resume(self, folder: str | Path) -> None:
         """Restores weights, optimiser, schedule and RNG from `save`'s folder."""
         folder = Path(folder)
-        model, _ = load_checkpoint(folder, device=next(self.hypernet.parameters()).device)
-        self.hypernet.load_state_dict(model.state_dict())
+        self.source.load(folder)
         state = torch.load(folder / STATE_FILE, weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -13,6 +13,7 @@ from t2l_vllm.hypernet.model import build_hypernet
 from t2l_vllm.hypernet.shapes import load_base_shapes
 from t2l_vllm.train.data import SFTRecord, TrainingDataError, load_sft_records
 from t2l_vllm.train.sft import SFTSettings, SFTTrainer
+from t2l_vllm.train.sources import HypernetSource, SingleLoRA
 from t2l_vllm.train.toy_world import make_examples
 
 
@@ -25,10 +26,10 @@ def records():
 def make_trainer(default_paths, generator, records, variant="M", **settings):
     config = HypernetConfig(base=load_base_shapes(default_paths.base_model), variant=variant, latent_size=32, head_in_size=64,
                             lora=LoraSettings(target_modules=("q_proj", "v_proj")), encoder=EncoderSettings())
-    hypernet = build_hypernet(config, seed=0)
+    source = HypernetSource(build_hypernet(config, seed=0), generator.encoder, [d for r in records for d in r.descriptions])
     base = AutoModelForCausalLM.from_pretrained(default_paths.base_model, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(default_paths.base_model)
-    return SFTTrainer(hypernet, generator.encoder, base, tokenizer, records, SFTSettings(**{"batch_size": 4, "steps": 30, "lr": 3e-3, "warmup_frac": 0.0, **settings}))
+    return SFTTrainer(source, base, tokenizer, records, SFTSettings(**{"batch_size": 4, "steps": 30, "lr": 3e-3, "warmup_frac": 0.0, **settings}))
 
 
 def test_loss_falls_on_a_small_fixed_set(default_paths, generator, records):
@@ -62,8 +63,27 @@ def test_resume_takes_the_same_next_step(default_paths, generator, records, tmp_
     resumed.resume(tmp_path / "ckpt")
     assert resumed.step == 3
     assert resumed.train_step() == pytest.approx(expected_loss, abs=1e-6)
-    for (name, a), b in zip(straight.hypernet.state_dict().items(), resumed.hypernet.state_dict().values()):
+    for (name, a), b in zip(straight.source.state_dict().items(), resumed.source.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
+def test_a_plain_lora_learns_and_round_trips_through_peft(default_paths, records, tmp_path):
+    from peft import PeftModel
+
+    source = SingleLoRA(load_base_shapes(default_paths.base_model), LoraSettings(target_modules=("q_proj", "v_proj")))
+    base = AutoModelForCausalLM.from_pretrained(default_paths.base_model, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(default_paths.base_model)
+    trainer = SFTTrainer(source, base, tokenizer, records, SFTSettings(batch_size=4, steps=30, lr=1e-2, warmup_frac=0.0, l2_generated=0.0))
+    before = trainer.evaluate(records)
+    trainer.train(output=tmp_path / "lora")
+    after = trainer.evaluate(records)
+    assert after < 0.8 * before, (before, after)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(default_paths.base_model, dtype=torch.float32), str(tmp_path / "lora")).eval()
+    from t2l_vllm.train.functional_lora import applied_loras
+
+    with torch.no_grad(), applied_loras(base, source.adapters(["x"]), source.lora.scaling):
+        torch.testing.assert_close(peft(ids).logits, base(ids).logits, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
