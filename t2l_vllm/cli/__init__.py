@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import T2LError
-from . import demo, generate, import_reference, info, init_hypernet, route, serve
+from . import demo, generate, import_reference, info, init_hypernet, route, serve, train
 
-COMMANDS = (init_hypernet, info, generate, import_reference, serve, route, demo)
+COMMANDS = (init_hypernet, info, generate, import_reference, serve, route, train, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,132 @@
+"""`t2l-vllm train`: train hypernetworks and baseline LoRAs.
+
+    train sft   --data TRAIN.jsonl [--eval EVAL.jsonl] [--hypernet INIT] -o OUT   T2L end to end (SFT)
+    train lora  --data TRAIN.jsonl --model BASE [--task NAME] -o OUT              a plain LoRA baseline
+    train recon --library MANIFEST --hypernet INIT -o OUT                         T2L by reconstruction
+
+Records are JSONL: {"task", "descriptions": [...], "input" or "messages", "output"}.
+`train lora` trains one LoRA on every record (the multi-task baseline) or on one
+task's records (`--task`, a task-specific LoRA and a reconstruction target).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from ..errors import ConfigError
+from ..hypernet.config import LoraSettings
+from ..train.sft import SFTSettings
+
+_SFT = SFTSettings()
+_LORA = LoraSettings()
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train hypernetworks and baseline LoRAs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    sft = kinds.add_parser("sft", help="train a hypernetwork end to end through the base model")
+    sft.add_argument("--hypernet", help="initial hypernetwork (from `init-hypernet`; default: the embedded default)")
+    lora = kinds.add_parser("lora", help="train a plain LoRA (task-specific or multi-task baseline)")
+    lora.add_argument("--task", help="train on this task's records only")
+    lora.add_argument("--rank", type=int, default=_LORA.rank)
+    lora.add_argument("--alpha", type=float, default=_LORA.alpha)
+    lora.add_argument("--no-rslora", action="store_true")
+    lora.add_argument("--target-modules", nargs="+", default=list(_LORA.target_modules))
+    for parser in (sft, lora):
+        parser.add_argument("--data", required=True, help="training records (JSONL)")
+        parser.add_argument("--eval", help="evaluation records (JSONL)")
+        parser.add_argument("--model", help="base model (default for sft: the hypernetwork's)")
+        parser.add_argument("-o", "--output", required=True, help="folder for the result and checkpoints (step-N/)")
+        parser.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint folder written by this command")
+        parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
+        for f in fields(SFTSettings):
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=f"default: {f.default}")
+    recon = kinds.add_parser("recon", help="fit a hypernetwork to a library of LoRA folders")
+    recon.add_argument("--library", required=True, help="manifest listing LoRA folders with their task and descriptions")
+    recon.add_argument("--hypernet", required=True, help="initial hypernetwork (from `init-hypernet`)")
+    recon.add_argument("-o", "--output", required=True)
+    recon.add_argument("--steps", type=int, default=1000)
+    recon.add_argument("--zscore", action="store_true", help="predict z-scores against the targets' per-element statistics")
+    recon.add_argument("--checkpoint-every", type=int, default=None)
+    recon.add_argument("--resume", metavar="CHECKPOINT")
+    recon.add_argument("--device", default="auto")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"sft": _run_supervised, "lora": _run_supervised, "recon": _run_recon}[args.kind](args)
+
+
+def _device(name: str):
+    import torch
+
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+
+
+def _run_supervised(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..hypernet.checkpoint import load_checkpoint
+    from ..hypernet.shapes import load_base_shapes
+    from ..train.data import load_sft_records
+    from ..train.sft import SFTTrainer
+    from ..train.sources import HypernetSource, SingleLoRA
+    from .common import hypernet_dir
+
+    settings = SFTSettings(**{f.name: getattr(args, f.name) for f in fields(SFTSettings)})
+    records = load_sft_records(args.data)
+    eval_records = load_sft_records(args.eval) if args.eval else []
+    device = _device(args.device)
+    if args.kind == "sft":
+        from ..encoder import TaskEncoder
+
+        hypernet, _ = load_checkpoint(hypernet_dir(args), device=device)
+        model = args.model or hypernet.config.base.name
+        descriptions = [d for r in (*records, *eval_records) for d in r.descriptions]
+        source = HypernetSource(hypernet, TaskEncoder(hypernet.config.encoder, device=device), descriptions)
+    else:
+        if not args.model:
+            raise ConfigError("`train lora` needs `--model`.")
+        model = args.model
+        if args.task:
+            records = [r for r in records if r.task == args.task]
+            eval_records = [r for r in eval_records if r.task == args.task]
+            if not records:
+                raise ConfigError(f"no record in `{args.data}` has task `{args.task}`.")
+        lora = LoraSettings(rank=args.rank, alpha=args.alpha, use_rslora=not args.no_rslora, target_modules=tuple(args.target_modules))
+        source = SingleLoRA(load_base_shapes(model), lora, seed=settings.seed).to(device)
+    base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    trainer = SFTTrainer(source, base, tokenizer, records, settings, eval_records)
+    if args.resume:
+        trainer.resume(args.resume)
+    trainer.train(output=args.output, log=print)
+    if eval_records:
+        print(f"eval loss {trainer.evaluate():.4f}")
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _run_recon(args: argparse.Namespace) -> int:
+    from ..encoder import TaskEncoder
+    from ..hypernet.checkpoint import load_checkpoint
+    from ..hypernet.model import build_hypernet
+    from ..train.recon import ReconSettings, ReconTrainer, load_recon_library, with_zscore
+
+    targets = load_recon_library(args.library)
+    device = _device(args.device)
+    initial, _ = load_checkpoint(args.hypernet)
+    hypernet = initial
+    if args.zscore and not initial.config.output.zscore:
+        hypernet = build_hypernet(with_zscore(initial.config))
+        hypernet.load_state_dict(initial.state_dict(), strict=False)  # the statistics buffers are new
+    hypernet = hypernet.to(device)
+    settings = ReconSettings(steps=args.steps, zscore=args.zscore, checkpoint_every=args.checkpoint_every, output=args.output)
+    trainer = ReconTrainer(hypernet, TaskEncoder(hypernet.config.encoder, device=device), targets, settings)
+    if args.resume:
+        trainer.resume(args.resume)
+    losses = trainer.train(progress=True)
+    print(f"final L1 loss {losses[-1]:.5f}; wrote {args.output}" if losses else f"nothing to do; {args.output}")
+    return 0

@@ -1,0 +1,431 @@
+"""Reconstruction training: fit a hypernetwork to a library of trained task LoRAs.
+
+Each step samples `tasks_per_batch` tasks and one description of each, generates
+their adapters and takes an AdamW step on the L1 distance to the tasks' LoRAs
+(mean over elements, A and B weighted equally, averaged over target modules), as
+the reference's `recon_trainer.py` does (lr 1e-3, weight decay 1e-3, linear
+warm-up then linear decay, gradient clipping at 1.0, 4 tasks per batch).
+
+With `zscore=True` the heads predict z-scores against per-element statistics of
+the library (the reference's `pred_z_score`): the mean and std of every A and B
+element over the tasks are written into the hypernetwork's frozen buffers and the
+loss is taken in z-space, so small and large elements weigh alike.
+
+A library is a manifest (JSONL, or YAML holding a list) of entries
+`{"task": name, "lora": "path/to/peft_folder", "descriptions": [...]}`; relative
+LoRA paths are resolved against the manifest's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from ..adapters import LoRAAdapter, peft_key
+from ..descriptions import normalize_description
+from ..encoder import TaskEncoder
+from ..errors import CheckpointError, ConfigError, InvalidDescriptionError, ShapeMismatchError
+from .data import TrainingDataError
+from ..hypernet.checkpoint import load_checkpoint, save_checkpoint
+from ..hypernet.config import HypernetConfig, OutputTransform
+from ..hypernet.model import LoraWeights, TextToLoRA
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.pt"
+STATE_FORMAT = "t2l_vllm.recon_trainer/1"
+# Added to the std by `TextToLoRA._to_raw`; the loss divides by the same quantity.
+_STD_EPS = 1e-10
+
+
+@dataclass(frozen=True)
+class ReconSettings:
+    """Reconstruction-training settings; the defaults are the reference's.
+
+    `std_floor` bounds the z-score std from below: an element that (nearly) never
+    varies over the library would otherwise get a weight of up to 1e10 in the loss.
+    `checkpoint_every` saves to `output/step-{N}` (and `train` saves the last step
+    there too whenever `output` is set).
+    """
+
+    steps: int = 10_000
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    warmup_frac: float = 0.1
+    max_grad_norm: float = 1.0
+    tasks_per_batch: int = 4
+    zscore: bool = False
+    std_floor: float = 1e-6
+    seed: int = 0
+    log_every: int = 100
+    checkpoint_every: int | None = None
+    output: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.steps <= 0:
+            raise ConfigError(f"`steps` must be positive, got {self.steps}.")
+        if self.lr <= 0:
+            raise ConfigError(f"`lr` must be positive, got {self.lr}.")
+        if self.weight_decay < 0:
+            raise ConfigError(f"`weight_decay` must be >= 0, got {self.weight_decay}.")
+        if not 0.0 <= self.warmup_frac < 1.0:
+            raise ConfigError(f"`warmup_frac` must be in [0, 1), got {self.warmup_frac}.")
+        if self.max_grad_norm <= 0:
+            raise ConfigError(f"`max_grad_norm` must be positive, got {self.max_grad_norm}.")
+        if self.tasks_per_batch <= 0:
+            raise ConfigError(f"`tasks_per_batch` must be positive, got {self.tasks_per_batch}.")
+        if self.std_floor <= 0:
+            raise ConfigError(f"`std_floor` must be positive, got {self.std_floor}.")
+        if self.log_every <= 0:
+            raise ConfigError(f"`log_every` must be positive, got {self.log_every}.")
+        if self.checkpoint_every is not None:
+            if self.checkpoint_every <= 0:
+                raise ConfigError(f"`checkpoint_every` must be positive, got {self.checkpoint_every}.")
+            if self.output is None:
+                raise ConfigError("`checkpoint_every` needs an `output` folder to write the checkpoints to.")
+        if self.output is not None:
+            object.__setattr__(self, "output", Path(self.output))
+
+    def lr_at(self, step: int) -> float:
+        """The reference's schedule: linear warm-up over `warmup_frac` of the steps, then linear decay to 0."""
+        warmup = int(self.warmup_frac * self.steps)
+        if step < warmup:
+            return self.lr * (step + 1) / warmup
+        return self.lr * max(0.0, (self.steps - step) / max(1, self.steps - warmup))
+
+
+@dataclass(frozen=True)
+class ReconTarget:
+    """One task of the library: its trained LoRA and the descriptions that should yield it."""
+
+    task: str
+    folder: Path
+    lora: LoRAAdapter
+    descriptions: tuple[str, ...]
+
+
+def with_zscore(config: HypernetConfig) -> HypernetConfig:
+    """The config of a hypernetwork whose heads predict z-scores (`ReconSettings.zscore=True` needs it)."""
+    return config.replace(output=OutputTransform(zscore=True))
+
+
+# --- the library ---------------------------------------------------------------
+
+
+def load_recon_library(path: str | Path) -> list[ReconTarget]:
+    """Reads a manifest and the LoRA folders it names; raises `TrainingDataError` naming the entry."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise TrainingDataError(f"cannot read training library `{path}`: {err}") from err
+    if path.suffix == ".jsonl":
+        entries = _jsonl_entries(path, text)
+    elif path.suffix in (".yaml", ".yml"):
+        entries = _yaml_entries(path, text)
+    else:
+        raise TrainingDataError(f"training library `{path}` must be a .jsonl, .yaml or .yml file.")
+    if not entries:
+        raise TrainingDataError(f"training library `{path}` lists no tasks.")
+    targets: list[ReconTarget] = []
+    seen: dict[str, str] = {}
+    for where, entry in entries:
+        target = _target(path, where, entry)
+        if target.task in seen:
+            raise TrainingDataError(f"{where}: task `{target.task}` is listed twice (first at {seen[target.task]}).")
+        seen[target.task] = where
+        targets.append(target)
+    return targets
+
+
+def _jsonl_entries(path: Path, text: str) -> list[tuple[str, Any]]:
+    entries = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entries.append((f"{path}:{number}", json.loads(line)))
+        except json.JSONDecodeError as err:
+            raise TrainingDataError(f"{path}:{number}: not valid JSON: {err}") from err
+    return entries
+
+
+def _yaml_entries(path: Path, text: str) -> list[tuple[str, Any]]:
+    """The entries of a YAML list, each located by the line it starts on."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as err:
+        raise TrainingDataError(f"{path}: not valid YAML: {err}") from err
+    finally:
+        loader.dispose()
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise TrainingDataError(f"{path}: the YAML document must be a list of tasks, got {type(data).__name__}.")
+    return [(f"{path}:{item.start_mark.line + 1}", entry) for item, entry in zip(node.value, data)]
+
+
+def _target(manifest: Path, where: str, entry: Any) -> ReconTarget:
+    if not isinstance(entry, dict):
+        raise TrainingDataError(f"{where}: an entry must be a mapping with task, lora and descriptions.")
+    missing = [k for k in ("task", "lora", "descriptions") if k not in entry]
+    if missing:
+        raise TrainingDataError(f"{where}: missing field {', '.join(f'`{k}`' for k in missing)}.")
+    task, lora, descriptions = entry["task"], entry["lora"], entry["descriptions"]
+    if not isinstance(task, str) or not task.strip():
+        raise TrainingDataError(f"{where}: `task` must be a non-empty string.")
+    if not isinstance(lora, str) or not lora.strip():
+        raise TrainingDataError(f"{where}: `lora` must be the path of a PEFT folder.")
+    if not isinstance(descriptions, list) or not descriptions:
+        raise TrainingDataError(f"{where}: task `{task}` has empty `descriptions`; give at least one.")
+    try:
+        descriptions = tuple(normalize_description(d) for d in descriptions)
+    except InvalidDescriptionError as err:
+        raise TrainingDataError(f"{where}: task `{task}`: {err}") from err
+    folder = (manifest.parent / lora).resolve()
+    try:
+        adapter = LoRAAdapter.load_peft(folder, name=task)
+    except (CheckpointError, KeyError, ValueError) as err:
+        raise TrainingDataError(f"{where}: task `{task}`: unreadable LoRA folder `{folder}`: {err}") from err
+    return ReconTarget(task=task, folder=folder, lora=adapter, descriptions=descriptions)
+
+
+def check_targets_fit(config: HypernetConfig, targets: list[ReconTarget]) -> None:
+    """Raises `ShapeMismatchError` naming the first LoRA whose rank, scaling, modules, layers or shapes misfit `config`."""
+    want_modules = set(config.lora.target_modules)
+    n_layers, r = config.base.num_layers, config.lora.rank
+    for t in targets:
+        where = f"LoRA `{t.folder}` (task `{t.task}`)"
+        if t.lora.lora.rank != r:
+            raise ShapeMismatchError(f"{where} has rank {t.lora.lora.rank}; the hypernetwork makes rank {r}.")
+        if set(t.lora.lora.target_modules) != want_modules:
+            raise ShapeMismatchError(
+                f"{where} targets modules {sorted(t.lora.lora.target_modules)}; "
+                f"the hypernetwork makes {sorted(want_modules)}."
+            )
+        if abs(t.lora.lora.scaling - config.lora.scaling) > 1e-6 * config.lora.scaling:
+            # The same A and B with another alpha or rsLoRA setting is another weight update.
+            raise ShapeMismatchError(
+                f"{where} is scaled by {t.lora.lora.scaling:.4g} (alpha, rsLoRA); "
+                f"the hypernetwork's adapters by {config.lora.scaling:.4g}."
+            )
+        expected = {}
+        for module in config.lora.target_modules:
+            s = config.base.module_shape(module)
+            for layer in range(n_layers):
+                expected[peft_key(layer, module, "A")] = (module, (r, s.in_features))
+                expected[peft_key(layer, module, "B")] = (module, (s.out_features, r))
+        extra = sorted(set(t.lora.tensors) - set(expected))
+        missing = [k for k in expected if k not in t.lora.tensors]
+        if missing or extra:
+            key = missing[0] if missing else extra[0]
+            what = "lacks" if missing else "has the extra"
+            raise ShapeMismatchError(
+                f"{where} {what} `{key}`; the hypernetwork makes layers 0-{n_layers - 1} of {sorted(want_modules)}."
+            )
+        for key, (module, shape) in expected.items():
+            got = tuple(t.lora.tensors[key].shape)
+            if got != shape:
+                raise ShapeMismatchError(
+                    f"{where}: {module} `{key}` has shape {list(got)}; the hypernetwork makes {list(shape)}."
+                )
+
+
+# --- the trainer ---------------------------------------------------------------
+
+
+class ReconTrainer:
+    """Trains `hypernet` in place to reproduce `targets` from their descriptions.
+
+    The encoder is frozen, so every description is embedded once up front. The
+    trainer draws its samples and dropout masks from its own RNG streams, so a run
+    depends only on `settings.seed`, and `save` + `resume` continue it exactly.
+    """
+
+    def __init__(
+        self, hypernet: TextToLoRA, encoder: TaskEncoder, targets: list[ReconTarget], settings: ReconSettings
+    ) -> None:
+        config = hypernet.config
+        if not targets:
+            raise TrainingDataError("reconstruction training needs at least one target LoRA.")
+        if encoder.settings != config.encoder:
+            raise ConfigError(
+                f"the encoder ({encoder.settings}) is not the one the hypernetwork reads ({config.encoder})."
+            )
+        if config.output.zscore != settings.zscore:
+            hint = (
+                "build it from `with_zscore(config)`"
+                if settings.zscore
+                else "build it without `with_zscore`, or set `zscore=True`"
+            )
+            raise ConfigError(
+                f"`zscore={settings.zscore}` needs a hypernetwork whose config has "
+                f"`output.zscore={settings.zscore}`; {hint}."
+            )
+        if settings.zscore and (config.output.offset or config.output.scale != 1.0):
+            raise ConfigError("z-score training needs `output.offset=False` and `output.scale=1.0`.")
+        if settings.zscore and len(targets) < 2:
+            raise TrainingDataError("z-score training needs at least two target LoRAs to measure a std.")
+        check_targets_fit(config, targets)
+
+        self.hypernet, self.settings = hypernet, settings
+        self.tasks = [t.task for t in targets]
+        self.device = next(hypernet.parameters()).device
+        self.step_count = 0
+
+        texts = [d for t in targets for d in t.descriptions]
+        self._embeddings = encoder.encode(texts).to(self.device)  # (all descriptions, E)
+        counts = torch.tensor([len(t.descriptions) for t in targets])
+        self._desc_count, self._desc_start = counts, torch.cumsum(counts, 0) - counts
+        self._targets = {
+            m: tuple(torch.stack([t.lora.matrices(m)[i] for t in targets]).to(self.device) for i in (0, 1))
+            for m in config.lora.target_modules
+        }  # module -> (A (T, L, r, in), B (T, L, out, r))
+        if settings.zscore:
+            self._write_statistics()
+
+        self.optimizer = torch.optim.AdamW(hypernet.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        self._rng = {"cpu": torch.Generator().manual_seed(settings.seed).get_state()}
+        if self.device.type == "cuda":
+            self._rng["cuda"] = torch.Generator(self.device).manual_seed(settings.seed).get_state()
+
+    @torch.no_grad()
+    def _write_statistics(self) -> None:
+        """Per-element mean and floored std over the tasks, into the hypernetwork's buffers."""
+        for m, (A, B) in self._targets.items():
+            for name, x in (("A", A), ("B", B)):
+                getattr(self.hypernet, f"mean_{name}_{m}").copy_(x.mean(0))
+                getattr(self.hypernet, f"std_{name}_{m}").copy_(x.std(0).clamp_min(self.settings.std_floor))
+
+    def loss(self, generated: dict[str, LoraWeights], tasks: torch.Tensor) -> torch.Tensor:
+        """L1 to the tasks' LoRAs: (A + B) / 2 per module, averaged over modules; in z-space with `zscore`.
+
+        The model only returns de-normalised A and B, so the z-space distance
+        |z - (target - mean) / std| is computed as |A - target| / std, which is the same.
+        """
+        total = torch.zeros((), device=self.device)
+        for m, w in generated.items():
+            for name, pred, target in (("A", w.A, self._targets[m][0][tasks]), ("B", w.B, self._targets[m][1][tasks])):
+                if self.settings.zscore:
+                    std = getattr(self.hypernet, f"std_{name}_{m}") + _STD_EPS
+                    total = total + ((pred - target).abs() / std).mean() / 2
+                else:
+                    total = total + F.l1_loss(pred, target) / 2
+        return total / len(generated)
+
+    @contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        """Runs on the trainer's RNG state (sampling, dropout), leaving the caller's global RNG as it was."""
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.set_rng_state(self._rng["cpu"])
+            if cuda:
+                torch.cuda.set_rng_state(self._rng["cuda"], self.device)
+            yield
+            self._rng["cpu"] = torch.get_rng_state()
+            if cuda:
+                self._rng["cuda"] = torch.cuda.get_rng_state(self.device)
+
+    def step(self) -> float:
+        """One optimisation step on a fresh sample of tasks; returns its loss."""
+        n = len(self.tasks)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.settings.lr_at(self.step_count)
+        self.hypernet.train()
+        with self._own_rng():
+            tasks = torch.randperm(n)[: min(self.settings.tasks_per_batch, n)]
+            picks = self._desc_start[tasks] + (torch.rand(len(tasks)) * self._desc_count[tasks]).long()
+            loss = self.loss(self.hypernet(self._embeddings[picks.to(self.device)]), tasks.to(self.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.hypernet.parameters(), self.settings.max_grad_norm)
+        self.optimizer.step()
+        self.step_count += 1
+        return loss.item()
+
+    def train(self, steps: int | None = None, progress: bool = False) -> list[float]:
+        """Runs `steps` more steps (default: up to `settings.steps`); returns their losses.
+
+        Leaves the hypernetwork in eval mode, ready to generate.
+        """
+        s = self.settings
+        steps = s.steps - self.step_count if steps is None else steps
+        if steps < 0 or self.step_count + steps > s.steps:
+            raise ConfigError(
+                f"cannot run {steps} steps from step {self.step_count}: the schedule ends at `steps={s.steps}`."
+            )
+        losses: list[float] = []
+        saved_at = -1
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps, desc="reconstruction")
+        try:
+            for _ in range(steps):
+                losses.append(self.step())
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses[-1]:.4g}")
+                if self.step_count % s.log_every == 0:
+                    recent = losses[-s.log_every :]
+                    logger.info("step %d: loss %.4g", self.step_count, sum(recent) / len(recent))
+                if s.checkpoint_every and self.step_count % s.checkpoint_every == 0:
+                    self.save(s.output / f"step-{self.step_count}")
+                    saved_at = self.step_count
+        finally:
+            if bar is not None:
+                bar.close()
+            self.hypernet.eval()
+        if s.output is not None and steps and saved_at != self.step_count:
+            self.save(s.output / f"step-{self.step_count}")
+        return losses
+
+    def save(self, folder: str | Path) -> str:
+        """Writes the hypernetwork checkpoint and `trainer_state.pt`; returns the fingerprint."""
+        folder = Path(folder)
+        digest = save_checkpoint(self.hypernet, folder)
+        state = {
+            "format": STATE_FORMAT,
+            "step": self.step_count,
+            "tasks": self.tasks,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self._rng,
+        }
+        torch.save(state, folder / STATE_FILE)
+        return digest
+
+    def resume(self, folder: str | Path) -> int:
+        """Restores weights, optimizer, step and RNG from `save`; returns the step to continue from.
+
+        Raises `CheckpointError` when the folder is not a trainer checkpoint of this
+        hypernetwork config and task library.
+        """
+        folder = Path(folder)
+        model, _ = load_checkpoint(folder, device=self.device)
+        if model.config != self.hypernet.config:
+            raise CheckpointError(f"`{folder}` holds a hypernetwork of another config than the one being trained.")
+        try:
+            state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError) as err:
+            raise CheckpointError(f"cannot read `{folder / STATE_FILE}`: {err}") from err
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise CheckpointError(f"`{folder / STATE_FILE}` is not a reconstruction trainer state.")
+        if state["tasks"] != self.tasks:
+            raise CheckpointError(f"`{folder}` was trained on another task library (tasks {state['tasks'][:3]}...).")
+        self.hypernet.load_state_dict(model.state_dict())
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._rng = state["rng"]
+        self.step_count = int(state["step"])
+        return self.step_count
