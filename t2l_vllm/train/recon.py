@@ -53,8 +53,8 @@ class ReconSettings:
 
     `std_floor` bounds the z-score std from below: an element that (nearly) never
     varies over the library would otherwise get a weight of up to 1e10 in the loss.
-    `checkpoint_every` saves to `output/step-{N}` (and `train` saves the last step
-    there too whenever `output` is set).
+    `checkpoint_every` saves to `output/step-{N}`; at the end `train` saves the
+    trained hypernetwork to `output` itself whenever `output` is set.
     """
 
     steps: int = 10_000
@@ -366,7 +366,6 @@ class ReconTrainer:
                 f"cannot run {steps} steps from step {self.step_count}: the schedule ends at `steps={s.steps}`."
             )
         losses: list[float] = []
-        saved_at = -1
         bar = None
         if progress:
             from tqdm import tqdm
@@ -383,13 +382,12 @@ class ReconTrainer:
                     logger.info("step %d: loss %.4g", self.step_count, sum(recent) / len(recent))
                 if s.checkpoint_every and self.step_count % s.checkpoint_every == 0:
                     self.save(s.output / f"step-{self.step_count}")
-                    saved_at = self.step_count
         finally:
             if bar is not None:
                 bar.close()
             self.hypernet.eval()
-        if s.output is not None and steps and saved_at != self.step_count:
-            self.save(s.output / f"step-{self.step_count}")
+        if s.output is not None and steps:
+            self.save(s.output)  # the trained hypernetwork itself, ready for `--hypernet`
         return losses
 
     def save(self, folder: str | Path) -> str:

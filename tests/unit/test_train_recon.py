@@ -133,8 +133,9 @@ def test_resume_continues_exactly(encoder, library, tmp_path, zscore):
 def test_checkpoint_every_writes_step_folders(encoder, library, tmp_path):
     trainer = make_trainer(encoder, library, steps=5, checkpoint_every=2, output=tmp_path / "run")
     trainer.train()
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["step-2", "step-4", "step-5"]
-    assert (tmp_path / "run" / "step-5" / "trainer_state.pt").is_file()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "model.safetensors", "step-2", "step-4", "trainer_state.pt"]
+    assert (tmp_path / "run" / "step-4" / "trainer_state.pt").is_file()
+    assert load_checkpoint(tmp_path / "run")[0].config == trainer.hypernet.config  # the final one, ready to serve
 
 
 BAD_LINES = [
