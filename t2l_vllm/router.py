@@ -37,6 +37,7 @@ import torch
 from .descriptions import DEFAULT_MAX_DESCRIPTION_CHARS
 from .encoder import DEFAULT_ENCODER, quiet_hf_progress, resolve_model_path
 from .errors import ConfigError, T2LError
+from .jsonl import read_jsonl
 
 Fallback = Literal["query", "base"]
 FALLBACKS = ("query", "base")
@@ -375,28 +376,16 @@ class Labelled:
 
 
 def load_labelled(path: str | Path, library: TaskLibrary) -> list[Labelled]:
-    """Reads JSONL `{"query": ..., "task": name-or-null}` lines; errors name file and line."""
+    """Reads JSONL `{"query": ..., "task": name-or-null}` lines; errors name `path:line`."""
     names = {t.name for t in library.tasks}
     items = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise RouterConfigError(f"labelled file `{path}`: cannot read it: {err}") from err
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise RouterConfigError(f"labelled file `{path}`, line {number}: not valid JSON: {err}") from err
+    for where, record in read_jsonl(path, RouterConfigError):
         if not isinstance(record, dict) or not isinstance(record.get("query"), str) or "task" not in record:
-            raise RouterConfigError(f"labelled file `{path}`, line {number}: expected {{\"query\": string, \"task\": name or null}}.")
+            raise RouterConfigError(f"{where}: expected {{\"query\": string, \"task\": name or null}}.")
         task = record["task"]
         if task is not None and task not in names:
-            raise RouterConfigError(f"labelled file `{path}`, line {number}: task `{task}` is not in the library.")
+            raise RouterConfigError(f"{where}: task `{task}` is not in the library.")
         items.append(Labelled(record["query"], task))
-    if not items:
-        raise RouterConfigError(f"labelled file `{path}` has no records.")
     return items
 
 

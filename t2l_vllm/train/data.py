@@ -7,7 +7,6 @@ the given messages); the loss is on the completion only.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import T2LError
+from ..jsonl import read_jsonl
 
 IGNORE = -100
 
@@ -32,24 +32,13 @@ class SFTRecord:
 
 
 def load_sft_records(path: str | Path) -> list[SFTRecord]:
-    """Reads and checks a JSONL file; every problem names the file and line."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise TrainingDataError(f"`{path}`: cannot read it: {err}") from err
+    """Reads and checks a JSONL file; every problem names the file and line (`path:line`)."""
     records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for where, doc in read_jsonl(path, TrainingDataError):
 
         def fail(problem: str) -> TrainingDataError:
-            return TrainingDataError(f"`{path}`, line {number}: {problem}")
+            return TrainingDataError(f"{where}: {problem}")
 
-        try:
-            doc = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise fail(f"not valid JSON: {err}") from err
         if not isinstance(doc, dict):
             raise fail("a record must be a JSON object.")
         if not isinstance(doc.get("task"), str) or not doc["task"]:
@@ -70,8 +59,6 @@ def load_sft_records(path: str | Path) -> list[SFTRecord]:
         else:
             raise fail("give the prompt as `input` (a string) or `messages`.")
         records.append(SFTRecord(doc["task"], tuple(descriptions), tuple(messages), doc["output"]))
-    if not records:
-        raise TrainingDataError(f"`{path}` has no records.")
     return records
 
 

@@ -18,7 +18,6 @@ LoRA paths are resolved against the manifest's folder.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +33,7 @@ from ..adapters import LoRAAdapter, peft_key
 from ..descriptions import normalize_description
 from ..encoder import TaskEncoder
 from ..errors import CheckpointError, ConfigError, InvalidDescriptionError, ShapeMismatchError
+from ..jsonl import read_jsonl
 from .data import TrainingDataError
 from ..hypernet.checkpoint import load_checkpoint, save_checkpoint
 from ..hypernet.config import HypernetConfig, OutputTransform
@@ -124,13 +124,13 @@ def with_zscore(config: HypernetConfig) -> HypernetConfig:
 def load_recon_library(path: str | Path) -> list[ReconTarget]:
     """Reads a manifest and the LoRA folders it names; raises `TrainingDataError` naming the entry."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise TrainingDataError(f"cannot read training library `{path}`: {err}") from err
     if path.suffix == ".jsonl":
-        entries = _jsonl_entries(path, text)
+        entries = read_jsonl(path, TrainingDataError)
     elif path.suffix in (".yaml", ".yml"):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise TrainingDataError(f"{path}: cannot read it: {err}") from err
         entries = _yaml_entries(path, text)
     else:
         raise TrainingDataError(f"training library `{path}` must be a .jsonl, .yaml or .yml file.")
@@ -145,18 +145,6 @@ def load_recon_library(path: str | Path) -> list[ReconTarget]:
         seen[target.task] = where
         targets.append(target)
     return targets
-
-
-def _jsonl_entries(path: Path, text: str) -> list[tuple[str, Any]]:
-    entries = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entries.append((f"{path}:{number}", json.loads(line)))
-        except json.JSONDecodeError as err:
-            raise TrainingDataError(f"{path}:{number}: not valid JSON: {err}") from err
-    return entries
 
 
 def _yaml_entries(path: Path, text: str) -> list[tuple[str, Any]]:

@@ -159,7 +159,7 @@ def test_write_threshold_keeps_the_rest_of_the_file(tmp_path):
 
 @pytest.mark.parametrize(
     "line,fragment",
-    [("{not json", "line 2: not valid JSON"), ('{"query": "x"}', "line 2: expected"), ('{"query": "x", "task": "nope"}', "task `nope` is not in the library")],
+    [("{not json", ":2: not valid JSON"), ('{"query": "x"}', ":2: expected"), ('{"query": "x", "task": "nope"}', ":2: task `nope` is not in the library")],
 )
 def test_bad_labelled_lines_name_file_and_line(tmp_path, line, fragment):
     path = tmp_path / "labelled.jsonl"

@@ -41,4 +41,4 @@ def test_a_malformed_record_stops_training_with_file_and_line(default_paths, tmp
     data = tmp_path / "train.jsonl"
     data.write_text('{"task": "t", "descriptions": ["d"], "input": "x", "output": "y"}\n{"task": "t", "descriptions": ["d"], "input": "x"}\n')
     assert cli(["train", "lora", "--model", str(default_paths.base_model), "--data", str(data), *STEPS, "-o", str(tmp_path / "out")]) == 2
-    assert f"`{data}`, line 2: `output` (a string) is missing" in capsys.readouterr().err
+    assert f"{data}:2: `output` (a string) is missing" in capsys.readouterr().err

@@ -89,11 +89,11 @@ def test_a_plain_lora_learns_and_round_trips_through_peft(default_paths, records
 @pytest.mark.parametrize(
     "line,fragment",
     [
-        ("{not json", "line 2: not valid JSON"),
-        ('{"task": "t", "descriptions": ["d"], "input": "x"}', "line 2: `output` (a string) is missing"),
-        ('{"task": "t", "descriptions": [], "input": "x", "output": "y"}', "line 2: `descriptions` must be"),
-        ('{"task": "t", "descriptions": ["d"], "output": "y"}', "line 2: give the prompt as `input`"),
-        ('["a list"]', "line 2: a record must be a JSON object"),
+        ("{not json", ":2: not valid JSON"),
+        ('{"task": "t", "descriptions": ["d"], "input": "x"}', ":2: `output` (a string) is missing"),
+        ('{"task": "t", "descriptions": [], "input": "x", "output": "y"}', ":2: `descriptions` must be"),
+        ('{"task": "t", "descriptions": ["d"], "output": "y"}', ":2: give the prompt as `input`"),
+        ('["a list"]', ":2: a record must be a JSON object"),
     ],
 )
 def test_bad_training_records_name_file_line_and_problem(tmp_path, line, fragment):
