@@ -129,6 +129,8 @@ def test_more_descriptions_than_lora_slots_round_robin(server):
         ({"task_description": "ok", "model": "no-such-model"}, 404, "does not exist"),
         ({"task_description": "ok", "model": "native-lora"}, 400, "cannot be combined with the LoRA adapter"),
         ({"model": "no-such-model"}, 404, "does not exist"),
+        ({"model": "t2l-0123456789abcdef01234567"}, 404, "does not exist"),  # an invented adapter name
+        ({"model": "../../etc"}, 404, "does not exist"),
     ],
 )
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, body, status, fragment):
