@@ -3,6 +3,7 @@
     train sft   --data TRAIN.jsonl [--eval EVAL.jsonl] [--hypernet INIT] -o OUT   T2L end to end (SFT)
     train lora  --data TRAIN.jsonl --model BASE [--task NAME] -o OUT              a plain LoRA baseline
     train recon --library MANIFEST --hypernet INIT -o OUT                         T2L by reconstruction
+    train base  -o OUT [--minutes 20]                                             the toy world's tiny base model
 
 Records are JSONL: {"task", "descriptions": [...], "input" or "messages", "output"}.
 `train lora` trains one LoRA on every record (the multi-task baseline) or on one
@@ -51,11 +52,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     recon.add_argument("--checkpoint-every", type=int, default=None)
     recon.add_argument("--resume", metavar="CHECKPOINT")
     recon.add_argument("--device", default="auto")
+    base = kinds.add_parser("base", help="train the toy world's tiny base model from scratch (task tags in the prompt)")
+    base.add_argument("-o", "--output", required=True)
+    base.add_argument("--minutes", type=float, default=20.0, help="training time budget (default: %(default)s)")
+    base.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"sft": _run_supervised, "lora": _run_supervised, "recon": _run_recon}[args.kind](args)
+    return {"sft": _run_supervised, "lora": _run_supervised, "recon": _run_recon, "base": _run_base}[args.kind](args)
+
+
+def _run_base(args: argparse.Namespace) -> int:
+    from ..train.toy_base import ToyBaseSettings, train_toy_base
+
+    report = train_toy_base(args.output, ToyBaseSettings(minutes=args.minutes, seed=args.seed))
+    print(f"{report['steps']} steps; mean exact match {report['mean_with_tag']:.3f} with the task tag, "
+          f"{report['mean_without_tag']:.3f} without; wrote {args.output}")
+    return 0
 
 
 def _device(name: str):
