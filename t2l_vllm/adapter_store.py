@@ -48,24 +48,17 @@ class AdapterStore:
     """
 
     def __init__(self, root: str | Path | None = None, id_source: Callable[[], int] | None = None) -> None:
-        if root is None:
-            self.root = Path(tempfile.mkdtemp(prefix="t2l_vllm-adapters-", dir=default_store_parent()))
-            self._owns_root = True
-        else:
-            self.root = Path(root)
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._owns_root = False
+        # Always a private folder (inside `root` if given): two servers sharing a
+        # directory must never delete each other's adapters, whose names coincide.
+        parent = Path(root) if root is not None else default_store_parent()
+        parent.mkdir(parents=True, exist_ok=True)
+        self.root = Path(tempfile.mkdtemp(prefix="t2l_vllm-adapters-", dir=parent))
         self._next_id = id_source or itertools.count(1).__next__
         self._stored: dict[str, StoredAdapter] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._stored)
-
-    @property
-    def nbytes(self) -> int:
-        with self._lock:
-            return sum(s.nbytes for s in self._stored.values())
 
     def get(self, name: str) -> StoredAdapter | None:
         with self._lock:
@@ -85,8 +78,6 @@ class AdapterStore:
                 stored = self._stored.get(adapter.name)
                 if stored is not None:  # another thread stored it meanwhile
                     return stored
-                if path.exists():  # left by an earlier owner of this root: same name, same bytes
-                    shutil.rmtree(path)
                 os.rename(tmp, path)
                 stored = StoredAdapter(adapter.name, path, self._next_id(), adapter.nbytes)
                 self._stored[adapter.name] = stored
@@ -102,11 +93,7 @@ class AdapterStore:
             shutil.rmtree(stored.path, ignore_errors=True)
 
     def close(self) -> None:
-        """Removes every folder (and the root if the store made it)."""
+        """Removes every folder and the store's own root."""
         with self._lock:
-            names = list(self._stored)
             self._stored.clear()
-        for name in names:
-            shutil.rmtree(self.root / name, ignore_errors=True)
-        if self._owns_root:
-            shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -15,8 +15,10 @@ of a resident adapter's description reuses that adapter instead of generating on
 
 A lease pins its adapter until released: an adapter evicted while pinned keeps its
 folder until the last lease ends, because a queued or running vLLM request may
-still load it. Disk and memory are therefore bounded by the cache size plus the
-adapters of requests in flight.
+still load it, and then `removal_grace_s` longer, because a request whose client
+went away is released before vLLM's abort reaches the engine. Disk and memory
+are therefore bounded by the cache size plus the adapters of requests in flight
+and of the last grace period.
 """
 
 from __future__ import annotations
@@ -49,8 +51,11 @@ class CacheSettings:
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     semantic_threshold: float | None = None  # cosine; None: off
+    removal_grace_s: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.removal_grace_s < 0:
+            raise ConfigError(f"`removal_grace_s` must be >= 0, got {self.removal_grace_s}.")
         if self.semantic_threshold is not None and not -1.0 <= self.semantic_threshold <= 1.0:
             raise ConfigError(f"`semantic_threshold` is a cosine in [-1, 1], got {self.semantic_threshold}.")
         for name in ("max_entries", "max_bytes", "max_batch_size"):
@@ -111,7 +116,7 @@ class AdapterCache:
         self._on_remove = on_remove
         self._resident: LRU = LRU(settings.max_entries)
         self._resident_bytes = 0
-        self._retired: dict[str, StoredAdapter] = {}  # evicted, kept while pinned
+        self._retired: dict[str, StoredAdapter] = {}  # evicted, kept while pinned or in grace
         self._pins: dict[str, int] = {}
         self._pending: dict[str, _Pending] = {}
         self._embeddings: dict[str, tuple[StoredAdapter, torch.Tensor]] = {}  # kept name -> its unit task embedding
@@ -145,9 +150,14 @@ class AdapterCache:
     def resident_bytes(self) -> int:
         return self._resident_bytes
 
-    def name_for(self, description: object) -> str:
-        """The adapter name a description gets; raises `InvalidDescriptionError`."""
-        return self.generator.name_for(description)
+    def lease_by_name(self, name: str) -> Lease | None:
+        """A lease on a kept adapter named directly (a client reusing a generated name)."""
+        stored, _ = self._lookup(name)
+        if stored is None:
+            return None
+        self._count("hit")
+        self._pin(stored.name)
+        return Lease(stored, self._unpin)
 
     async def acquire(self, description: object) -> Lease:
         """A pinned adapter for the description; raises a `T2LError` for bad input."""
@@ -187,12 +197,13 @@ class AdapterCache:
                 return stored, "semantic_hit"
             del self._aliases[name]
         stored = self._resident.get(name)
-        if stored is None and name in self._retired:  # evicted but still pinned: revive it
-            stored = self._retired.pop(name)
+        if stored is None and name in self._retired:  # evicted but its folder is still kept: revive it
+            stored = self._retired[name]
             self._insert(stored)
         return stored, "hit"
 
     def _insert(self, stored: StoredAdapter) -> None:
+        self._retired.pop(stored.name, None)  # resident again: no pending removal applies
         if stored.name in self._resident:
             return
         while len(self._resident) >= self.settings.max_entries or (
@@ -208,10 +219,21 @@ class AdapterCache:
         self._resident_bytes -= stored.nbytes
         if self.metrics:
             self.metrics.cache_evictions.inc()
-        if self._pins.get(name, 0) > 0:
-            self._retired[name] = stored
+        self._retired[name] = stored
+        if self._pins.get(name, 0) == 0:
+            self._retire_later(name)
+
+    def _retire_later(self, name: str) -> None:
+        """Removes an evicted, unpinned adapter after the grace period, unless revived or pinned."""
+        if self.settings.removal_grace_s == 0:
+            self._remove_if_unused(name)
         else:
-            self._remove(stored)
+            asyncio.get_running_loop().call_later(self.settings.removal_grace_s, self._remove_if_unused, name)
+
+    def _remove_if_unused(self, name: str) -> None:
+        if name in self._retired and self._pins.get(name, 0) == 0:
+            self._remove(self._retired.pop(name))
+            self._update_gauges()
 
     def _remove(self, stored: StoredAdapter) -> None:
         self._embeddings.pop(stored.name, None)
@@ -228,10 +250,8 @@ class AdapterCache:
             self._pins[name] = left
             return
         self._pins.pop(name, None)
-        retired = self._retired.pop(name, None)
-        if retired is not None:
-            self._remove(retired)
-            self._update_gauges()
+        if name in self._retired:
+            self._retire_later(name)
 
     def _count(self, result: str) -> None:
         if self.metrics:

@@ -357,7 +357,8 @@ def query_of_request(body: dict[str, Any]) -> str | None:
                 if isinstance(content, str):
                     return content
                 if isinstance(content, list):  # OpenAI content parts
-                    parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+                    parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+                    parts = [p for p in parts if isinstance(p, str)]
                     return "\n".join(p for p in parts if p) or None
         return None
     prompt = body.get("prompt")

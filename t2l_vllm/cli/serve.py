@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 
 from ..cache import CacheSettings
+from ..errors import ConfigError
 from ..hypernet.checkpoint import load_config
 from ..hypernet.shapes import check_shapes_fit, load_base_shapes
 from ..router import TaskLibrary
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             max_wait_ms=args.hypernet_batch_wait_ms,
             semantic_threshold=args.semantic_cache_threshold,
         ),
-        router=router_settings(args, args.router) if args.router else None,
+        router=replace(router_settings(args, args.router), max_description_chars=args.max_description_chars) if args.router else None,
     )
     # Endpoint plugins load only when named in VLLM_PLUGINS; keep what the user named.
     named = [p for p in os.environ.get("VLLM_PLUGINS", "").split(",") if p]
@@ -78,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
     vllm_args.enable_lora = True
     vllm_args.max_lora_rank = max(vllm_args.max_lora_rank or 0, config.lora.rank)
     vllm_args.t2l = settings
+    unsupported = [flag for flag, on in (("--headless", getattr(vllm_args, "headless", False)),
+                                         ("--api-server-count > 1", (getattr(vllm_args, "api_server_count", None) or 1) > 1),
+                                         ("--data-parallel-size > 1", (getattr(vllm_args, "data_parallel_size", None) or 1) > 1)) if on]
+    if unsupported:
+        raise ConfigError(f"t2l-vllm serve runs one API server; {', '.join(unsupported)} is not supported yet (run replicas instead).")
     validate_parsed_serve_args(vllm_args)
     uvloop.run(run_server(vllm_args))
     return 0

@@ -32,8 +32,6 @@ MODULE_FEATURES: dict[str, tuple[str, str]] = {
     "down_proj": (_INTERMEDIATE, _HIDDEN),
 }
 
-# Decoder-only families whose layers are `model.layers.{i}.self_attn.*` / `.mlp.*`.
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "gemma", "gemma2", "gemma3_text", "qwen2", "qwen3", "phi3")
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,8 @@ class SFTTrainer:
         """(total loss, cross-entropy) for examples, each with its own generated adapter."""
         lora = self.source.lora
         weights = self.source.adapters(descriptions)
-        batch = collate([self.tokens[id(r)] for r in records], self.tokenizer.pad_token_id)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        batch = collate([self.tokens[id(r)] for r in records], pad)  # padding is masked out of attention and loss
         device = next(self.source.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
         dropout = lora.dropout if training else 0.0

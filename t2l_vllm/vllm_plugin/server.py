@@ -23,14 +23,15 @@ import atexit
 import json
 import logging
 from argparse import Namespace
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
@@ -159,33 +160,43 @@ def _endpoint(route: _Route) -> Callable[[Request], Awaitable[Response]]:
         t2l: T2LState | None = getattr(raw_request.app.state, "t2l", None)
         try:
             body = json.loads(await raw_request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
             return _refuse(t2l, HTTPStatus.BAD_REQUEST, f"the request body is not valid JSON: {err}")
         if not isinstance(body, dict):
             return _refuse(t2l, HTTPStatus.BAD_REQUEST, "the request body must be a JSON object.")
-        if t2l is None:
-            return await _forward(route, body, raw_request, None, None, _Choice("none"))
-        if DESCRIPTION_FIELD in body:
-            description = body.pop(DESCRIPTION_FIELD)
-            if description is None:
-                return _refuse(t2l, HTTPStatus.BAD_REQUEST, f"`{DESCRIPTION_FIELD}` is null; give a string or leave the field out.", DESCRIPTION_FIELD)
-            choice = _Choice("request")
-        else:
-            description, choice = await _route(t2l, body)
-        if description is None:
-            return await _forward(route, body, raw_request, None, t2l, choice)
-        problem = _check_model(t2l, body.get("model"))
-        if problem is not None:
+        has_description = DESCRIPTION_FIELD in body
+        description = body.pop(DESCRIPTION_FIELD, None)
+        if has_description and description is None:
+            return _refuse(t2l, HTTPStatus.BAD_REQUEST, f"`{DESCRIPTION_FIELD}` is null; give a string or leave the field out.", DESCRIPTION_FIELD)
+        if has_description and t2l is not None and (problem := _check_model(t2l, body.get("model"))) is not None:
             return _refuse(t2l, *problem)
-        try:
-            lease = await t2l.cache.acquire(description)
-        except InvalidDescriptionError as err:
-            return _refuse(t2l, HTTPStatus.BAD_REQUEST, f"`{DESCRIPTION_FIELD}`: {err}", DESCRIPTION_FIELD)
-        except AdapterCheckError as err:
-            return _refuse(t2l, HTTPStatus.UNPROCESSABLE_ENTITY, str(err), DESCRIPTION_FIELD)
-        except T2LError as err:
-            return _refuse(t2l, HTTPStatus.SERVICE_UNAVAILABLE, str(err))
-        return await _forward(route, body, raw_request, lease, t2l, choice)
+        try:  # the whole body is checked before any adapter is made for it
+            request = route.request_model.model_validate(body)
+        except ValidationError as err:
+            raise RequestValidationError(err.errors()) from err
+        if t2l is None:
+            return await _forward(route, request, raw_request, None, _Choice("none"), None)
+        choice = _Choice("request") if has_description else _Choice("none")
+        if not has_description:
+            description, choice = await _route(t2l, body)
+        lease = None
+        if description is not None:
+            try:
+                lease = await t2l.cache.acquire(description)
+            except InvalidDescriptionError as err:
+                if choice.source != "router":
+                    return _refuse(t2l, HTTPStatus.BAD_REQUEST, f"`{DESCRIPTION_FIELD}`: {err}", DESCRIPTION_FIELD)
+                choice = _Choice("router", "fallback:base", choice.score)  # the router's own text: serve the base model
+            except AdapterCheckError as err:
+                return _refuse(t2l, HTTPStatus.UNPROCESSABLE_ENTITY, str(err), DESCRIPTION_FIELD)
+            except T2LError as err:
+                return _refuse(t2l, HTTPStatus.SERVICE_UNAVAILABLE, str(err))
+        elif isinstance(body.get("model"), str):
+            # A client reusing a generated adapter's name: pin it like any other use.
+            lease = t2l.cache.lease_by_name(body["model"])
+            if lease is not None:
+                choice = _Choice("request")
+        return await _forward(route, request, raw_request, lease, choice, t2l)
 
     endpoint.__name__ = f"t2l_{route.path.strip('/').replace('/', '_')}"
     return endpoint
@@ -202,7 +213,7 @@ class _Choice:
     def headers(self) -> dict[str, str]:
         headers = {SOURCE_HEADER: self.source}
         if self.task is not None:
-            headers[TASK_HEADER] = self.task
+            headers[TASK_HEADER] = quote(self.task, safe=":_-.")  # task names may be any Unicode
         if self.score is not None:
             headers[SCORE_HEADER] = f"{self.score:.4f}"
         return headers
@@ -233,33 +244,44 @@ def _check_model(t2l: T2LState, model: object) -> tuple[HTTPStatus, str, str] | 
     return (HTTPStatus.NOT_FOUND, f"The model `{model}` does not exist.", "model")
 
 
-async def _forward(route: _Route, body: dict, raw_request: Request, lease: Lease | None, t2l: T2LState | None, choice: _Choice) -> Response:
-    """Runs vLLM's own handler on the (possibly re-targeted) body; releases the lease after."""
+async def _forward(route: _Route, request: Any, raw_request: Request, lease: Lease | None, choice: _Choice, t2l: T2LState | None) -> Response:
+    """Runs vLLM's own handler on the (possibly re-targeted) request; the lease ends with the response."""
     try:
         if lease is not None:
             _register(t2l, lease.stored)
-            body["model"] = lease.name
-        try:
-            request = route.request_model.model_validate(body)
-        except ValidationError as err:
-            raise RequestValidationError(err.errors()) from err
+            request.model = lease.name
         response = await route.original(request, raw_request)
         if response is None:  # vLLM's with_cancellation: the client went away
-            raise asyncio.CancelledError
+            response = Response(status_code=499)
+        response.headers[ADAPTER_HEADER] = lease.name if lease is not None else "base"
+        response.headers.update(choice.headers())
     except BaseException:
         if lease is not None:
             lease.release()
         raise
     if t2l is not None:
         t2l.metrics.requests.labels(source=choice.source).inc()
-    response.headers[ADAPTER_HEADER] = lease.name if lease is not None else "base"
-    response.headers.update(choice.headers())
-    if lease is not None:
-        if isinstance(response, StreamingResponse):
-            response.body_iterator = _release_after(response.body_iterator, lease)
-        else:
-            lease.release()
-    return response
+    return response if lease is None else _LeasedResponse(response, lease)
+
+
+class _LeasedResponse(Response):
+    """Sends `inner` and releases the lease when sending ends, however it ends.
+
+    Releasing from inside a streaming body would leak the lease when the client
+    disconnects before the first chunk (the body generator never starts).
+    """
+
+    def __init__(self, inner: Response, lease: Lease) -> None:  # noqa: D107 - no body of its own
+        self.inner, self.lease = inner, lease
+        self.status_code = inner.status_code
+        self.background = inner.background
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.inner.background = self.background  # FastAPI may have attached tasks to the wrapper
+        try:
+            await self.inner(scope, receive, send)
+        finally:
+            self.lease.release()
 
 
 def _register(t2l: T2LState, stored: StoredAdapter) -> None:
@@ -270,14 +292,6 @@ def _register(t2l: T2LState, stored: StoredAdapter) -> None:
         t2l.models.lora_requests[stored.name] = LoRARequest(
             lora_name=stored.name, lora_int_id=stored.int_id, lora_path=str(stored.path)
         )
-
-
-async def _release_after(chunks: AsyncIterator[Any], lease: Lease) -> AsyncIterator[Any]:
-    try:
-        async for chunk in chunks:
-            yield chunk
-    finally:
-        lease.release()
 
 
 def _refuse(t2l: T2LState | None, status: HTTPStatus, message: str, param: str | None = None) -> JSONResponse:

@@ -174,7 +174,7 @@ def test_no_label_grows_with_descriptions(server):
 
 
 def folder_count(server) -> int:
-    return sum(1 for p in server.adapter_dir.iterdir() if not p.name.startswith("."))
+    return sum(1 for p in server.adapter_dir.glob("*/*") if not p.name.startswith("."))  # <dir>/<store>/<adapter>
 
 
 def test_a_thousand_new_descriptions_keep_disk_and_memory_bounded(server):
@@ -210,3 +210,25 @@ def test_a_thousand_new_descriptions_keep_disk_and_memory_bounded(server):
     # 1,000 adapters of 56 KiB would be 55 MiB if nothing were freed; allow allocator noise.
     assert grown_mib < 50, report
     assert server.alive()
+
+
+def test_reusing_a_generated_adapter_name_is_served_and_pinned(server, generator):
+    _, headers = complete(server, SCIENCE)
+    name = headers["x-t2l-adapter"]
+    raw = server.client().completions.with_raw_response.create(model=name, prompt=PROMPT, max_tokens=4, temperature=0)
+    assert (raw.headers["x-t2l-adapter"], raw.headers["x-t2l-source"]) == (name, "request")
+    assert raw.parse().model == name
+
+
+def test_an_invalid_body_is_refused_before_any_adapter_is_made(server):
+    before = generation_count(server)
+    response = httpx.post(f"{server.url}/v1/chat/completions", headers={"Authorization": f"Bearer {server.api_key}"},
+                          json={"model": server.model, "messages": "not a list", "task_description": "A brand new task nobody used."})
+    assert response.status_code == 400
+    assert generation_count(server) == before
+
+
+def test_deeply_nested_json_is_a_400(server):
+    response = httpx.post(f"{server.url}/v1/completions", content=b"[" * 100_000,
+                          headers={"Authorization": f"Bearer {server.api_key}", "Content-Type": "application/json"})
+    assert response.status_code == 400

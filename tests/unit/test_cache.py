@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -19,7 +20,7 @@ def run_with_cache(generator, tmp_path, settings: CacheSettings, scenario):
     async def main():
         removed: list[str] = []
         metrics = T2LMetrics(CollectorRegistry())
-        cache = AdapterCache(generator, AdapterStore(tmp_path / "store"), settings, metrics, on_remove=lambda s: removed.append(s.name))
+        cache = AdapterCache(generator, AdapterStore(tmp_path / "store"), replace(settings, removal_grace_s=settings_grace(settings)), metrics, on_remove=lambda s: removed.append(s.name))
         cache.start()
         try:
             return await scenario(cache, removed, metrics)
@@ -27,6 +28,11 @@ def run_with_cache(generator, tmp_path, settings: CacheSettings, scenario):
             await cache.close()
 
     return asyncio.run(main())
+
+
+def settings_grace(settings: CacheSettings) -> float:
+    """Tests remove at once unless they set a grace period themselves."""
+    return settings.removal_grace_s if settings.removal_grace_s != CacheSettings().removal_grace_s else 0.0
 
 
 def value(metric, **labels) -> float:
@@ -68,7 +74,7 @@ def test_the_byte_bound_limits_residency(generator, tmp_path):
     async def scenario(cache, removed, metrics):
         for i in range(5):
             (await cache.acquire(f"Byte-bound task {i}.")).release()
-        return len(cache), cache.resident_bytes, len(list((tmp_path / "store").iterdir()))
+        return len(cache), cache.resident_bytes, sum(1 for p in (tmp_path / "store").glob("*/*") if not p.name.startswith("."))
 
     resident, nbytes, folders = run_with_cache(generator, tmp_path, CacheSettings(max_bytes=int(2.5 * one)), scenario)
     assert resident == 2 and nbytes == 2 * one and folders == 2
@@ -119,3 +125,37 @@ def test_semantic_cache_reuses_a_close_description(generator, tmp_path, threshol
         assert first != second and semantic == 0
     else:
         assert first == second and semantic == 2
+
+
+def test_a_released_adapter_is_removed_only_after_the_grace_period(generator, tmp_path):
+    async def scenario(cache, removed, metrics):
+        held = await cache.acquire("Grace task: rhyme words.")
+        (await cache.acquire("Grace filler.")).release()  # evicts the held one from a 1-entry cache
+        held.release()
+        at_release = list(removed)
+        await asyncio.sleep(0.3)
+        return held.name, at_release, list(removed)
+
+    name, at_release, later = run_with_cache(generator, tmp_path, CacheSettings(max_entries=1, removal_grace_s=0.2), scenario)
+    assert name not in at_release and name in later
+
+
+def test_semantic_reuse_of_an_evicted_adapter_keeps_its_folder(generator, tmp_path):
+    """A reuse candidate evicted by fresh adapters of the same pass becomes resident again,
+    and must not be deleted when its pins end."""
+
+    async def scenario(cache, removed, metrics):
+        first = await cache.acquire("Translate English sentences into French.")
+        first.release()
+        leases = await asyncio.gather(
+            cache.acquire("Filler one: count vowels."),
+            cache.acquire("Filler two: sort numbers."),
+            cache.acquire("Translate english sentences to French."),
+        )
+        for lease in leases:
+            lease.release()
+        reused = leases[2].stored
+        return reused, reused.path.is_dir(), cache._lookup(reused.name)[0] is not None
+
+    reused, exists, resident = run_with_cache(generator, tmp_path, CacheSettings(max_entries=2, semantic_threshold=0.9, max_wait_ms=50), scenario)
+    assert not resident or exists, "a resident adapter must have its folder"
