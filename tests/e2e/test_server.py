@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import time
 
 import httpx
@@ -198,10 +197,7 @@ def test_a_thousand_new_descriptions_keep_disk_and_memory_bounded(server):
     report = {"rss_start_mib": round(start_rss / 2**20, 1), "rss_mib_after_n_descriptions": rss_mib,
               "rss_growth_mib": round(grown_mib, 1), "peak_adapter_folders": peak_folders,
               "final_adapter_folders": folder_count(server)}
-    print("bounded-memory report:", json.dumps(report))
-    os.makedirs("benchmarks/results", exist_ok=True)
-    with open("benchmarks/results/thousand_descriptions.json", "w") as out:
-        json.dump(report, out, indent=2)
+    print("bounded-memory report:", json.dumps(report))  # `pytest -s` shows it
     assert peak_folders <= 16 and folder_count(server) <= 16
     assert server.metrics()["t2l_adapters_resident"] <= 16
     time.sleep(6)  # one pruning interval
