@@ -33,9 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from vllm import SamplingParams
 
-    from ..vllm_plugin.offline import T2LEngine
+    from ..vllm_plugin.offline import T2LEngine, greedy
 
     on_cpu = not torch.cuda.is_available()
     memory = args.gpu_memory_utilization or (0.3 if on_cpu else 0.85)
@@ -53,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         conversations = [[{"role": "user", "content": query}] for _, query in DEMO_PROMPTS]
         descriptions = [d for d, _ in DEMO_PROMPTS]
         start = time.perf_counter()
-        outputs = engine.chat(conversations, descriptions, SamplingParams(temperature=0.0, max_tokens=args.max_tokens))
+        outputs = engine.chat(conversations, descriptions, greedy(args.max_tokens))
         seconds = time.perf_counter() - start
         print(f"\nbase model: {engine.model}\nhypernetwork: {engine.generator.fingerprint[:16]} ({engine.generator.config.variant})\n")
         for (description, query), output in zip(DEMO_PROMPTS, outputs):

@@ -9,11 +9,9 @@ least the hypernetwork's rank.
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import replace
 
 from ..cache import CacheSettings
-from ..errors import ConfigError
 from ..hypernet.checkpoint import load_config
 from ..hypernet.shapes import check_shapes_fit, load_base_shapes
 from ..router import TaskLibrary
@@ -43,14 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvloop
-    from vllm.entrypoints.launchers.api_server.entry import run_server
-    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
-    from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-
+    from ..vllm_plugin.launch import serve
     from ..vllm_plugin.offline import resolve_model_and_hypernet
-    from ..vllm_plugin.server import PLUGIN_NAME, ServeSettings
+    from ..vllm_plugin.server import ServeSettings
 
     model, hypernet = resolve_model_and_hypernet(args.model, args.hypernet)
     config, _ = load_config(hypernet)
@@ -70,21 +63,5 @@ def run(args: argparse.Namespace) -> int:
         ),
         router=replace(router_settings(args, args.router), max_description_chars=args.max_description_chars) if args.router else None,
     )
-    # Endpoint plugins load only when named in VLLM_PLUGINS; keep what the user named.
-    named = [p for p in os.environ.get("VLLM_PLUGINS", "").split(",") if p]
-    os.environ["VLLM_PLUGINS"] = ",".join(dict.fromkeys([*named, PLUGIN_NAME]))
-
-    cli_env_setup()
-    parser = make_arg_parser(FlexibleArgumentParser(prog="t2l-vllm serve"))
-    vllm_args = parser.parse_args(["--model", model, *args.unknown_options])
-    vllm_args.enable_lora = True
-    vllm_args.max_lora_rank = max(vllm_args.max_lora_rank or 0, config.lora.rank)
-    vllm_args.t2l = settings
-    unsupported = [flag for flag, on in (("--headless", getattr(vllm_args, "headless", False)),
-                                         ("--api-server-count > 1", (getattr(vllm_args, "api_server_count", None) or 1) > 1),
-                                         ("--data-parallel-size > 1", (getattr(vllm_args, "data_parallel_size", None) or 1) > 1)) if on]
-    if unsupported:
-        raise ConfigError(f"t2l-vllm serve runs one API server; {', '.join(unsupported)} is not supported yet (run replicas instead).")
-    validate_parsed_serve_args(vllm_args)
-    uvloop.run(run_server(vllm_args))
+    serve(model, config.lora.rank, settings, args.unknown_options)
     return 0

@@ -110,6 +110,13 @@ class T2LEngine:
         self.close()
 
 
+def greedy(max_tokens: int):
+    """vLLM sampling parameters for greedy decoding (so callers need not import vLLM)."""
+    from vllm import SamplingParams
+
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens)
+
+
 def _per_item(descriptions: Descriptions, n: int) -> list[str | None]:
     if descriptions is None or isinstance(descriptions, str):
         return [descriptions] * n

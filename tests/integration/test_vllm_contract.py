@@ -63,3 +63,21 @@ def test_vllm_still_labels_lora_info_with_adapter_names():
 
     source = inspect.getsource(loggers)
     assert 'name="vllm:lora_requests_info"' in source and "running_lora_adapters" in source
+
+
+def test_the_launcher_functions_t2l_serve_uses_exist():
+    from vllm.entrypoints.launchers.api_server.entry import run_server
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args(["--model", "m", "--max-loras", "3"])
+    assert args.max_loras == 3 and hasattr(args, "max_lora_rank") and hasattr(args, "api_server_count")
+    assert callable(run_server) and callable(validate_parsed_serve_args) and callable(cli_env_setup)
+
+
+def test_serving_models_keep_a_public_lora_registry_and_id_counter():
+    from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+
+    source = inspect.getsource(OpenAIServingModels.__init__)
+    assert "self.lora_requests" in source and "self.lora_id_counter" in source
