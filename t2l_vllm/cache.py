@@ -17,8 +17,8 @@ A lease pins its adapter until released: an adapter evicted while pinned keeps i
 folder until the last lease ends, because a queued or running vLLM request may
 still load it, and then `removal_grace_s` longer, because a request whose client
 went away is released before vLLM's abort reaches the engine. Disk and memory
-are therefore bounded by the cache size plus the adapters of requests in flight
-and of the last grace period.
+are therefore bounded by twice the cache size (resident, and waiting out the
+grace) plus the adapters of requests in flight.
 """
 
 from __future__ import annotations
@@ -224,11 +224,18 @@ class AdapterCache:
             self._retire_later(name)
 
     def _retire_later(self, name: str) -> None:
-        """Removes an evicted, unpinned adapter after the grace period, unless revived or pinned."""
+        """Removes an evicted, unpinned adapter after the grace period, unless revived or pinned.
+
+        At most `max_entries` unpinned adapters wait out their grace at once (the oldest
+        goes first), so disk stays bounded however fast new descriptions arrive.
+        """
         if self.settings.removal_grace_s == 0:
             self._remove_if_unused(name)
-        else:
-            asyncio.get_running_loop().call_later(self.settings.removal_grace_s, self._remove_if_unused, name)
+            return
+        asyncio.get_running_loop().call_later(self.settings.removal_grace_s, self._remove_if_unused, name)
+        waiting = [n for n in self._retired if self._pins.get(n, 0) == 0]
+        for oldest in waiting[: max(0, len(waiting) - self.settings.max_entries)]:
+            self._remove_if_unused(oldest)
 
     def _remove_if_unused(self, name: str) -> None:
         if name in self._retired and self._pins.get(name, 0) == 0:

@@ -198,7 +198,8 @@ def test_a_thousand_new_descriptions_keep_disk_and_memory_bounded(server):
               "rss_growth_mib": round(grown_mib, 1), "peak_adapter_folders": peak_folders,
               "final_adapter_folders": folder_count(server)}
     print("bounded-memory report:", json.dumps(report))  # `pytest -s` shows it
-    assert peak_folders <= 16 and folder_count(server) <= 16
+    # resident (16) + evicted ones waiting out the 1 s removal grace (at most 16) + in flight (1)
+    assert peak_folders <= 2 * 16 + 1 and folder_count(server) <= 2 * 16 + 1
     assert server.metrics()["t2l_adapters_resident"] <= 16
     time.sleep(6)  # one pruning interval
     lora_info = [l for l in httpx.get(f"{server.url}/metrics").text.splitlines() if l.startswith("vllm:lora_requests_info{")]

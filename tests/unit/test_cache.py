@@ -159,3 +159,13 @@ def test_semantic_reuse_of_an_evicted_adapter_keeps_its_folder(generator, tmp_pa
 
     reused, exists, resident = run_with_cache(generator, tmp_path, CacheSettings(max_entries=2, semantic_threshold=0.9, max_wait_ms=50), scenario)
     assert not resident or exists, "a resident adapter must have its folder"
+
+
+def test_adapters_waiting_out_the_grace_are_capped_at_the_cache_size(generator, tmp_path):
+    async def scenario(cache, removed, metrics):
+        for i in range(10):
+            (await cache.acquire(f"Cap task {i}: label colours.")).release()
+        return len(cache), len(cache._retired), sum(1 for p in (tmp_path / "store").glob("*/*") if not p.name.startswith("."))
+
+    resident, retired, folders = run_with_cache(generator, tmp_path, CacheSettings(max_entries=2, removal_grace_s=60), scenario)
+    assert (resident, retired, folders) == (2, 2, 4)
