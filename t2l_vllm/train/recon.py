@@ -35,6 +35,7 @@ from ..encoder import TaskEncoder
 from ..errors import CheckpointError, ConfigError, InvalidDescriptionError, ShapeMismatchError
 from ..jsonl import read_jsonl
 from .data import TrainingDataError
+from .schedule import warmup_linear_decay
 from ..hypernet.checkpoint import load_checkpoint, save_checkpoint
 from ..hypernet.config import HypernetConfig, OutputTransform
 from ..hypernet.model import LoraWeights, TextToLoRA
@@ -97,10 +98,7 @@ class ReconSettings:
 
     def lr_at(self, step: int) -> float:
         """The reference's schedule: linear warm-up over `warmup_frac` of the steps, then linear decay to 0."""
-        warmup = int(self.warmup_frac * self.steps)
-        if step < warmup:
-            return self.lr * (step + 1) / warmup
-        return self.lr * max(0.0, (self.steps - step) / max(1, self.steps - warmup))
+        return self.lr * warmup_linear_decay(step, self.steps, self.warmup_frac)
 
 
 @dataclass(frozen=True)

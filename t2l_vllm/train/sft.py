@@ -27,6 +27,7 @@ from torch import nn
 from ..errors import ConfigError
 from .data import IGNORE, SFTRecord, collate, encode_example
 from .functional_lora import applied_loras
+from .schedule import warmup_linear_decay
 from .sources import HypernetSource, SingleLoRA
 
 logger = logging.getLogger(__name__)
@@ -79,9 +80,8 @@ class SFTTrainer:
         self.tasks = sorted(self.by_task)
         self.tokens = {id(r): encode_example(tokenizer, r, settings.max_length) for r in (*self.records, *self.eval_records)}
         self.optimizer = torch.optim.AdamW(source.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-        warmup = max(1, int(settings.warmup_frac * settings.steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min((s + 1) / warmup, max(0.0, (settings.steps - s) / max(1, settings.steps - warmup)))
+            self.optimizer, lambda step: warmup_linear_decay(step, settings.steps, settings.warmup_frac)
         )
         self.rng = random.Random(settings.seed)
         self.step = 0
