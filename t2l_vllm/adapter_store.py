@@ -34,6 +34,37 @@ class StoredAdapter:
     nbytes: int
 
 
+_PREFIX = "t2l_vllm-adapters-"
+
+
+def sweep_orphans(parent: Path) -> list[Path]:
+    """Removes store folders left by processes that no longer exist (a SIGKILL skips clean-up).
+
+    A store folder is named after its process id; a folder whose process is alive,
+    or whose id was reused by a live process, is left alone.
+    """
+    removed = []
+    for folder in parent.glob(f"{_PREFIX}*-*"):
+        pid = folder.name[len(_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    if removed:
+        logger.info("removed %d adapter folders left by ended processes under %s", len(removed), parent)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def default_store_parent() -> Path:
     shm = Path("/dev/shm")
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
@@ -52,7 +83,8 @@ class AdapterStore:
         # directory must never delete each other's adapters, whose names coincide.
         parent = Path(root) if root is not None else default_store_parent()
         parent.mkdir(parents=True, exist_ok=True)
-        self.root = Path(tempfile.mkdtemp(prefix="t2l_vllm-adapters-", dir=parent))
+        sweep_orphans(parent)
+        self.root = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=parent))
         self._next_id = id_source or itertools.count(1).__next__
         self._stored: dict[str, StoredAdapter] = {}
         self._lock = threading.Lock()

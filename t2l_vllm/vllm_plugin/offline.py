@@ -9,6 +9,7 @@ so the whole list runs as one multi-LoRA batch.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,6 +69,7 @@ class T2LEngine:
         llm_kwargs["max_lora_rank"] = max(llm_kwargs.get("max_lora_rank", 0), config.lora.rank)
         self.model = model
         self.store = AdapterStore()
+        weakref.finalize(self, self.store.close)  # the folders live on tmpfs: never leave them behind
         self.llm = LLM(model=model, **llm_kwargs)
 
     def adapters_for(self, descriptions: Sequence[str | None]) -> list[StoredAdapter | None]:
