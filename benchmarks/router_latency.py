@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from t2l_vllm.router import RouterSettings, SentenceEncoder, TaskIndex, TaskLibrary
+from t2l_vllm.router import RouterSettings, TaskIndex, TaskLibrary, router_encoder
 
 QUERIES = [
     "A farmer has 12 cows and buys 7 more. How many cows does he have now?",
@@ -75,7 +75,7 @@ def main() -> None:
 
     settings = RouterSettings()
     library = TaskLibrary.load("starter")
-    encoder = SentenceEncoder(settings.encoder)
+    encoder = router_encoder(settings.encoder)
     texts, owners = [], []
     for i, task in enumerate(library.tasks):
         for text in (*task.descriptions, *task.examples):

@@ -4,7 +4,7 @@ The decision is split the way semantic routers split it:
 
 - `TaskLibrary` (data): tasks, each with descriptions and example queries, read
   from YAML, plus the calibrated `threshold` and the `fallback` policy;
-- the encoder (text -> unit vectors), a sentence-transformers model;
+- the encoder (text -> unit vectors): the task encoder, set up for cosines;
 - `TaskIndex` (vectors): every description and example embedded once. A query is
   scored against each task by cosine to the task's centroid (the normalised mean
   of its entries; the default, one matrix product however many entries a task
@@ -28,14 +28,14 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from .descriptions import DEFAULT_MAX_DESCRIPTION_CHARS
-from .encoder import DEFAULT_ENCODER, quiet_hf_progress, resolve_model_path
+from .encoder import DEFAULT_ENCODER, TaskEncoder, encoder_settings_for
 from .errors import ConfigError, T2LError
 from .jsonl import read_jsonl
 
@@ -183,22 +183,9 @@ class RouterSettings:
             raise ConfigError("`top_k` and `shortlist` must be positive.")
 
 
-class SentenceEncoder:
-    """Queries and library entries to L2-normalised float32 vectors."""
-
-    def __init__(self, model: str = DEFAULT_ENCODER, device: str = "cpu") -> None:
-        from sentence_transformers import SentenceTransformer
-
-        try:
-            with quiet_hf_progress():
-                self._model = SentenceTransformer(resolve_model_path(model), device=device)
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"cannot load router encoder `{model}`: {err}") from err
-
-    @torch.inference_mode()
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        emb = self._model.encode(list(texts), batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
-        return emb.to(torch.float32).cpu()
+def router_encoder(model: str = DEFAULT_ENCODER) -> TaskEncoder:
+    """The task encoder configured for routing: raw text in, unit vectors out (cosines)."""
+    return TaskEncoder(replace(encoder_settings_for(model), add_full_stop=False, scale="unit"))
 
 
 EXACT_SCAN_TASKS = 8192  # above this many tasks, centroid scoring searches inverted lists
@@ -302,12 +289,12 @@ class TaskIndex:
 class EmbeddingRouter:
     """Chooses a task description for queries without one. Thread-safe for reads."""
 
-    def __init__(self, library: TaskLibrary, settings: RouterSettings = RouterSettings(), encoder: SentenceEncoder | None = None) -> None:
+    def __init__(self, library: TaskLibrary, settings: RouterSettings = RouterSettings(), encoder: TaskEncoder | None = None) -> None:
         self.library = library
         self.settings = settings
         self.threshold = settings.threshold if settings.threshold is not None else (library.threshold if library.threshold is not None else DEFAULT_THRESHOLD)
         self.fallback: Fallback = settings.fallback or library.fallback
-        self.encoder = encoder or SentenceEncoder(settings.encoder)
+        self.encoder = encoder or router_encoder(settings.encoder)
         texts, owners = [], []
         for i, task in enumerate(library.tasks):
             for text in (*task.descriptions, *task.examples):
