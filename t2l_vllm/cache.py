@@ -151,11 +151,11 @@ class AdapterCache:
         return self._resident_bytes
 
     def lease_by_name(self, name: str) -> Lease | None:
-        """A lease on a kept adapter named directly (a client reusing a generated name)."""
-        stored, _ = self._lookup(name)
+        """A lease on a kept adapter by name (a client reusing a generated name), or None."""
+        stored, how = self._lookup(name)
         if stored is None:
             return None
-        self._count("hit")
+        self._count(how)
         self._pin(stored.name)
         return Lease(stored, self._unpin)
 
@@ -163,11 +163,9 @@ class AdapterCache:
         """A pinned adapter for the description; raises a `T2LError` for bad input."""
         text = self.generator.normalize(description)
         name = adapter_name(self.generator.key(text))
-        stored, how = self._lookup(name)
-        if stored is not None:
-            self._count(how)
-            self._pin(stored.name)
-            return Lease(stored, self._unpin)
+        lease = self.lease_by_name(name)
+        if lease is not None:
+            return lease
         pending = self._pending.get(name)
         if pending is None:
             self._count("miss")
@@ -181,7 +179,7 @@ class AdapterCache:
             stored = await asyncio.shield(pending.future)
         except asyncio.CancelledError:
             if pending.pinned and pending.future.done() and pending.future.exception() is None:
-                self._unpin(name)  # the batcher pinned it for us; give it back
+                self._unpin(pending.future.result().name)  # the batcher pinned it for us (maybe a reused adapter)
             else:
                 pending.waiters -= 1
             raise
