@@ -84,12 +84,7 @@ class T2LEngine:
         return [None if name is None else self.store.get(name) for name in names]
 
     def lora_requests(self, descriptions: Sequence[str | None]):
-        from vllm.lora.request import LoRARequest
-
-        return [
-            None if s is None else LoRARequest(lora_name=s.name, lora_int_id=s.int_id, lora_path=str(s.path))
-            for s in self.adapters_for(descriptions)
-        ]
+        return [None if s is None else lora_request(s) for s in self.adapters_for(descriptions)]
 
     def generate(self, prompts: Sequence[str], descriptions: Descriptions = None, sampling_params: Any = None, **kwargs: Any):
         """`vllm.LLM.generate` with one adapter per prompt; returns vLLM's outputs."""
@@ -110,6 +105,13 @@ class T2LEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def lora_request(stored: StoredAdapter):
+    """The `vllm.lora.request.LoRARequest` that makes vLLM load a stored adapter."""
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(lora_name=stored.name, lora_int_id=stored.int_id, lora_path=str(stored.path))
 
 
 def greedy(max_tokens: int):

@@ -286,12 +286,10 @@ class _LeasedResponse(Response):
 
 def _register(t2l: T2LState, stored: StoredAdapter) -> None:
     """Makes vLLM's handler resolve the adapter's name (its public registry of LoRAs)."""
-    from vllm.lora.request import LoRARequest
+    from .offline import lora_request
 
     if stored.name not in t2l.models.lora_requests:
-        t2l.models.lora_requests[stored.name] = LoRARequest(
-            lora_name=stored.name, lora_int_id=stored.int_id, lora_path=str(stored.path)
-        )
+        t2l.models.lora_requests[stored.name] = lora_request(stored)
 
 
 def _refuse(t2l: T2LState | None, status: HTTPStatus, message: str, param: str | None = None) -> JSONResponse:
