@@ -64,6 +64,8 @@ def running_server(work: Path, extra_args: list[str]) -> Iterator[Server]:
     command = [
         sys.executable, "-m", "t2l_vllm", "serve",
         "--adapter-cache-entries", str(CACHE_ENTRIES), "--adapter-dir", str(adapter_dir),
+        # a batching window wide enough that 64 client threads on a loaded 2-core CI machine land in it
+        "--hypernet-batch-wait-ms", "20",
         "--host", "127.0.0.1", "--port", str(port), "--api-key", API_KEY,
         "--dtype", "float32", "--gpu-memory-utilization", "0.3", "--max-model-len", "512",
         "--max-loras", "2", "--max-cpu-loras", "2", "--max-num-seqs", "32", "--served-model-name", "tiny",

@@ -103,8 +103,10 @@ def test_64_concurrent_requests_over_8_descriptions_cause_8_generations(server):
     for i, (_, headers) in enumerate(results):
         names.setdefault(descriptions[i % 8], set()).add(headers["x-t2l-adapter"])
     assert all(len(n) == 1 for n in names.values()) and len(names) == 8
-    assert after["t2l_generations_total"] - before["t2l_generations_total"] == 8
-    assert after["t2l_hypernet_passes_total"] - before["t2l_hypernet_passes_total"] < 8
+    generations = after["t2l_generations_total"] - before["t2l_generations_total"]
+    passes = after["t2l_hypernet_passes_total"] - before["t2l_hypernet_passes_total"]
+    assert generations == 8, (generations, passes)
+    assert passes < 8, (generations, passes)
 
 
 def test_more_descriptions_than_lora_slots_round_robin(server):
