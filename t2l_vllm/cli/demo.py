@@ -1,8 +1,12 @@
 """`t2l-vllm demo`: describe tasks in words, watch vLLM serve each with its own generated adapter.
 
-With no arguments it runs on the embedded default (a tiny base model and an
-untrained hypernetwork, so the answers are not meaningful yet, but each
-description visibly changes them); `--model/--hypernet` run it on real models.
+With no arguments it runs on the embedded default: the toy world's tiny base
+model, which knows the word tasks but not which one is asked, and the trained
+hypernetwork that writes that into an adapter from a description. The prompts
+mix descriptions the hypernetwork was trained on, descriptions it never saw,
+one written for the demo, and a task held out of its training; each answer is
+checked against the task's exact output. `--model/--hypernet` run it on real
+models with general-purpose prompts.
 """
 
 from __future__ import annotations
@@ -10,9 +14,20 @@ from __future__ import annotations
 import argparse
 import time
 
+from ..train.toy_world import TASKS
 from .common import add_generator_options, generator_settings
 
-DEMO_PROMPTS = [
+# (description, query, the toy task that answers it, what the demo shows with it)
+TOY_PROMPTS = [
+    ("Convert the text to uppercase.", "hello world", "uppercase", "a description seen in training"),
+    ("Sort the words alphabetically.", "pear apple fig", "sort_words", "a description seen in training"),
+    ("Capital letters everywhere, please.", "good day", "uppercase", "a held-out description"),
+    ("Spell the whole input backwards, last character first.", "stressed", "reverse", "a description written for the demo"),
+    ("Give just the first letter of every word.", "text to lora", "first_letters", "a description written for the demo"),
+    ("Reverse the order of the words.", "one two three", "reverse_words", "a task held out of training"),
+    (None, "hello world", None, "no description: the base model"),
+]
+GENERAL_PROMPTS = [
     ("Answer multiple-choice science questions with the letter of the right option.", "Which gas do plants take in? (A) oxygen (B) carbon dioxide"),
     ("Solve grade-school math word problems step by step.", "Tom has 3 apples and buys 4 more. How many now?"),
     ("Translate English sentences into French.", "The cat sleeps on the sofa."),
@@ -25,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="generate adapters for a few tasks and serve them offline with vLLM", description=__doc__)
     p.add_argument("--model", help="base model (default: the embedded default)")
     p.add_argument("--max-tokens", type=int, default=24)
-    p.add_argument("--max-model-len", type=int, default=1024)
+    p.add_argument("--max-model-len", type=int, default=512)
     p.add_argument("--gpu-memory-utilization", type=float, default=None, help="vLLM's; on CPU the fraction of RAM it reserves (default: 0.3 on CPU)")
     add_generator_options(p)
     p.set_defaults(run=run)
@@ -48,18 +63,28 @@ def run(args: argparse.Namespace) -> int:
         max_loras=4,
         dtype="float32" if on_cpu else "auto",
     )
+    toy = args.model is None and args.hypernet is None
+    prompts = TOY_PROMPTS if toy else [(d, q, None, None) for d, q in GENERAL_PROMPTS]
     with engine:
-        conversations = [[{"role": "user", "content": query}] for _, query in DEMO_PROMPTS]
-        descriptions = [d for d, _ in DEMO_PROMPTS]
+        conversations = [[{"role": "user", "content": query}] for _, query, _, _ in prompts]
+        descriptions = [d for d, _, _, _ in prompts]
         start = time.perf_counter()
         outputs = engine.chat(conversations, descriptions, greedy(args.max_tokens))
         seconds = time.perf_counter() - start
         print(f"\nbase model: {engine.model}\nhypernetwork: {engine.generator.fingerprint[:16]} ({engine.generator.config.variant})\n")
-        for (description, query), output in zip(DEMO_PROMPTS, outputs):
-            adapter = engine.generator.name_for(description) if description else "base"
-            print(f"task:    {description or '(none: base model)'}")
-            print(f"adapter: {adapter}")
-            print(f"query:   {query}")
-            print(f"answer:  {output.outputs[0].text!r}\n")
+        right = 0
+        for (description, query, task, why), output in zip(prompts, outputs):
+            answer = output.outputs[0].text
+            print(f"task:     {description or '(none: base model)'}" + (f"   [{why}]" if why else ""))
+            print(f"adapter:  {engine.generator.name_for(description) if description else 'base'}")
+            print(f"query:    {query}")
+            print(f"answer:   {answer!r}")
+            if task:
+                expected = TASKS[task].fn(query)
+                right += answer == expected
+                print(f"expected: {expected!r} {'(right)' if answer == expected else '(wrong)'}")
+            print()
+        if toy:
+            print(f"{right} of {sum(1 for p in prompts if p[2])} described tasks answered exactly")
         print(f"{len(outputs)} requests, {len(engine.store)} generated adapters, one vLLM batch: {seconds:.2f} s")
     return 0

@@ -3,7 +3,7 @@
     train sft   --data TRAIN.jsonl [--eval EVAL.jsonl] [--hypernet INIT] -o OUT   T2L end to end (SFT)
     train lora  --data TRAIN.jsonl --model BASE [--task NAME] -o OUT              a plain LoRA baseline
     train recon --library MANIFEST --hypernet INIT -o OUT                         T2L by reconstruction
-    train base  -o OUT [--minutes 20]                                             the toy world's tiny base model
+    train base  -o OUT [--max-steps 8000 --minutes 90]                             the toy world's tiny base model
 
 Records are JSONL: {"task", "descriptions": [...], "input" or "messages", "output"}.
 `train lora` trains one LoRA on every record (the multi-task baseline) or on one
@@ -18,6 +18,7 @@ from dataclasses import fields
 from ..errors import ConfigError
 from ..hypernet.config import LoraSettings
 from ..train.sft import SFTSettings
+from ..train.toy_base import ToyBaseSettings
 
 _SFT = SFTSettings()
 _LORA = LoraSettings()
@@ -54,8 +55,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     recon.add_argument("--device", default="auto")
     base = kinds.add_parser("base", help="train the toy world's tiny base model from scratch (task tags in the prompt)")
     base.add_argument("-o", "--output", required=True)
-    base.add_argument("--minutes", type=float, default=20.0, help="training time budget (default: %(default)s)")
+    base.add_argument("--max-steps", type=int, default=ToyBaseSettings.max_steps, help="default: %(default)s")
+    base.add_argument("--minutes", type=float, default=ToyBaseSettings.minutes, help="time budget; training stops at whichever limit comes first (default: %(default)s)")
     base.add_argument("--seed", type=int, default=0)
+    base.add_argument("--lr", type=float, default=ToyBaseSettings.lr, help="peak learning rate (default: %(default)s)")
+    base.add_argument("--warmup-steps", type=int, default=ToyBaseSettings.warmup_steps, help="default: %(default)s")
     p.set_defaults(run=run)
 
 
@@ -64,9 +68,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_base(args: argparse.Namespace) -> int:
-    from ..train.toy_base import ToyBaseSettings, train_toy_base
+    from ..train.toy_base import train_toy_base
 
-    report = train_toy_base(args.output, ToyBaseSettings(minutes=args.minutes, seed=args.seed))
+    settings = ToyBaseSettings(minutes=args.minutes, max_steps=args.max_steps, seed=args.seed, lr=args.lr, warmup_steps=args.warmup_steps)
+    report = train_toy_base(args.output, settings)
     print(f"{report['steps']} steps; mean exact match {report['mean_with_tag']:.3f} with the task tag, "
           f"{report['mean_without_tag']:.3f} without; wrote {args.output}")
     return 0
@@ -76,6 +81,21 @@ def _device(name: str):
     import torch
 
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+
+
+def _distributed_device(name: str):
+    """This process's device; under torchrun (WORLD_SIZE > 1) it also joins the process group."""
+    import os
+
+    import torch
+
+    device = _device(name)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
 
 
 def _run_supervised(args: argparse.Namespace) -> int:
@@ -92,7 +112,7 @@ def _run_supervised(args: argparse.Namespace) -> int:
     settings = SFTSettings(**{f.name: getattr(args, f.name) for f in fields(SFTSettings)})
     records = load_sft_records(args.data)
     eval_records = load_sft_records(args.eval) if args.eval else []
-    device = _device(args.device)
+    device = _distributed_device(args.device)
     if args.kind == "sft":
         from ..encoder import TaskEncoder
 
@@ -117,9 +137,12 @@ def _run_supervised(args: argparse.Namespace) -> int:
     if args.resume:
         trainer.resume(args.resume)
     trainer.train(output=args.output, log=print)
-    if eval_records:
-        print(f"eval loss {trainer.evaluate():.4f}")
-    print(f"wrote {args.output}")
+    if trainer.rank == 0:
+        if eval_records:
+            print(f"eval loss {trainer.evaluate():.4f}")
+        print(f"wrote {args.output}")
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return 0
 
 

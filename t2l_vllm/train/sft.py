@@ -10,6 +10,11 @@ A and B. AdamW with linear warm-up then linear decay, gradient clipping.
 Checkpoints hold the source (a hypernetwork checkpoint or a PEFT folder) and the
 optimiser, schedule and RNG state, so a resumed run takes the same next step as an
 uninterrupted one.
+
+Under torchrun (a `torch.distributed` process group is initialised), every rank
+samples its own batches and the gradients are averaged across ranks before each
+step, so the ranks stay identical and the effective batch is ranks x batch_size.
+Rank 0 writes the weights and logs; each rank keeps its own RNG state.
 """
 
 from __future__ import annotations
@@ -32,6 +37,13 @@ from .sources import HypernetSource, SingleLoRA
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.pt"
+
+
+def distributed_rank_and_size() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed group, or (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 @dataclass(frozen=True)
@@ -83,9 +95,10 @@ class SFTTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: warmup_linear_decay(step, settings.steps, settings.warmup_frac)
         )
-        self.rng = random.Random(settings.seed)
+        self.rank, self.world_size = distributed_rank_and_size()
+        self.rng = random.Random(settings.seed + self.rank)  # each rank its own batches
         self.step = 0
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(settings.seed + self.rank)
 
     # --- one step ----------------------------------------------------------------
     def sample(self) -> tuple[list[SFTRecord], list[str]]:
@@ -119,11 +132,26 @@ class SFTTrainer:
         total, ce = self.loss(records, descriptions, training=True)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if self.world_size > 1:
+            self._average_gradients()
         nn.utils.clip_grad_norm_(self.source.parameters(), self.settings.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
         return ce.item()
+
+    @torch.no_grad()
+    def _average_gradients(self) -> None:
+        """One all-reduce over every gradient, flattened, then divided by the world size."""
+        params = [p for p in self.source.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:  # a parameter this rank's batch did not reach still takes part
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.flatten() for p in params])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world_size
+        for p, g in zip(params, flat.split([p.numel() for p in params])):
+            p.grad.copy_(g.view_as(p))
 
     @torch.no_grad()
     def evaluate(self, records: Sequence[SFTRecord] | None = None) -> float:
@@ -144,12 +172,13 @@ class SFTTrainer:
 
         history = []
         s = self.settings
-        with tqdm(total=s.steps, initial=self.step, desc="sft", disable=None) as bar:
+        main = self.rank == 0
+        with tqdm(total=s.steps, initial=self.step, desc="sft", disable=None if main else True) as bar:
             while self.step < s.steps:
                 history.append(self.train_step())
                 bar.update(1)
                 bar.set_postfix(loss=f"{history[-1]:.4f}")
-                if s.eval_every and self.step % s.eval_every == 0 and self.eval_records:
+                if main and s.eval_every and self.step % s.eval_every == 0 and self.eval_records:
                     log(f"step {self.step}: eval loss {self.evaluate():.4f}")
                 if output and s.checkpoint_every and self.step % s.checkpoint_every == 0:
                     self.save(Path(output) / f"step-{self.step}")
@@ -158,9 +187,15 @@ class SFTTrainer:
         return history
 
     # --- checkpoints -------------------------------------------------------------
+    def _state_file(self, folder: Path) -> Path:
+        return folder / (STATE_FILE if self.world_size == 1 else f"trainer_state.rank{self.rank}.pt")
+
     def save(self, folder: str | Path) -> None:
+        """Rank 0 writes the weights; every rank writes its own optimiser, schedule and RNG state."""
         folder = Path(folder)
-        self.source.save(folder)
+        if self.rank == 0:
+            self.source.save(folder)
+        folder.mkdir(parents=True, exist_ok=True)
         torch.save(
             {
                 "step": self.step,
@@ -169,14 +204,19 @@ class SFTTrainer:
                 "python_rng": self.rng.getstate(),
                 "torch_rng": torch.get_rng_state(),
             },
-            folder / STATE_FILE,
+            self._state_file(folder),
         )
+        if self.world_size > 1:
+            torch.distributed.barrier()  # the checkpoint is whole before any rank goes on
 
     def resume(self, folder: str | Path) -> None:
         """Restores weights, optimiser, schedule and RNG from `save`'s folder."""
         folder = Path(folder)
+        state_file = self._state_file(folder)
+        if not state_file.is_file():
+            raise ConfigError(f"`{folder}` has no `{state_file.name}`: resume with the number of processes that wrote it.")
         self.source.load(folder)
-        state = torch.load(folder / STATE_FILE, weights_only=False)
+        state = torch.load(state_file, weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.rng.setstate(state["python_rng"])

@@ -16,15 +16,15 @@ import json
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..default_model import build_tokenizer
 from .data import IGNORE
+from .functional_lora import applied_loras
 from .toy_world import TASKS, random_input
 
 def tag(task: str) -> str:
@@ -33,27 +33,45 @@ def tag(task: str) -> str:
 
 @dataclass(frozen=True)
 class ToyBaseSettings:
-    """Model size and training schedule (the defaults fit 2 CPU cores in about 20 minutes)."""
+    """Model size and training schedule: the shipped base model's recipe.
+
+    Training stops at `max_steps` or after `minutes`, whichever comes first; the
+    learning rate warms up, then decays by cosine over whichever is nearer.
+    """
 
     hidden_size: int = 128
     num_layers: int = 3
     num_heads: int = 2
     intermediate_size: int = 256
     batch_size: int = 64
-    lr: float = 3e-3
-    minutes: float = 20.0
-    max_steps: int = 100_000
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    minutes: float = 90.0
+    max_steps: int = 8000
     eval_every: int = 500
     eval_examples: int = 64
     seed: int = 0
 
 
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
+# `<s>` + the last user message + newline: a served request's message is the toy input.
+CHAT_TEMPLATE = "{{ bos_token }}{{ (messages | selectattr('role', 'equalto', 'user') | list | last)['content'] }}{{ '\\n' }}"
+
+
 def build_toy_tokenizer():
-    """The byte-level tokenizer of the embedded default plus one tag token per toy task."""
-    tokenizer = build_tokenizer()
+    """Byte-level (256 byte tokens, no merges), three special tokens, then one tag token per toy task."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[char] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token=None)
     tokenizer.add_special_tokens({"additional_special_tokens": [tag(t) for t in TASKS]})
-    # `<s>` + the last user message + newline: a served request's message is the toy input.
-    tokenizer.chat_template = "{{ bos_token }}{{ (messages | selectattr('role', 'equalto', 'user') | list | last)['content'] }}{{ '\\n' }}"
+    tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
 
@@ -68,7 +86,7 @@ def build_toy_model(tokenizer, settings: ToyBaseSettings):
         num_attention_heads=settings.num_heads,
         num_key_value_heads=settings.num_heads,
         head_dim=settings.hidden_size // settings.num_heads,  # 64: vLLM's CPU attention needs >= 32
-        max_position_embeddings=256,
+        max_position_embeddings=2048,  # rotary: no weights depend on it
         tie_word_embeddings=False,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
@@ -90,14 +108,21 @@ def encode(tokenizer, task: str | None, text: str, output: str) -> tuple[list[in
 
 
 @torch.no_grad()
-def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 30) -> list[str]:
-    """Batched greedy decoding (left-padded) of the answers to `<s>` + prompt."""
+def greedy_answers(
+    model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 30, loras: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None, scaling: float = 1.0
+) -> list[str]:
+    """Batched greedy decoding (left-padded) of the answers to `<s>` + prompt.
+
+    `loras` (module -> (A (N, layers, r, in), B (N, layers, out, r))) gives prompt n
+    its own adapter, applied functionally with `scaling` for the whole decode.
+    """
     ids = [[tokenizer.bos_token_id] + tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
     width = max(map(len, ids))
     batch = torch.tensor([[tokenizer.pad_token_id] * (width - len(x)) + x for x in ids])
     mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(x) for x in ids])[:, None]).long()
-    out = model.generate(input_ids=batch, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    with applied_loras(model, loras or {}, scaling):
+        out = model.generate(input_ids=batch, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     return [tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
 
 
@@ -126,10 +151,11 @@ def train_toy_base(output: str | Path, settings: ToyBaseSettings = ToyBaseSettin
     step, history = 0, []
     planned = settings.max_steps
     while step < planned and time.monotonic() < deadline:
-        # cosine decay over the time budget: the fraction of the budget used stands in for progress
+        # linear warm-up, then cosine decay over the time budget (the fraction used stands in for progress)
         progress = max(step / planned, 1 - (deadline - time.monotonic()) / (settings.minutes * 60))
+        warmup = min(1.0, (step + 1) / max(settings.warmup_steps, 1))
         for group in optimizer.param_groups:
-            group["lr"] = settings.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+            group["lr"] = settings.lr * warmup * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
         model.train()
         examples = []
         for _ in range(settings.batch_size):

@@ -103,14 +103,16 @@ def _edit_config(folder, **changes):
 
 
 def test_hypernetwork_that_does_not_fit_the_base_model(generator, tmp_path):
-    config = json.loads((generator.config.base.name and open(generator.config.base.name + "/config.json").read()) or "{}")
-    config["num_key_value_heads"] = 4
-    config["num_hidden_layers"] = 3
+    expected = generator.config.base
+    config = json.loads(open(expected.name + "/config.json").read())
+    config["num_key_value_heads"] *= 2  # v_proj twice as wide
+    config["num_hidden_layers"] += 1
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ShapeMismatchError) as err:
-        check_shapes_fit(generator.config.base, load_base_shapes(tmp_path), ["q_proj", "v_proj"])
-    assert "layers: hypernetwork has 2, base model has 3" in str(err.value)
-    assert "v_proj: hypernetwork makes [256 -> 128], base model has [256 -> 256]" in str(err.value)
+        check_shapes_fit(expected, load_base_shapes(tmp_path), ["q_proj", "v_proj"])
+    v = expected.module_shape("v_proj")
+    assert f"layers: hypernetwork has {expected.num_layers}, base model has {expected.num_layers + 1}" in str(err.value)
+    assert f"v_proj: hypernetwork makes [{v.in_features} -> {v.out_features}], base model has [{v.in_features} -> {2 * v.out_features}]" in str(err.value)
 
 
 def test_non_finite_and_oversized_adapters_are_refused(generator):

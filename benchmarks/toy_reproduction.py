@@ -1,0 +1,326 @@
+"""The paper's claims, reproduced at toy scale on a CPU: every arm after the base model.
+
+Starting from the toy world's trained base model (`t2l-vllm train base`; the
+shipped one by default), this trains and measures, with exact-match accuracy:
+
+- base, no cue: `<s>input\\n`, the prompt every adapter arm sees;
+- base with the task's tag in the prompt (the cue the adapters must put back);
+- task-specific LoRAs (one per task, held-out tasks included as an oracle);
+- a multi-task LoRA on all training tasks;
+- T2L by reconstruction of the training tasks' LoRAs (M variant);
+- T2L by SFT, variants L, M and S;
+
+on training tasks with seen descriptions, training tasks with held-out
+descriptions, and held-out tasks; plus two controls for every T2L arm on the
+training tasks: random letter strings, and another training task's description,
+as the description. The control "wrong description" also reports how often the
+answer is the *described* task's, i.e. whether the adapter follows the text.
+
+Writes `table.json`, `adapters.png` (generated adapters projected to 2-D by PCA,
+coloured by task), the trained LoRAs and hypernetworks, and prints the table.
+
+    python benchmarks/toy_reproduction.py [--base DIR] [--out DIR] [--scale 1.0]
+
+`--scale` multiplies every training step count (0.05 for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import string
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from t2l_vllm.encoder import TaskEncoder
+from t2l_vllm.hypernet.checkpoint import save_checkpoint
+from t2l_vllm.hypernet.config import EncoderSettings, HypernetConfig, LoraSettings
+from t2l_vllm.hypernet.model import TextToLoRA, build_hypernet
+from t2l_vllm.hypernet.shapes import load_base_shapes
+from t2l_vllm.train.data import load_sft_records
+from t2l_vllm.train.recon import ReconSettings, ReconTarget, ReconTrainer
+from t2l_vllm.train.sft import SFTSettings, SFTTrainer
+from t2l_vllm.train.sources import HypernetSource, SingleLoRA
+from t2l_vllm.train.toy_base import greedy_answers, prompt_text
+from t2l_vllm.train.toy_world import HELDOUT_TASKS, TASKS, TRAIN_TASKS, make_examples, random_input, split_descriptions, write_jsonl
+
+Weights = dict[str, tuple[torch.Tensor, torch.Tensor]]
+COLUMNS = ("train tasks, seen descriptions", "train tasks, held-out descriptions", "held-out tasks")
+CONTROLS = ("random description", "wrong description", "wrong description: answers the described task")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Training steps per arm (batch 32 throughout); sized to fit 45 minutes on 2 cores."""
+
+    task_lora_steps: int = 300
+    multitask_lora_steps: int = 1500
+    recon_steps: int = 3000
+    sft_steps: int = 4000
+    batch_size: int = 32
+    lora_lr: float = 1e-2
+    sft_lr: float = 1e-4
+    recon_lr: float = 1e-3
+    examples_per_task: int = 2000
+    eval_inputs: int = 16
+    eval_descriptions: int = 3
+
+    def scaled(self, factor: float) -> "Budget":
+        steps = {k: max(1, round(getattr(self, k) * factor)) for k in ("task_lora_steps", "multitask_lora_steps", "recon_steps", "sft_steps")}
+        return Budget(**{**asdict(self), **steps})
+
+
+LORA = LoraSettings(rank=8, alpha=16.0, use_rslora=True, target_modules=("q_proj", "v_proj"))
+
+
+class Bench:
+    """Holds the base model and the fixed evaluation rows every arm is scored on."""
+
+    def __init__(self, base_dir: str, out: Path, budget: Budget, seed: int = 0) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.base_dir, self.out, self.budget = base_dir, out, budget
+        self.model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        self.shapes = load_base_shapes(base_dir)
+        rng = random.Random(seed + 1000)
+        self.inputs = {t: [random_input(rng) for _ in range(budget.eval_inputs)] for t in TASKS}
+        n = budget.eval_descriptions
+        self.seen = {t: split_descriptions(TASKS[t])[0][:n] for t in TRAIN_TASKS}
+        self.heldout_desc = {t: split_descriptions(TASKS[t])[1][:n] for t in TRAIN_TASKS}
+        self.heldout_task = {t: TASKS[t].descriptions[:n] for t in HELDOUT_TASKS}
+        letters = string.ascii_lowercase + "     "
+        self.random_desc = {t: tuple("".join(rng.choice(letters) for _ in range(len(d))).strip() or "x" for d in self.seen[t]) for t in TRAIN_TASKS}
+        # another training task's seen descriptions: the next task in a fixed rotation
+        self.wrong_task = {t: TRAIN_TASKS[(i + 1) % len(TRAIN_TASKS)] for i, t in enumerate(TRAIN_TASKS)}
+        self.records = out / "data" / "train.jsonl"
+        write_jsonl(self.records, make_examples(TRAIN_TASKS, budget.examples_per_task, seed=seed))
+        write_jsonl(out / "data" / "heldout_tasks.jsonl", make_examples(HELDOUT_TASKS, budget.examples_per_task, seed=seed + 1))
+        self.encoder = TaskEncoder(EncoderSettings())
+
+    # --- scoring -------------------------------------------------------------------
+    def score(self, rows: Sequence[tuple[str, str]], loras: Weights | None, tagged: bool = False, chunk: int = 256) -> float:
+        """Exact match over (task, input) rows; row n uses adapter n of `loras` (if given)."""
+        hits = 0
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            weights = {m: (A[start : start + chunk], B[start : start + chunk]) for m, (A, B) in loras.items()} if loras else None
+            prompts = [prompt_text(task if tagged else None, text) for task, text in part]
+            answers = greedy_answers(self.model, self.tokenizer, prompts, max_new_tokens=28, loras=weights, scaling=LORA.scaling)
+            hits += sum(a == TASKS[task].fn(text) for a, (task, text) in zip(answers, part))
+        return hits / len(rows)
+
+    def task_rows(self, tasks: Sequence[str]) -> list[tuple[str, str]]:
+        return [(t, x) for t in tasks for x in self.inputs[t]]
+
+    def described_rows(self, descriptions: dict[str, Sequence[str]]) -> tuple[list[tuple[str, str]], list[str]]:
+        """(task, input) rows and the description each row's adapter comes from."""
+        rows, texts = [], []
+        for task, descs in descriptions.items():
+            for d in descs:
+                rows += [(task, x) for x in self.inputs[task]]
+                texts += [d] * len(self.inputs[task])
+        return rows, texts
+
+    @torch.no_grad()
+    def generated(self, hypernet: TextToLoRA, texts: Sequence[str]) -> Weights:
+        hypernet.eval()
+        unique = sorted(set(texts))
+        out = hypernet(self.encoder.encode(unique))
+        index = torch.tensor([unique.index(t) for t in texts])
+        return {m: (w.A[index], w.B[index]) for m, w in out.items()}
+
+    def score_hypernet(self, hypernet: TextToLoRA) -> dict[str, float]:
+        result = {}
+        for column, descs in zip(COLUMNS, (self.seen, self.heldout_desc, self.heldout_task)):
+            rows, texts = self.described_rows(descs)
+            result[column] = self.score(rows, self.generated(hypernet, texts))
+        rows, texts = self.described_rows(self.random_desc)
+        result[CONTROLS[0]] = self.score(rows, self.generated(hypernet, texts))
+        wrong = {t: self.seen[self.wrong_task[t]] for t in TRAIN_TASKS}
+        rows, texts = self.described_rows(wrong)
+        weights = self.generated(hypernet, texts)
+        result[CONTROLS[1]] = self.score(rows, weights)
+        # the same adapters, scored against the task their description names
+        described = [(self.wrong_task[t], x) for t, x in rows]
+        result[CONTROLS[2]] = self.score_against(rows, described, weights)
+        return result
+
+    def score_against(self, rows, targets, loras: Weights) -> float:
+        """Exact match of the answers to `rows` against the outputs of the `targets` tasks."""
+        hits = 0
+        for start in range(0, len(rows), 256):
+            part, goal = rows[start : start + 256], targets[start : start + 256]
+            weights = {m: (A[start : start + 256], B[start : start + 256]) for m, (A, B) in loras.items()}
+            answers = greedy_answers(self.model, self.tokenizer, [prompt_text(None, x) for _, x in part], max_new_tokens=28, loras=weights, scaling=LORA.scaling)
+            hits += sum(a == TASKS[t].fn(x) for a, (t, x) in zip(answers, goal))
+        return hits / len(rows)
+
+    # --- training ------------------------------------------------------------------
+    def sft(self, source, records, steps: int, lr: float, log_name: str) -> float:
+        settings = SFTSettings(steps=steps, batch_size=self.budget.batch_size, lr=lr, warmup_frac=0.05, max_length=64)
+        trainer = SFTTrainer(source, self.model, self.tokenizer, records, settings)
+        start = time.monotonic()
+        losses = trainer.train()
+        print(f"  {log_name}: {steps} steps, loss {sum(losses[:20]) / min(20, len(losses)):.3f} -> {sum(losses[-20:]) / min(20, len(losses)):.3f}, {time.monotonic() - start:.0f} s", flush=True)
+        return time.monotonic() - start
+
+    def train_lora(self, records, steps: int, name: str) -> tuple[SingleLoRA, float]:
+        """A plain LoRA on `records`, saved as a PEFT folder; returns it and its training seconds."""
+        lora = SingleLoRA(self.shapes, LORA, seed=0)
+        seconds = self.sft(lora, records, steps, self.budget.lora_lr, name)
+        lora.save(self.out / "loras" / name)
+        return lora, seconds
+
+    def new_hypernet(self, variant: str) -> TextToLoRA:
+        config = HypernetConfig(base=self.shapes, variant=variant, lora=LORA, encoder=EncoderSettings())
+        return build_hypernet(config, seed=0)
+
+
+def lora_weights(lora: SingleLoRA, n: int) -> Weights:
+    return {m: (A.detach(), B.detach()) for m, (A, B) in lora.adapters([""] * n).items()}
+
+
+def run(bench: Bench) -> dict:
+    b, table, timings = bench.budget, {}, {}
+    train_records = load_sft_records(bench.records)
+    heldout_records = load_sft_records(bench.out / "data" / "heldout_tasks.jsonl")
+    train_rows, heldout_rows = bench.task_rows(TRAIN_TASKS), bench.task_rows(HELDOUT_TASKS)
+
+    def untuned(tagged: bool) -> dict[str, float]:
+        train = bench.score(train_rows, None, tagged=tagged)
+        return {COLUMNS[0]: train, COLUMNS[1]: train, COLUMNS[2]: bench.score(heldout_rows, None, tagged=tagged)}
+
+    print("scoring the base model", flush=True)
+    table["base, no cue"] = untuned(False)
+    table["base, task tag in the prompt"] = untuned(True)
+
+    print("task-specific LoRAs", flush=True)
+    task_loras, timings["task-specific LoRAs"] = {}, 0.0
+    for task in (*TRAIN_TASKS, *HELDOUT_TASKS):
+        records = [r for r in (*train_records, *heldout_records) if r.task == task]
+        task_loras[task], seconds = bench.train_lora(records, b.task_lora_steps, task)
+        timings["task-specific LoRAs"] += seconds
+
+    def per_task(tasks: Sequence[str]) -> float:
+        scores = [bench.score(bench.task_rows([t]), lora_weights(task_loras[t], len(bench.inputs[t]))) for t in tasks]
+        return sum(scores) / len(scores)
+
+    train_score = per_task(TRAIN_TASKS)
+    table["task-specific LoRAs (one per task)"] = {COLUMNS[0]: train_score, COLUMNS[1]: train_score, COLUMNS[2]: per_task(HELDOUT_TASKS)}
+
+    print("multi-task LoRA", flush=True)
+    multitask, timings["multi-task LoRA"] = bench.train_lora(train_records, b.multitask_lora_steps, "multitask")
+    train_score = bench.score(train_rows, lora_weights(multitask, len(train_rows)))
+    table["multi-task LoRA"] = {COLUMNS[0]: train_score, COLUMNS[1]: train_score, COLUMNS[2]: bench.score(heldout_rows, lora_weights(multitask, len(heldout_rows)))}
+
+    print("T2L by reconstruction (M)", flush=True)
+    start = time.monotonic()
+    targets = [
+        ReconTarget(task=t, folder=bench.out / "loras" / t, lora=task_loras[t].to_adapter(t), descriptions=split_descriptions(TASKS[t])[0])
+        for t in TRAIN_TASKS
+    ]
+    recon = bench.new_hypernet("M")
+    ReconTrainer(recon, bench.encoder, targets, ReconSettings(steps=b.recon_steps, lr=b.recon_lr, log_every=max(1, b.recon_steps // 5))).train()
+    save_checkpoint(recon, bench.out / "hypernets" / "recon-M")
+    timings["T2L recon"] = time.monotonic() - start
+    hypernets = {"T2L recon (M)": recon}
+
+    for variant in ("L", "M", "S"):
+        print(f"T2L by SFT ({variant})", flush=True)
+        hypernet = bench.new_hypernet(variant)
+        source = HypernetSource(hypernet, bench.encoder, [d for r in train_records for d in r.descriptions])
+        timings[f"T2L SFT {variant}"] = bench.sft(source, train_records, b.sft_steps, b.sft_lr, f"sft-{variant}")
+        save_checkpoint(hypernet, bench.out / "hypernets" / f"sft-{variant}")
+        hypernets[f"T2L SFT ({variant})"] = hypernet
+
+    for name, hypernet in hypernets.items():
+        print(f"scoring {name}", flush=True)
+        table[name] = bench.score_hypernet(hypernet)
+    plot_adapters(bench, hypernets, bench.out / "adapters.png")
+    return {"table": table, "train_seconds": timings, "budget": asdict(b), "base": bench.base_dir,
+            "eval": {"inputs_per_task": b.eval_inputs, "descriptions_per_task": b.eval_descriptions,
+                     "train_tasks": list(TRAIN_TASKS), "heldout_tasks": list(HELDOUT_TASKS)}}
+
+
+def plot_adapters(bench: Bench, hypernets: dict[str, TextToLoRA], path: Path) -> None:
+    """Every description's generated adapter (A and B flattened), PCA to 2-D, one panel per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [*TRAIN_TASKS, *HELDOUT_TASKS]
+    texts, labels, kinds = [], [], []
+    for t in tasks:
+        seen, held = split_descriptions(TASKS[t])
+        for d in (*seen, *held):
+            texts.append(d)
+            labels.append(t)
+            kinds.append("heldout task" if t in HELDOUT_TASKS else ("seen" if d in seen else "heldout description"))
+    fig, axes = plt.subplots(1, len(hypernets), figsize=(5 * len(hypernets), 5), squeeze=False)
+    colours = plt.get_cmap("tab20")
+    markers = {"seen": "o", "heldout description": "x", "heldout task": "^"}
+    for ax, (name, hypernet) in zip(axes[0], hypernets.items()):
+        weights = bench.generated(hypernet, texts)
+        flat = torch.cat([torch.cat([A.flatten(1), B.flatten(1)], 1) for A, B in weights.values()], 1)
+        flat = flat - flat.mean(0)
+        _, _, v = torch.linalg.svd(flat, full_matrices=False)
+        xy = (flat @ v[:2].T).numpy()
+        for i, t in enumerate(tasks):
+            for kind, marker in markers.items():
+                idx = [j for j, (lab, k) in enumerate(zip(labels, kinds)) if lab == t and k == kind]
+                if idx:
+                    ax.scatter(xy[idx, 0], xy[idx, 1], c=[colours(i)], marker=marker, s=18, label=t if kind != "heldout description" else None)
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles, names = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=8, fontsize=8)
+    fig.suptitle("Generated adapters, PCA to 2-D (o seen description, x held-out description, ^ held-out task)")
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def print_table(table: dict[str, dict[str, float]]) -> None:
+    columns = [*COLUMNS, *CONTROLS]
+    short = ["train/seen", "train/held-out desc", "held-out tasks", "random desc", "wrong desc", "wrong desc -> described"]
+    print("| arm | " + " | ".join(short) + " |")
+    print("|---|" + "---|" * len(short))
+    for arm, row in table.items():
+        print(f"| {arm} | " + " | ".join(f"{row[c]:.3f}" if c in row else "-" for c in columns) + " |")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", help="toy base model folder (default: the embedded default's base model)")
+    parser.add_argument("--out", default="benchmarks/results/toy_reproduction", help="folder for the table, plot and trained weights")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies every step count (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.base is None:
+        from t2l_vllm.default_model import default_paths
+
+        args.base = str(default_paths().base_model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    start = time.monotonic()
+    bench = Bench(args.base, out, Budget().scaled(args.scale), seed=args.seed)
+    report = run(bench)
+    report["total_seconds"] = time.monotonic() - start
+    (out / "table.json").write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report["table"])
+    print(f"total {report['total_seconds'] / 60:.1f} min; wrote {out / 'table.json'} and {out / 'adapters.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The embedded default is the toy world's trained base model and T2L hypernetwork, and they work."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from t2l_vllm.encoder import TaskEncoder
+from t2l_vllm.hypernet.checkpoint import load_checkpoint
+from t2l_vllm.train.toy_base import exact_match, greedy_answers, prompt_text
+from t2l_vllm.train.toy_world import TASKS, TRAIN_TASKS, random_input, split_descriptions
+from t2l_vllm.vllm_plugin.offline import resolve_model_and_hypernet
+
+
+@pytest.fixture(scope="module")
+def base(default_paths):
+    model = AutoModelForCausalLM.from_pretrained(default_paths.base_model, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(default_paths.base_model)
+
+
+@pytest.fixture(scope="module")
+def hypernet(default_paths):
+    model, _ = load_checkpoint(default_paths.hypernet)
+    return model.eval(), TaskEncoder(model.config.encoder)
+
+
+def generated(hypernet, descriptions):
+    model, encoder = hypernet
+    with torch.no_grad():
+        return {m: (w.A, w.B) for m, w in model(encoder.encode(list(descriptions))).items()}
+
+
+def test_the_hypernetwork_names_the_shipped_base_model(default_paths):
+    assert resolve_model_and_hypernet(None, str(default_paths.hypernet)) == (str(default_paths.base_model), str(default_paths.hypernet))
+
+
+def test_the_base_model_knows_the_tasks_only_from_the_tag(base):
+    model, tokenizer = base
+    tagged = exact_match(model, tokenizer, list(TASKS), n=8, seed=7)
+    bare = exact_match(model, tokenizer, list(TASKS), n=8, seed=7, with_tag=False)
+    assert sum(tagged.values()) / len(TASKS) >= 0.8, tagged
+    assert sum(bare.values()) / len(TASKS) <= 0.3, bare
+
+
+def test_per_prompt_adapters_in_one_decode_equal_one_decode_each(base, hypernet):
+    model, tokenizer = base
+    descriptions = [TASKS[t].descriptions[0] for t in ("reverse", "uppercase", "sort_words")]
+    prompts = [prompt_text(None, x) for x in ("ab cd", "hello", "pear fig apple")]
+    weights = generated(hypernet, descriptions)
+    scaling = hypernet[0].config.lora.scaling
+    together = greedy_answers(model, tokenizer, prompts, loras=weights, scaling=scaling)
+    alone = [greedy_answers(model, tokenizer, [p], loras={m: (A[i : i + 1], B[i : i + 1]) for m, (A, B) in weights.items()}, scaling=scaling)[0]
+             for i, p in enumerate(prompts)]
+    assert together == alone
+
+
+def described_accuracy(base, hypernet, descriptions_by_task, n=8):
+    model, tokenizer = base
+    rng = random.Random(3)
+    rows = [(t, d, random_input(rng)) for t, descs in descriptions_by_task.items() for d in descs for _ in range(n)]
+    weights = generated(hypernet, [d for _, d, _ in rows])
+    answers = greedy_answers(model, tokenizer, [prompt_text(None, x) for _, _, x in rows], loras=weights, scaling=hypernet[0].config.lora.scaling)
+    return sum(a == TASKS[t].fn(x) for a, (t, _, x) in zip(answers, rows)) / len(rows)
+
+
+def test_generated_adapters_do_the_described_training_tasks(base, hypernet):
+    seen = {t: split_descriptions(TASKS[t])[0][:2] for t in TRAIN_TASKS}
+    heldout = {t: split_descriptions(TASKS[t])[1][:2] for t in TRAIN_TASKS}
+    no_adapter = exact_match(*base, list(TRAIN_TASKS), n=8, seed=3, with_tag=False)
+    baseline = sum(no_adapter.values()) / len(TRAIN_TASKS)
+    assert described_accuracy(base, hypernet, seen) >= baseline + 0.4
+    assert described_accuracy(base, hypernet, heldout) >= baseline + 0.3
