@@ -16,6 +16,7 @@ base model. The base model itself is read where it ships.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import shutil
@@ -38,8 +39,12 @@ class DefaultPaths:
 
 
 def default_paths(build: bool = True) -> DefaultPaths:
-    """Folders of the embedded default base model and hypernetwork, installed if missing."""
-    root = cache_dir() / VERSION
+    """Folders of the embedded default base model and hypernetwork, installed if missing.
+
+    The cache folder is named by the package's location too: two installs (or a
+    moved one) never share a hypernetwork that names the other's base model.
+    """
+    root = cache_dir() / f"{VERSION}-{hashlib.sha256(str(ASSETS).encode()).hexdigest()[:12]}"
     paths = DefaultPaths(base_model=ASSETS / "base", hypernet=root / "hypernet")
     if build and not (root / "COMPLETE").is_file():
         _install_atomically(root)
