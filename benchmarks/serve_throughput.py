@@ -144,7 +144,7 @@ class Workload:
 # --- command line ------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="base model (default: the embedded tiny Llama; needs --hypernet)")
+    parser.add_argument("--model", help="base model (default: the embedded toy base model; needs --hypernet)")
     parser.add_argument("--hypernet", help="hypernetwork folder (default: the embedded one)")
     parser.add_argument("--k", type=int, default=4, help="adapters in arms b and c, and --max-loras (default: %(default)s)")
     parser.add_argument("--max-cpu-loras", type=int, help="vLLM's --max-cpu-loras (default: 2K, so b's and c's adapters all stay loaded)")

@@ -14,7 +14,9 @@ on training tasks with seen descriptions, training tasks with held-out
 descriptions, and held-out tasks; plus two controls for every T2L arm on the
 training tasks: random letter strings, and another training task's description,
 as the description. The control "wrong description" also reports how often the
-answer is the *described* task's, i.e. whether the adapter follows the text.
+answer is the *described* task's, i.e. whether the adapter follows the text, and
+the held-out tasks how often their adapters do a close training task's job
+instead (`HELDOUT_NEIGHBOURS`).
 
 Writes `table.json`, `adapters.png` (generated adapters projected to 2-D by PCA,
 coloured by task), the trained LoRAs and hypernetworks, and prints the table.
@@ -48,11 +50,16 @@ from t2l_vllm.train.recon import ReconSettings, ReconTarget, ReconTrainer
 from t2l_vllm.train.sft import SFTSettings, SFTTrainer
 from t2l_vllm.train.sources import HypernetSource, SingleLoRA
 from t2l_vllm.train.toy_base import greedy_answers, prompt_text
-from t2l_vllm.train.toy_world import HELDOUT_TASKS, TASKS, TRAIN_TASKS, make_examples, random_input, split_descriptions, write_jsonl
+from t2l_vllm.train.toy_world import HELDOUT_NEIGHBOURS, HELDOUT_TASKS, TASKS, TRAIN_TASKS, make_examples, random_input, split_descriptions, write_jsonl
 
 Weights = dict[str, tuple[torch.Tensor, torch.Tensor]]
 COLUMNS = ("train tasks, seen descriptions", "train tasks, held-out descriptions", "held-out tasks")
-CONTROLS = ("random description", "wrong description", "wrong description: answers the described task")
+CONTROLS = (
+    "random description",
+    "wrong description",
+    "wrong description: answers the described task",
+    "held-out tasks: answers a training neighbour's task",
+)
 
 
 @dataclass(frozen=True)
@@ -105,16 +112,19 @@ class Bench:
         self.encoder = TaskEncoder(EncoderSettings())
 
     # --- scoring -------------------------------------------------------------------
-    def score(self, rows: Sequence[tuple[str, str]], loras: Weights | None, tagged: bool = False, chunk: int = 256) -> float:
-        """Exact match over (task, input) rows; row n uses adapter n of `loras` (if given)."""
-        hits = 0
+    def answers(self, rows: Sequence[tuple[str, str]], loras: Weights | None, tagged: bool = False, chunk: int = 256) -> list[str]:
+        """Greedy answers to (task, input) rows; row n uses adapter n of `loras` (if given)."""
+        answers = []
         for start in range(0, len(rows), chunk):
             part = rows[start : start + chunk]
             weights = {m: (A[start : start + chunk], B[start : start + chunk]) for m, (A, B) in loras.items()} if loras else None
             prompts = [prompt_text(task if tagged else None, text) for task, text in part]
-            answers = greedy_answers(self.model, self.tokenizer, prompts, max_new_tokens=28, loras=weights, scaling=LORA.scaling)
-            hits += sum(a == TASKS[task].fn(text) for a, (task, text) in zip(answers, part))
-        return hits / len(rows)
+            answers += greedy_answers(self.model, self.tokenizer, prompts, max_new_tokens=28, loras=weights, scaling=LORA.scaling)
+        return answers
+
+    def score(self, rows: Sequence[tuple[str, str]], loras: Weights | None, tagged: bool = False) -> float:
+        """Exact match of the answers to the rows' own tasks."""
+        return exact(self.answers(rows, loras, tagged), rows, [task for task, _ in rows])
 
     def task_rows(self, tasks: Sequence[str]) -> list[tuple[str, str]]:
         return [(t, x) for t in tasks for x in self.inputs[t]]
@@ -132,35 +142,29 @@ class Bench:
     def generated(self, hypernet: TextToLoRA, texts: Sequence[str]) -> Weights:
         hypernet.eval()
         unique = sorted(set(texts))
+        position = {text: i for i, text in enumerate(unique)}
         out = hypernet(self.encoder.encode(unique))
-        index = torch.tensor([unique.index(t) for t in texts])
+        index = torch.tensor([position[t] for t in texts])
         return {m: (w.A[index], w.B[index]) for m, w in out.items()}
 
     def score_hypernet(self, hypernet: TextToLoRA) -> dict[str, float]:
         result = {}
         for column, descs in zip(COLUMNS, (self.seen, self.heldout_desc, self.heldout_task)):
             rows, texts = self.described_rows(descs)
-            result[column] = self.score(rows, self.generated(hypernet, texts))
+            answers = self.answers(rows, self.generated(hypernet, texts))
+            result[column] = exact(answers, rows, [task for task, _ in rows])
+            if column == COLUMNS[2]:
+                # does a held-out task's adapter do one of its training neighbours' tasks instead?
+                result[CONTROLS[3]] = sum(
+                    any(a == TASKS[nb].fn(x) for nb in HELDOUT_NEIGHBOURS[t]) for a, (t, x) in zip(answers, rows)
+                ) / len(rows)
         rows, texts = self.described_rows(self.random_desc)
         result[CONTROLS[0]] = self.score(rows, self.generated(hypernet, texts))
-        wrong = {t: self.seen[self.wrong_task[t]] for t in TRAIN_TASKS}
-        rows, texts = self.described_rows(wrong)
-        weights = self.generated(hypernet, texts)
-        result[CONTROLS[1]] = self.score(rows, weights)
-        # the same adapters, scored against the task their description names
-        described = [(self.wrong_task[t], x) for t, x in rows]
-        result[CONTROLS[2]] = self.score_against(rows, described, weights)
+        rows, texts = self.described_rows({t: self.seen[self.wrong_task[t]] for t in TRAIN_TASKS})
+        answers = self.answers(rows, self.generated(hypernet, texts))
+        result[CONTROLS[1]] = exact(answers, rows, [t for t, _ in rows])
+        result[CONTROLS[2]] = exact(answers, rows, [self.wrong_task[t] for t, _ in rows])  # the task the description names
         return result
-
-    def score_against(self, rows, targets, loras: Weights) -> float:
-        """Exact match of the answers to `rows` against the outputs of the `targets` tasks."""
-        hits = 0
-        for start in range(0, len(rows), 256):
-            part, goal = rows[start : start + 256], targets[start : start + 256]
-            weights = {m: (A[start : start + 256], B[start : start + 256]) for m, (A, B) in loras.items()}
-            answers = greedy_answers(self.model, self.tokenizer, [prompt_text(None, x) for _, x in part], max_new_tokens=28, loras=weights, scaling=LORA.scaling)
-            hits += sum(a == TASKS[t].fn(x) for a, (t, x) in zip(answers, goal))
-        return hits / len(rows)
 
     # --- training ------------------------------------------------------------------
     def sft(self, source, records, steps: int, lr: float, log_name: str) -> float:
@@ -168,8 +172,9 @@ class Bench:
         trainer = SFTTrainer(source, self.model, self.tokenizer, records, settings)
         start = time.monotonic()
         losses = trainer.train()
-        print(f"  {log_name}: {steps} steps, loss {sum(losses[:20]) / min(20, len(losses)):.3f} -> {sum(losses[-20:]) / min(20, len(losses)):.3f}, {time.monotonic() - start:.0f} s", flush=True)
-        return time.monotonic() - start
+        seconds = time.monotonic() - start
+        print(f"  {log_name}: {steps} steps, loss {sum(losses[:20]) / min(20, len(losses)):.3f} -> {sum(losses[-20:]) / min(20, len(losses)):.3f}, {seconds:.0f} s", flush=True)
+        return seconds
 
     def train_lora(self, records, steps: int, name: str) -> tuple[SingleLoRA, float]:
         """A plain LoRA on `records`, saved as a PEFT folder; returns it and its training seconds."""
@@ -181,6 +186,11 @@ class Bench:
     def new_hypernet(self, variant: str) -> TextToLoRA:
         config = HypernetConfig(base=self.shapes, variant=variant, lora=LORA, encoder=EncoderSettings())
         return build_hypernet(config, seed=0)
+
+
+def exact(answers: Sequence[str], rows: Sequence[tuple[str, str]], goals: Sequence[str]) -> float:
+    """Fraction of answers equal to the output of task goals[n] on row n's input."""
+    return sum(a == TASKS[goal].fn(text) for a, (_, text), goal in zip(answers, rows, goals)) / len(rows)
 
 
 def lora_weights(lora: SingleLoRA, n: int) -> Weights:
@@ -265,7 +275,8 @@ def plot_adapters(bench: Bench, hypernets: dict[str, TextToLoRA], path: Path) ->
             labels.append(t)
             kinds.append("heldout task" if t in HELDOUT_TASKS else ("seen" if d in seen else "heldout description"))
     fig, axes = plt.subplots(1, len(hypernets), figsize=(5 * len(hypernets), 5), squeeze=False)
-    colours = plt.get_cmap("tab20")
+    palette = plt.get_cmap("tab20")
+    colours = [palette(k) for k in (*range(0, 20, 2), *range(1, 20, 2))]  # ten distinct hues before any light twin
     markers = {"seen": "o", "heldout description": "x", "heldout task": "^"}
     for ax, (name, hypernet) in zip(axes[0], hypernets.items()):
         weights = bench.generated(hypernet, texts)
@@ -277,7 +288,7 @@ def plot_adapters(bench: Bench, hypernets: dict[str, TextToLoRA], path: Path) ->
             for kind, marker in markers.items():
                 idx = [j for j, (lab, k) in enumerate(zip(labels, kinds)) if lab == t and k == kind]
                 if idx:
-                    ax.scatter(xy[idx, 0], xy[idx, 1], c=[colours(i)], marker=marker, s=18, label=t if kind != "heldout description" else None)
+                    ax.scatter(xy[idx, 0], xy[idx, 1], c=[colours[i]], marker=marker, s=18, label=t if kind != "heldout description" else None)
         ax.set_title(name)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -291,7 +302,7 @@ def plot_adapters(bench: Bench, hypernets: dict[str, TextToLoRA], path: Path) ->
 
 def print_table(table: dict[str, dict[str, float]]) -> None:
     columns = [*COLUMNS, *CONTROLS]
-    short = ["train/seen", "train/held-out desc", "held-out tasks", "random desc", "wrong desc", "wrong desc -> described"]
+    short = ["train/seen", "train/held-out desc", "held-out tasks", "random desc", "wrong desc", "wrong desc -> described", "held-out -> neighbour"]
     print("| arm | " + " | ".join(short) + " |")
     print("|---|" + "---|" * len(short))
     for arm, row in table.items():

@@ -15,13 +15,12 @@ base model. The base model itself is read where it ships.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .paths import cache_dir
@@ -41,10 +40,14 @@ class DefaultPaths:
 def default_paths(build: bool = True) -> DefaultPaths:
     """Folders of the embedded default base model and hypernetwork, installed if missing.
 
-    The cache folder is named by the package's location too: two installs (or a
-    moved one) never share a hypernetwork that names the other's base model.
+    The cache folder is named by the package's location and the shipped
+    hypernetwork's fingerprint: two installs never share a hypernetwork that names
+    the other's base model, and new weights at the same place are installed anew.
     """
-    root = cache_dir() / f"{VERSION}-{hashlib.sha256(str(ASSETS).encode()).hexdigest()[:12]}"
+    from .hypernet.checkpoint import load_config
+
+    key = f"{ASSETS.resolve()}\n{load_config(ASSETS / 'hypernet')[1]}"
+    root = cache_dir() / f"{VERSION}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     paths = DefaultPaths(base_model=ASSETS / "base", hypernet=root / "hypernet")
     if build and not (root / "COMPLETE").is_file():
         _install_atomically(root)
@@ -73,7 +76,7 @@ def install_hypernet(folder: Path) -> None:
     from .hypernet.model import build_hypernet
 
     shipped, _ = load_checkpoint(ASSETS / "hypernet")
-    config = shipped.config.replace(base=dataclasses.replace(shipped.config.base, name=str(ASSETS / "base")))
+    config = shipped.config.replace(base=replace(shipped.config.base, name=str(ASSETS / "base")))
     hypernet = build_hypernet(config)
     hypernet.load_state_dict(shipped.state_dict())
     save_checkpoint(hypernet, folder)

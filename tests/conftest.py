@@ -1,4 +1,4 @@
-"""Shared fixtures: the embedded default (tiny Llama + hypernetwork) and the real MiniLM encoder."""
+"""Shared fixtures: the embedded default (the toy base model + its hypernetwork) and the real MiniLM encoder."""
 
 from __future__ import annotations
 

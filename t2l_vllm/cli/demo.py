@@ -4,7 +4,7 @@ With no arguments it runs on the embedded default: the toy world's tiny base
 model, which knows the word tasks but not which one is asked, and the trained
 hypernetwork that writes that into an adapter from a description. The prompts
 mix descriptions the hypernetwork was trained on, descriptions it never saw,
-one written for the demo, and a task held out of its training; each answer is
+two written for the demo, and a task held out of its training; each answer is
 checked against the task's exact output. `--model/--hypernet` run it on real
 models with general-purpose prompts.
 """

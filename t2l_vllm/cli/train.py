@@ -3,7 +3,7 @@
     train sft   --data TRAIN.jsonl [--eval EVAL.jsonl] [--hypernet INIT] -o OUT   T2L end to end (SFT)
     train lora  --data TRAIN.jsonl --model BASE [--task NAME] -o OUT              a plain LoRA baseline
     train recon --library MANIFEST --hypernet INIT -o OUT                         T2L by reconstruction
-    train base  -o OUT [--max-steps 8000 --minutes 90]                             the toy world's tiny base model
+    train base  -o OUT [--max-steps 8000 --minutes 90]                            the toy world's tiny base model
 
 Records are JSONL: {"task", "descriptions": [...], "input" or "messages", "output"}.
 `train lora` trains one LoRA on every record (the multi-task baseline) or on one
@@ -64,6 +64,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    if args.kind in ("recon", "base") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(f"`train {args.kind}` runs in one process; only `train sft` and `train lora` run under torchrun.")
     return {"sft": _run_supervised, "lora": _run_supervised, "recon": _run_recon, "base": _run_base}[args.kind](args)
 
 

@@ -11,10 +11,12 @@ Checkpoints hold the source (a hypernetwork checkpoint or a PEFT folder) and the
 optimiser, schedule and RNG state, so a resumed run takes the same next step as an
 uninterrupted one.
 
-Under torchrun (a `torch.distributed` process group is initialised), every rank
-samples its own batches and the gradients are averaged across ranks before each
-step, so the ranks stay identical and the effective batch is ranks x batch_size.
-Rank 0 writes the weights and logs; each rank keeps its own RNG state.
+Under torchrun (a `torch.distributed` process group is initialised), the ranks
+start from rank 0's weights, every rank samples its own batches, and the
+gradients are averaged across ranks before each step, so the ranks stay
+identical and the effective batch is about ranks x batch_size (each rank's loss
+is a mean over its own tokens). Rank 0 writes the weights and logs; each rank
+keeps its own RNG state.
 """
 
 from __future__ import annotations
@@ -96,6 +98,10 @@ class SFTTrainer:
             self.optimizer, lambda step: warmup_linear_decay(step, settings.steps, settings.warmup_frac)
         )
         self.rank, self.world_size = distributed_rank_and_size()
+        if self.world_size > 1:
+            with torch.no_grad():
+                for tensor in source.state_dict().values():
+                    torch.distributed.broadcast(tensor, src=0)
         self.rng = random.Random(settings.seed + self.rank)  # each rank its own batches
         self.step = 0
         torch.manual_seed(settings.seed + self.rank)
@@ -203,6 +209,7 @@ class SFTTrainer:
                 "scheduler": self.scheduler.state_dict(),
                 "python_rng": self.rng.getstate(),
                 "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
             },
             self._state_file(folder),
         )
@@ -221,4 +228,6 @@ class SFTTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.rng.setstate(state["python_rng"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda_rng"])
         self.step = state["step"]

@@ -55,6 +55,7 @@ def test_per_prompt_adapters_in_one_decode_equal_one_decode_each(base, hypernet)
     alone = [greedy_answers(model, tokenizer, [p], loras={m: (A[i : i + 1], B[i : i + 1]) for m, (A, B) in weights.items()}, scaling=scaling)[0]
              for i, p in enumerate(prompts)]
     assert together == alone
+    assert together != greedy_answers(model, tokenizer, prompts)  # the adapters were applied
 
 
 def described_accuracy(base, hypernet, descriptions_by_task, n=8):

@@ -1,4 +1,4 @@
-"""SFT under torchrun: two CPU processes (gloo) stay identical and learn together."""
+"""SFT under torchrun: two CPU processes (gloo) stay identical and learn together, also through the CLI."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import torch
 
@@ -44,19 +43,44 @@ SCRIPT = textwrap.dedent(
 )
 
 
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    """Two local processes on a free port (`--standalone`), one thread each."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+
+
 def test_two_ranks_sample_different_batches_and_end_identical(default_paths, tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(SCRIPT)
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", "29533", str(script), str(tmp_path)],
-                            capture_output=True, text=True, env=env, timeout=600)
+    result = torchrun(str(script), str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     assert ranks[0]["first_batch"] != ranks[1]["first_batch"]  # each rank its own examples
-    for (name, a), b in zip(ranks[0]["state"].items(), ranks[1]["state"].values()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)  # averaged gradients keep them equal
+    assert ranks[0]["state"].keys() == ranks[1]["state"].keys()
+    for name, a in ranks[0]["state"].items():
+        torch.testing.assert_close(a, ranks[1]["state"][name], rtol=0, atol=0, msg=name)  # averaged gradients keep them equal
     changed = [k for k, v in ranks[0]["state"].items() if not torch.equal(v, ranks[0]["initial"][k])]
     assert changed, "training did not change any weight"
     assert (tmp_path / "ckpt" / "trainer_state.rank0.pt").is_file() and (tmp_path / "ckpt" / "trainer_state.rank1.pt").is_file()
     assert (tmp_path / "ckpt" / "model.safetensors").is_file()
+
+
+def test_the_documented_torchrun_command_trains_and_writes_once(default_paths, tmp_path):
+    from t2l_vllm.train.toy_world import make_examples, write_jsonl
+
+    write_jsonl(tmp_path / "train.jsonl", make_examples(["reverse", "uppercase"], 4, seed=2))
+    out = tmp_path / "lora"
+    result = torchrun("-m", "t2l_vllm", "train", "lora", "--model", str(default_paths.base_model), "--data", str(tmp_path / "train.jsonl"),
+                      "--steps", "2", "--batch-size", "2", "--device", "cpu", "-o", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count(f"wrote {out}") == 1  # rank 0 alone reports
+    assert (out / "adapter_model.safetensors").is_file()
+    assert sorted(p.name for p in out.glob("trainer_state*")) == ["trainer_state.rank0.pt", "trainer_state.rank1.pt"]
+
+
+def test_reconstruction_refuses_to_run_under_torchrun(monkeypatch, tmp_path, capsys):
+    from t2l_vllm.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "recon", "--library", str(tmp_path / "x.jsonl"), "--hypernet", str(tmp_path), "-o", str(tmp_path / "o")]) == 2
+    assert "only `train sft` and `train lora` run under torchrun" in capsys.readouterr().err
