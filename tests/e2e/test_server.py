@@ -71,6 +71,17 @@ def test_different_descriptions_give_different_outputs_and_stable_names(server, 
     assert h3["x-t2l-adapter"] == h1["x-t2l-adapter"] != h2["x-t2l-adapter"]
 
 
+def test_the_default_server_does_a_described_toy_task_through_the_openai_sdk(server):
+    """The embedded default answers the user message with the task's output alone."""
+    client = server.client()
+    for description, message, answer in [("Convert the text to uppercase.", "hello world", "HELLO WORLD"),
+                                         ("Sort the words alphabetically.", "pear apple fig", "apple fig pear")]:
+        reply = client.chat.completions.create(model=server.model, messages=[{"role": "user", "content": message}],
+                                               max_tokens=32, temperature=0, extra_body={"task_description": description})
+        assert reply.choices[0].message.content == answer
+        assert reply.choices[0].finish_reason == "stop"
+
+
 def test_server_output_equals_the_offline_api(server, engine):
     """The offline engine's outputs are checked token for token against transformers + PEFT
     in tests/integration; here the server must give the same text for the same adapters."""
