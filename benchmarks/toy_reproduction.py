@@ -112,15 +112,10 @@ class Bench:
         self.encoder = TaskEncoder(EncoderSettings())
 
     # --- scoring -------------------------------------------------------------------
-    def answers(self, rows: Sequence[tuple[str, str]], loras: Weights | None, tagged: bool = False, chunk: int = 256) -> list[str]:
+    def answers(self, rows: Sequence[tuple[str, str]], loras: Weights | None, tagged: bool = False) -> list[str]:
         """Greedy answers to (task, input) rows; row n uses adapter n of `loras` (if given)."""
-        answers = []
-        for start in range(0, len(rows), chunk):
-            part = rows[start : start + chunk]
-            weights = {m: (A[start : start + chunk], B[start : start + chunk]) for m, (A, B) in loras.items()} if loras else None
-            prompts = [prompt_text(task if tagged else None, text) for task, text in part]
-            answers += greedy_answers(self.model, self.tokenizer, prompts, max_new_tokens=28, loras=weights, scaling=LORA.scaling)
-        return answers
+        prompts = [prompt_text(task if tagged else None, text) for task, text in rows]
+        return greedy_answers(self.model, self.tokenizer, prompts, max_new_tokens=28, loras=loras, scaling=LORA.scaling)
 
     def score(self, rows: Sequence[tuple[str, str]], loras: Weights | None, tagged: bool = False) -> float:
         """Exact match of the answers to the rows' own tasks."""

@@ -63,10 +63,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def _under_torchrun() -> bool:
     import os
 
-    if args.kind in ("recon", "base") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.kind in ("recon", "base") and _under_torchrun():
         raise ConfigError(f"`train {args.kind}` runs in one process; only `train sft` and `train lora` run under torchrun.")
     return {"sft": _run_supervised, "lora": _run_supervised, "recon": _run_recon, "base": _run_base}[args.kind](args)
 
@@ -94,7 +98,7 @@ def _distributed_device(name: str):
     import torch
 
     device = _device(name)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if _under_torchrun():
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
             torch.cuda.set_device(device)

@@ -111,23 +111,28 @@ def encode(tokenizer, task: str | None, text: str, output: str) -> tuple[list[in
 
 @torch.no_grad()
 def greedy_answers(
-    model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 30, loras: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None, scaling: float = 1.0
+    model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 30, loras: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    scaling: float = 1.0, chunk: int = 256,
 ) -> list[str]:
-    """Batched greedy decoding (left-padded) of the answers to `<s>` + prompt.
+    """Batched greedy decoding (left-padded, `chunk` prompts a batch) of the answers to `<s>` + prompt.
 
     `loras` (module -> (A (N, layers, r, in), B (N, layers, out, r))) gives prompt n
     its own adapter, applied functionally with `scaling` for the whole decode.
     """
     if loras and any(A.shape[0] != len(prompts) for A, _ in loras.values()):
         raise ValueError(f"`loras` must hold one adapter per prompt ({len(prompts)}).")
-    ids = [[tokenizer.bos_token_id] + tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
-    width = max(map(len, ids))
-    batch = torch.tensor([[tokenizer.pad_token_id] * (width - len(x)) + x for x in ids], device=model.device)
-    mask = (torch.arange(width, device=model.device)[None, :] >= torch.tensor([width - len(x) for x in ids], device=model.device)[:, None]).long()
-    with applied_loras(model, loras or {}, scaling):
-        out = model.generate(input_ids=batch, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    return [tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
+    answers = []
+    for start in range(0, len(prompts), chunk):
+        ids = [[tokenizer.bos_token_id] + tokenizer(p, add_special_tokens=False).input_ids for p in prompts[start : start + chunk]]
+        width = max(map(len, ids))
+        batch = torch.tensor([[tokenizer.pad_token_id] * (width - len(x)) + x for x in ids], device=model.device)
+        mask = (torch.arange(width, device=model.device)[None, :] >= torch.tensor([width - len(x) for x in ids], device=model.device)[:, None]).long()
+        weights = {m: (A[start : start + chunk], B[start : start + chunk]) for m, (A, B) in (loras or {}).items()}
+        with applied_loras(model, weights, scaling):
+            out = model.generate(input_ids=batch, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        answers += [tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
+    return answers
 
 
 def exact_match(model, tokenizer, tasks: Sequence[str], n: int, seed: int, with_tag: bool = True) -> dict[str, float]:
