@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .data import IGNORE
 from .functional_lora import applied_loras
 from .toy_world import TASKS, random_input
@@ -53,6 +54,13 @@ class ToyBaseSettings:
     eval_every: int = 500
     eval_examples: int = 64
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "batch_size", "max_steps", "eval_every", "eval_examples"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"`{name.replace('_', '-')}` must be positive, got {getattr(self, name)}.")
+        if self.lr <= 0 or self.minutes <= 0 or self.warmup_steps < 0:
+            raise ConfigError(f"`lr` and `minutes` must be positive and `warmup-steps` >= 0; got {self.lr}, {self.minutes}, {self.warmup_steps}.")
 
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")

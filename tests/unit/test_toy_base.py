@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from t2l_vllm.train.toy_base import ToyBaseSettings, build_toy_tokenizer, encode, tag, train_toy_base
@@ -29,3 +31,16 @@ def test_training_runs_saves_and_reports(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "base")
     assert model.config.head_dim == 64 and len(tokenizer) == model.config.vocab_size
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--max-steps", "0"], "`max-steps` must be positive, got 0"),
+    (["--minutes", "-1"], "`minutes` must be positive"),
+    (["--lr", "0"], "`lr` and `minutes` must be positive"),
+])
+def test_bad_settings_stop_before_training_with_a_clear_error(tmp_path, capsys, args, fragment):
+    from t2l_vllm.cli import main
+
+    assert main(["train", "base", "-o", str(tmp_path / "base"), *args]) == 2
+    assert fragment in capsys.readouterr().err
+    assert not (tmp_path / "base").exists()
