@@ -9,17 +9,17 @@ still reach it. The root defaults to tmpfs (/dev/shm) where available.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .adapters import LoRAAdapter
+from .descriptions import adapter_int_id
+from .errors import T2LError
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,10 @@ class StoredAdapter:
 
 
 _PREFIX = "t2l_vllm-adapters-"
+
+
+class AdapterIdCollisionError(T2LError):
+    """Two adapter names whose content-derived integer ids coincide (2**-60 per pair)."""
 
 
 def sweep_orphans(parent: Path) -> list[Path]:
@@ -73,20 +77,21 @@ def default_store_parent() -> Path:
 class AdapterStore:
     """Writes and removes adapter folders; thread-safe.
 
-    Integer ids are handed out from a counter and never reused: an id that vLLM
-    still caches can never come to mean other weights. A server passes vLLM's own
-    LoRA id counter as `id_source`, so its ids never collide with `--lora-modules`.
+    An adapter's integer id is derived from its name (`adapter_int_id`), so every
+    process agrees on it. vLLM keys its LoRA slots and caches by that id, so two
+    stored adapters must never share one: the second is refused with
+    `AdapterIdCollisionError` instead of being served the first one's weights.
     """
 
-    def __init__(self, root: str | Path | None = None, id_source: Callable[[], int] | None = None) -> None:
+    def __init__(self, root: str | Path | None = None) -> None:
         # Always a private folder (inside `root` if given): two servers sharing a
         # directory must never delete each other's adapters, whose names coincide.
         parent = Path(root) if root is not None else default_store_parent()
         parent.mkdir(parents=True, exist_ok=True)
         sweep_orphans(parent)
         self.root = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=parent))
-        self._next_id = id_source or itertools.count(1).__next__
         self._stored: dict[str, StoredAdapter] = {}
+        self._names_by_id: dict[int, str] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -98,10 +103,12 @@ class AdapterStore:
 
     def put(self, adapter: LoRAAdapter) -> StoredAdapter:
         """Writes the adapter's folder unless it is already stored; returns where it is."""
+        int_id = adapter_int_id(adapter.name)
         with self._lock:
             stored = self._stored.get(adapter.name)
             if stored is not None:
                 return stored
+            self._check_id_is_free(int_id, adapter.name)
         path = self.root / adapter.name
         tmp = Path(tempfile.mkdtemp(prefix=f".{adapter.name}-", dir=self.root))
         try:
@@ -110,9 +117,11 @@ class AdapterStore:
                 stored = self._stored.get(adapter.name)
                 if stored is not None:  # another thread stored it meanwhile
                     return stored
+                self._check_id_is_free(int_id, adapter.name)
                 os.rename(tmp, path)
-                stored = StoredAdapter(adapter.name, path, self._next_id(), adapter.nbytes)
+                stored = StoredAdapter(adapter.name, path, int_id, adapter.nbytes)
                 self._stored[adapter.name] = stored
+                self._names_by_id[int_id] = adapter.name
                 return stored
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -121,6 +130,8 @@ class AdapterStore:
         """Deletes a folder. Call only when no queued or running request can load it."""
         with self._lock:
             stored = self._stored.pop(name, None)
+            if stored is not None:
+                del self._names_by_id[stored.int_id]
         if stored is not None:
             shutil.rmtree(stored.path, ignore_errors=True)
 
@@ -128,4 +139,13 @@ class AdapterStore:
         """Removes every folder and the store's own root."""
         with self._lock:
             self._stored.clear()
+            self._names_by_id.clear()
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def _check_id_is_free(self, int_id: int, name: str) -> None:
+        holder = self._names_by_id.get(int_id)
+        if holder is not None and holder != name:
+            raise AdapterIdCollisionError(
+                f"adapter `{name}` has the integer id {int_id}, which the stored adapter `{holder}` already has; "
+                "it is refused so that vLLM never serves one's weights for the other. Retry once that adapter is evicted."
+            )

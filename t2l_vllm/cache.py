@@ -34,7 +34,6 @@ import torch
 from lru import LRU
 
 from .adapter_store import AdapterStore, StoredAdapter
-from .descriptions import adapter_name
 from .errors import ConfigError, T2LError
 from .generator import AdapterGenerator
 from .metrics import T2LMetrics
@@ -162,7 +161,7 @@ class AdapterCache:
     async def acquire(self, description: object) -> Lease:
         """A pinned adapter for the description; raises a `T2LError` for bad input."""
         text = self.generator.normalize(description)
-        name = adapter_name(self.generator.key(text))
+        name = self.generator.name_of(text)
         lease = self.lease_by_name(name)
         if lease is not None:
             return lease

@@ -48,3 +48,22 @@ def adapter_key(normal_description: str, hypernet_fingerprint: str) -> str:
 def adapter_name(key: str) -> str:
     """The name vLLM sees: content-derived, so one name never means two sets of weights."""
     return f"t2l-{key[:24]}"
+
+
+# vLLM's own counter numbers `--lora-modules` adapters from 1 up; content-derived ids
+# start above any count it can reach, and stay below 2**63 (vLLM keeps ids in int64).
+ADAPTER_ID_OFFSET = 2**32
+ADAPTER_ID_BITS = 60
+
+
+def adapter_int_id(name: str) -> int:
+    """The integer id vLLM keys an adapter's slots and caches by, derived from its name.
+
+    Every process, replica and restart computes the same id for the same adapter
+    without talking to the others; ids handed out by a per-process counter would
+    disagree as soon as two API servers feed one engine. Two names share an id
+    with probability 2**-60 per pair; the store refuses such a pair rather than
+    serve one adapter's weights under the other's name.
+    """
+    digest = hashlib.sha256(name.encode("utf-8")).digest()
+    return ADAPTER_ID_OFFSET + (int.from_bytes(digest[:8], "big") >> (64 - ADAPTER_ID_BITS))

@@ -85,12 +85,13 @@ class AdapterGenerator:
         """The normal form of a description; raises `InvalidDescriptionError`."""
         return normalize_description(description, self.settings.max_description_chars)
 
-    def key(self, normal_description: str) -> str:
-        return adapter_key(normal_description, self.fingerprint)
+    def name_of(self, normal_description: str) -> str:
+        """The adapter's name for a normalised description: the one place a name is made."""
+        return adapter_name(adapter_key(normal_description, self.fingerprint))
 
     def name_for(self, description: object) -> str:
         """The adapter name a description will get, without generating it."""
-        return adapter_name(self.key(self.normalize(description)))
+        return self.name_of(self.normalize(description))
 
     def generate(self, descriptions: Sequence[object]) -> list[LoRAAdapter]:
         """Adapters for all descriptions in one pass; raises the first `T2LError` met."""
@@ -132,7 +133,7 @@ class AdapterGenerator:
         return [self._adapter(text, {m: (A[j], B[j]) for m, (A, B) in weights.items()}) for j, text in enumerate(texts)]
 
     def _adapter(self, text: str, weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> LoRAAdapter | T2LError:
-        name = adapter_name(self.key(text))
+        name = self.name_of(text)
         lora = self.config.lora
         tensors: dict[str, torch.Tensor] = {}
         for module, (A, B) in weights.items():

@@ -26,14 +26,13 @@ def generator(default_paths):
 
 
 @pytest.fixture(scope="session")
-def engine(default_paths, generator):
+def engine(default_paths):
     """One tiny vLLM engine (CPU, float32) for the whole run: the offline API."""
     from t2l_vllm import T2LEngine
 
     with T2LEngine(
         str(default_paths.base_model),
         str(default_paths.hypernet),
-        generator=generator,
         dtype="float32",
         gpu_memory_utilization=0.3,
         max_model_len=512,

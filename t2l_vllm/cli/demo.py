@@ -71,12 +71,12 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         outputs = engine.chat(conversations, descriptions, greedy(args.max_tokens))
         seconds = time.perf_counter() - start
-        print(f"\nbase model: {engine.model}\nhypernetwork: {engine.generator.fingerprint[:16]} ({engine.generator.config.variant})\n")
+        print(f"\nbase model: {engine.model}\nhypernetwork: {engine.fingerprint[:16]}\n")
         right = 0
         for (description, query, task, why), output in zip(prompts, outputs):
             answer = output.outputs[0].text
             print(f"task:     {description or '(none: base model)'}" + (f"   [{why}]" if why else ""))
-            print(f"adapter:  {engine.generator.name_for(description) if description else 'base'}")
+            print(f"adapter:  {output.lora_request.lora_name if output.lora_request else 'base'}")
             print(f"query:    {query}")
             print(f"answer:   {answer!r}")
             if task:
@@ -86,5 +86,6 @@ def run(args: argparse.Namespace) -> int:
             print()
         if toy:
             print(f"{right} of {sum(1 for p in prompts if p[2])} described tasks answered exactly")
-        print(f"{len(outputs)} requests, {len(engine.store)} generated adapters, one vLLM batch: {seconds:.2f} s")
+        adapters = {o.lora_request.lora_name for o in outputs if o.lora_request}
+        print(f"{len(outputs)} requests, {len(adapters)} generated adapters, one vLLM batch: {seconds:.2f} s")
     return 0

@@ -43,14 +43,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..vllm_plugin.launch import serve
     from ..vllm_plugin.offline import resolve_model_and_hypernet
-    from ..vllm_plugin.server import ServeSettings
+    from ..service.settings import ServiceSettings
 
     model, hypernet = resolve_model_and_hypernet(args.model, args.hypernet)
     config, _ = load_config(hypernet)
     check_shapes_fit(config.base, load_base_shapes(model), list(config.lora.target_modules))
     if args.router:
         TaskLibrary.load(args.router)  # a bad library stops start-up here, before vLLM starts
-    settings = ServeSettings(
+    settings = ServiceSettings(
         hypernet=hypernet,
         adapter_dir=args.adapter_dir,
         generator=generator_settings(args),

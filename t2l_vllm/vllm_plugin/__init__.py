@@ -9,6 +9,7 @@ from __future__ import annotations
 
 
 def register() -> None:
-    from .internals import install_cpu_lora_fix
+    from .internals import install_cpu_lora_fix, install_lora_info_summary
 
     install_cpu_lora_fix()
+    install_lora_info_summary()

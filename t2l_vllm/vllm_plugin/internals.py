@@ -9,8 +9,12 @@ ops). This project batches base and adapter requests all the time, so it install
 a fix: the shrink step writes zeros for -1 rows, hence the expand step adds
 B @ 0 = 0 to them, and rows with an adapter are computed exactly as before.
 
-It also prunes vLLM's `vllm:lora_requests_info` gauge, whose label sets (adapter
-names) would otherwise grow with every new description.
+It also keeps vLLM's `vllm:lora_requests_info` gauge bounded: vLLM labels it with
+the names of the running and waiting adapters, so with one adapter per
+description every new description would add a series that is never removed (in
+prometheus_client's multiprocess mode, used with several API servers, not even
+`remove` can drop it from the files). The plugin summarises generated adapters
+in those labels as a count.
 
 `tests/integration/test_vllm_contract.py` fails loudly if vLLM changes the
 functions patched or the metric pruned here.
@@ -19,7 +23,9 @@ functions patched or the metric pruned here.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -46,19 +52,27 @@ def masked_bgmv_shrink(original: Callable[..., None]) -> Callable[..., None]:
     return bgmv_shrink
 
 
+def vllm_is_tested() -> bool:
+    """Whether the installed vLLM is the release these patches were written against (warns if not)."""
+    import vllm
+
+    if vllm.__version__.startswith(TESTED_VLLM):
+        return True
+    logger.warning(
+        "t2l_vllm's patches are tested on vLLM %s*, found %s: not installed. On CPU, base-model requests batched "
+        "beside adapters may be wrong, and vllm:lora_requests_info grows with every description.", TESTED_VLLM, vllm.__version__,
+    )
+    return False
+
+
 def install_cpu_lora_fix() -> bool:
     """Patches the CPU LoRA shrink op once per process; returns whether a patch is in place."""
-    import vllm
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
 
     if getattr(lora_ops.bgmv_shrink, _PATCHED_FLAG, False):
         return True
-    if not vllm.__version__.startswith(TESTED_VLLM):
-        logger.warning(
-            "t2l_vllm's CPU LoRA fix is tested on vLLM %s*, found %s: not installed; base-model requests "
-            "batched beside adapters may be wrong on CPU.", TESTED_VLLM, vllm.__version__,
-        )
+    if not vllm_is_tested():
         return False
     patched = masked_bgmv_shrink(lora_ops.bgmv_shrink)
     # sgmv_shrink calls bgmv_shrink through lora_ops' globals; PunicaWrapperCPU imported the name.
@@ -77,25 +91,47 @@ def last_slot_leaks_into_no_lora_rows(shrink: Callable[..., None]) -> bool:
 
 
 LORA_INFO_METRIC = "vllm:lora_requests_info"
+ADAPTER_LIST_LABELS = ("running_lora_adapters", "waiting_lora_adapters")
+_GENERATED_NAME = re.compile(r"^t2l-[0-9a-f]{24}$")
+_SUMMARISED_FLAG = "_t2l_summarises_generated_adapters"
 
 
-def prune_lora_info_series(keep: int = 1, registry=None) -> int:
-    """Drops all but the newest `keep` series of vLLM's `vllm:lora_requests_info`.
+def summarise_generated(adapters: str) -> str:
+    """`native,t2l-<hex>,t2l-<hex>` -> `native,t2l-generated:2`: a label value drawn from a bounded set."""
+    names = [n for n in adapters.split(",") if n]
+    kept = [n for n in names if not _GENERATED_NAME.match(n)]
+    generated = len(names) - len(kept)
+    return ",".join([*kept, f"t2l-generated:{generated}"] if generated else kept)
 
-    vLLM labels that gauge with the names of the running and waiting adapters and
-    never removes a label set, so with one adapter per description /metrics (and
-    the API server's memory) would grow without bound. Each series' value is the
-    time it was last set; the newest ones are what a scrape needs. Returns how
-    many series were removed.
-    """
-    from prometheus_client import REGISTRY
 
-    gauge = (registry or REGISTRY)._names_to_collectors.get(LORA_INFO_METRIC)
-    if gauge is None or not hasattr(gauge, "_metrics"):
-        return 0
-    with gauge._lock:
-        series = sorted(gauge._metrics.items(), key=lambda item: item[1]._value.get(), reverse=True)
-    stale = [labels for labels, _ in series[keep:]]
-    for labels in stale:
-        gauge.remove(*labels)
-    return len(stale)
+class _SummarisedLoRAInfo:
+    """vLLM's lora_requests_info gauge, with generated adapter names counted rather than listed."""
+
+    def __init__(self, gauge: Any) -> None:
+        self._gauge = gauge
+
+    def labels(self, **labels: Any) -> Any:
+        for key in ADAPTER_LIST_LABELS:
+            if isinstance(labels.get(key), str):
+                labels[key] = summarise_generated(labels[key])
+        return self._gauge.labels(**labels)
+
+
+def install_lora_info_summary() -> bool:
+    """Makes every Prometheus stat logger vLLM builds from now on summarise generated adapters."""
+    from vllm.v1.metrics.loggers import PrometheusStatLogger
+
+    original = PrometheusStatLogger.__init__
+    if getattr(original, _SUMMARISED_FLAG, False):
+        return True
+    if not vllm_is_tested():
+        return False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        if getattr(self, "gauge_lora_info", None) is not None:
+            self.gauge_lora_info = _SummarisedLoRAInfo(self.gauge_lora_info)
+
+    setattr(__init__, _SUMMARISED_FLAG, True)
+    PrometheusStatLogger.__init__ = __init__
+    return True

@@ -1,22 +1,27 @@
 """Starting vLLM's OpenAI-compatible server with the t2l_vllm endpoint plugin switched on.
 
-vLLM 0.32's launcher functions are used as its `api_server` module's `main` uses
-them; `tests/integration/test_vllm_contract.py` checks they are still there.
+`t2l-vllm serve` parses vLLM's own options with vLLM's parser, adds what the
+plugin needs, and hands over to the dispatcher of `vllm serve`
+(`ServeSubcommand.cmd`), so every shape vLLM launches works as it does there:
+one API server, several (`--api-server-count`, or one per data-parallel rank by
+default), headless engine nodes. `tests/integration/test_vllm_contract.py` checks
+that the vLLM functions used here are still there.
 """
 
 from __future__ import annotations
 
 import os
+from argparse import Namespace
 from collections.abc import Sequence
 
 from ..errors import ConfigError
-from .server import PLUGIN_NAME, ServeSettings
+from ..service.settings import ServiceSettings
+from .server import PLUGIN_NAME
 
 
-def serve(model: str, lora_rank: int, settings: ServeSettings, vllm_options: Sequence[str]) -> None:
+def serve(model: str, lora_rank: int, settings: ServiceSettings, vllm_options: Sequence[str]) -> None:
     """Parses vLLM's own options, switches LoRA and the plugin on, and serves until stopped."""
-    import uvloop
-    from vllm.entrypoints.launchers.api_server.entry import run_server
+    from vllm.entrypoints.cli.serve import ServeSubcommand
     from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
     from vllm.utils.argparse_utils import FlexibleArgumentParser
@@ -26,19 +31,38 @@ def serve(model: str, lora_rank: int, settings: ServeSettings, vllm_options: Seq
     os.environ["VLLM_PLUGINS"] = ",".join(dict.fromkeys([*named, PLUGIN_NAME]))
     cli_env_setup()
     args = make_arg_parser(FlexibleArgumentParser(prog="t2l-vllm serve")).parse_args(["--model", model, *vllm_options])
-    unsupported = [
-        flag
-        for flag, on in (
-            ("--headless", getattr(args, "headless", False)),
-            ("--api-server-count > 1", (getattr(args, "api_server_count", None) or 1) > 1),
-            ("--data-parallel-size > 1", (getattr(args, "data_parallel_size", None) or 1) > 1),
-        )
-        if on
-    ]
-    if unsupported:
-        raise ConfigError(f"t2l-vllm serve runs one API server; {', '.join(unsupported)} is not supported yet (run replicas instead).")
+    check_adapter_dir_reaches_every_node(args, settings)
     args.enable_lora = True
     args.max_lora_rank = max(args.max_lora_rank or 0, lora_rank)
-    args.t2l = settings  # read back by the endpoint plugin's init_state
+    args.t2l = settings  # travels to every API server process; read back by the endpoint plugin's init_state
     validate_parsed_serve_args(args)
-    uvloop.run(run_server(args))
+    ServeSubcommand.cmd(args)
+
+
+def nodes_reason(args: Namespace) -> str | None:
+    """Why this launch may put engine workers on other nodes, or None for one node."""
+    if (getattr(args, "nnodes", None) or 1) > 1:
+        return f"--nnodes {args.nnodes}"
+    local, total = getattr(args, "data_parallel_size_local", None), getattr(args, "data_parallel_size", None) or 1
+    if local is not None and local < total:
+        return f"--data-parallel-size-local {local} < --data-parallel-size {total}"
+    for option in ("distributed_executor_backend", "data_parallel_backend"):
+        if getattr(args, option, None) == "ray":
+            return f"--{option.replace('_', '-')} ray"
+    return None
+
+
+def check_adapter_dir_reaches_every_node(args: Namespace, settings: ServiceSettings) -> None:
+    """Refuses a launch that spans nodes unless the adapter folder is named explicitly.
+
+    vLLM's workers load an adapter from the folder path in its LoRARequest; the
+    default folder (/dev/shm) exists on this node only, and a worker on another
+    node that cannot read it kills its engine.
+    """
+    reason = nodes_reason(args)
+    if reason is not None and settings.adapter_dir is None:
+        raise ConfigError(
+            f"this launch may run vLLM workers on other nodes ({reason}), which load generated adapters "
+            "by folder path: pass `--adapter-dir` naming a folder every node reads at the same path "
+            "(a shared filesystem such as NFS), or run one replica per node."
+        )

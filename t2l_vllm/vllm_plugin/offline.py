@@ -1,27 +1,37 @@
 """Offline batch inference: `vllm.LLM` with a generated adapter per prompt.
 
-Each prompt (or conversation) carries its own task description, or none. The
-descriptions missing from this engine's store are turned into adapters in one
-hypernetwork pass, written as PEFT folders, and handed to vLLM as LoRA requests,
-so the whole list runs as one multi-LoRA batch.
+The offline engine is the server without HTTP: it starts its own adapter service
+(the process that generates, caches and stores adapters for a deployment) and
+leases adapters from it exactly as an API server does, so folders stay within the
+cache's bounds however many descriptions pass through, and names and ids are the
+ones every server computes. Each prompt (or conversation) carries its own task
+description, or none; the missing adapters are generated in one batched pass and
+the prompts run as one vLLM multi-LoRA batch.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..adapter_store import AdapterStore, StoredAdapter
+from ..cache import CacheSettings
 from ..default_model import default_paths
 from ..errors import ConfigError
-from ..generator import AdapterGenerator, GeneratorSettings
+from ..generator import GeneratorSettings
+from ..hypernet.checkpoint import load_config
 from ..hypernet.shapes import check_shapes_fit, load_base_shapes
+from ..service.client import BlockingAdapterClient, service_socket_path
+from ..service.settings import ServiceSettings
+from .lora_registry import lora_request
 
 logger = logging.getLogger(__name__)
 
 Descriptions = Sequence[str | None] | str | None
+_ENGINES = itertools.count()
 
 
 def resolve_model_and_hypernet(model: str | None, hypernet: str | None) -> tuple[str, str]:
@@ -35,8 +45,6 @@ def resolve_model_and_hypernet(model: str | None, hypernet: str | None) -> tuple
         paths = default_paths()
         return str(paths.base_model), str(paths.hypernet)
     if model is None:
-        from ..hypernet.checkpoint import load_config
-
         model = load_config(hypernet)[0].base.name
         if not model:
             raise ConfigError(f"hypernetwork `{hypernet}` does not name its base model; pass `--model`.")
@@ -56,49 +64,56 @@ class T2LEngine:
         hypernet: str | None = None,
         *,
         generator_settings: GeneratorSettings = GeneratorSettings(),
-        generator: AdapterGenerator | None = None,
+        cache_settings: CacheSettings = CacheSettings(),
+        adapter_dir: str | None = None,
         **llm_kwargs: Any,
     ) -> None:
         from vllm import LLM
 
         model, hypernet = resolve_model_and_hypernet(model, hypernet)
-        self.generator = generator or AdapterGenerator.from_checkpoint(hypernet, generator_settings)
-        config = self.generator.config
+        config, _ = load_config(hypernet)
         check_shapes_fit(config.base, load_base_shapes(model), list(config.lora.target_modules))
         llm_kwargs.setdefault("enable_lora", True)
         llm_kwargs["max_lora_rank"] = max(llm_kwargs.get("max_lora_rank", 0), config.lora.rank)
         self.model = model
-        self.store = AdapterStore()
-        weakref.finalize(self, self.store.close)  # the folders live on tmpfs: never leave them behind
+        self.settings = ServiceSettings(hypernet, adapter_dir, generator_settings, cache_settings)
+        self.adapters = BlockingAdapterClient(service_socket_path(f"offline-{os.getpid()}-{next(_ENGINES)}"), self.settings)
+        self._finalizer = weakref.finalize(self, self.adapters.close)  # the service removes its folders when we leave
         self.llm = LLM(model=model, **llm_kwargs)
 
-    def adapters_for(self, descriptions: Sequence[str | None]) -> list[StoredAdapter | None]:
-        """Stored adapters for descriptions (None stays None); missing ones in one pass."""
-        names = [None if d is None else self.generator.name_for(d) for d in descriptions]
-        missing: dict[str, str] = {}
-        for name, text in zip(names, descriptions):
-            if name is not None and self.store.get(name) is None:
-                missing.setdefault(name, text)  # type: ignore[arg-type]
-        for adapter in self.generator.generate(list(missing.values())):
-            self.store.put(adapter)
-        return [None if name is None else self.store.get(name) for name in names]
+    @property
+    def fingerprint(self) -> str:
+        """The hypernetwork's fingerprint (names every adapter it generates)."""
+        return self.adapters.client.hello["fingerprint"]
 
-    def lora_requests(self, descriptions: Sequence[str | None]):
-        return [None if s is None else lora_request(s) for s in self.adapters_for(descriptions)]
+    def generate(self, prompts: Sequence[str], descriptions: Descriptions = None, sampling_params: Any = None, **kwargs: Any) -> list:
+        """`vllm.LLM.generate` with one adapter per prompt; returns vLLM's outputs, in order."""
+        prompts = list(prompts)
+        return self._run(prompts, _per_item(descriptions, len(prompts)), lambda part, loras: self.llm.generate(part, sampling_params, lora_request=loras, **kwargs))
 
-    def generate(self, prompts: Sequence[str], descriptions: Descriptions = None, sampling_params: Any = None, **kwargs: Any):
-        """`vllm.LLM.generate` with one adapter per prompt; returns vLLM's outputs."""
-        requests = self.lora_requests(_per_item(descriptions, len(prompts)))
-        return self.llm.generate(list(prompts), sampling_params, lora_request=requests, **kwargs)
-
-    def chat(self, conversations: Sequence[list[dict[str, Any]]], descriptions: Descriptions = None, sampling_params: Any = None, **kwargs: Any):
+    def chat(self, conversations: Sequence[list[dict[str, Any]]], descriptions: Descriptions = None, sampling_params: Any = None, **kwargs: Any) -> list:
         """`vllm.LLM.chat` over several conversations, one adapter per conversation."""
-        requests = self.lora_requests(_per_item(descriptions, len(conversations)))
-        return self.llm.chat([list(c) for c in conversations], sampling_params, lora_request=requests, **kwargs)
+        conversations = [list(c) for c in conversations]
+        return self._run(conversations, _per_item(descriptions, len(conversations)), lambda part, loras: self.llm.chat(part, sampling_params, lora_request=loras, **kwargs))
+
+    def _run(self, items: list, descriptions: list[str | None], call) -> list:
+        """Runs `call(items, lora_requests)` in parts whose distinct descriptions fit the adapter cache,
+        holding each part's leases until vLLM has finished it."""
+        outputs: list = []
+        for start, stop in _parts(descriptions, self.settings.cache.max_entries):
+            part = descriptions[start:stop]
+            distinct = list(dict.fromkeys(d for d in part if d is not None))
+            leases = dict(zip(distinct, self.adapters.acquire_all(distinct)))
+            try:
+                outputs.extend(call(items[start:stop], [None if d is None else lora_request(leases[d].stored) for d in part]))
+            finally:
+                for lease in leases.values():
+                    lease.release()
+        return outputs
 
     def close(self) -> None:
-        """Removes the adapter folders; vLLM's engine is shut down with the LLM object."""
-        self.store.close()
+        """Leaves the adapter service, which removes its folders; vLLM's engine goes with the LLM object."""
+        self._finalizer()
 
     def __enter__(self) -> "T2LEngine":
         return self
@@ -107,18 +122,24 @@ class T2LEngine:
         self.close()
 
 
-def lora_request(stored: StoredAdapter):
-    """The `vllm.lora.request.LoRARequest` that makes vLLM load a stored adapter."""
-    from vllm.lora.request import LoRARequest
-
-    return LoRARequest(lora_name=stored.name, lora_int_id=stored.int_id, lora_path=str(stored.path))
-
-
 def greedy(max_tokens: int):
     """vLLM sampling parameters for greedy decoding (so callers need not import vLLM)."""
     from vllm import SamplingParams
 
     return SamplingParams(temperature=0.0, max_tokens=max_tokens)
+
+
+def _parts(descriptions: Sequence[str | None], max_distinct: int) -> Iterator[tuple[int, int]]:
+    """Consecutive index ranges, each with at most `max_distinct` distinct descriptions."""
+    start, seen = 0, set()
+    for i, description in enumerate(descriptions):
+        if description is not None and description not in seen and len(seen) == max_distinct:
+            yield start, i
+            start, seen = i, set()
+        if description is not None:
+            seen.add(description)
+    if start < len(descriptions):
+        yield start, len(descriptions)
 
 
 def _per_item(descriptions: Descriptions, n: int) -> list[str | None]:

@@ -3,7 +3,8 @@
 The plugin replaces vLLM's two POST routes with thin wrappers that keep vLLM's
 own handlers doing all the work:
 
-    body -> task_description? -> lease on a generated adapter (cache, batcher)
+    body -> task_description? -> lease on a generated adapter from the deployment's
+            adapter service (one process for all API servers: cache, batcher, store)
          -> register the adapter's name with vLLM's model registry
          -> body.model := adapter name -> vLLM's original handler (streaming or not)
          -> headers x-t2l-adapter / x-t2l-source -> release the lease when the
@@ -18,14 +19,17 @@ folder vLLM may load is never deleted while a request holds its lease.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import json
 import logging
+import os
+import signal
+import subprocess
 from argparse import Namespace
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -35,12 +39,13 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
-from ..adapter_store import AdapterStore, StoredAdapter
-from ..cache import AdapterCache, CacheSettings, Lease
+from ..cache import Lease
 from ..errors import AdapterCheckError, InvalidDescriptionError, T2LError
-from ..generator import AdapterGenerator, GeneratorSettings
-from ..metrics import T2LMetrics
-from ..router import EmbeddingRouter, RouterSettings, query_of_request
+from ..metrics import RequestMetrics
+from ..router import query_of_request
+from ..service.client import AdapterClient, service_socket_path
+from ..service.settings import ServiceSettings
+from .lora_registry import ServedLoRAs
 
 logger = logging.getLogger(__name__)
 
@@ -52,25 +57,15 @@ SCORE_HEADER = "x-t2l-score"
 PLUGIN_NAME = "t2l_vllm"
 
 
-@dataclass(frozen=True)
-class ServeSettings:
-    """What `t2l-vllm serve` adds to vLLM's options; travels on vLLM's args as `t2l`."""
-
-    hypernet: str
-    adapter_dir: str | None = None
-    generator: GeneratorSettings = field(default_factory=GeneratorSettings)
-    cache: CacheSettings = field(default_factory=CacheSettings)
-    router: RouterSettings | None = None
-
-
 @dataclass
 class T2LState:
     """Per-app state of the plugin, on `app.state.t2l`."""
 
-    cache: AdapterCache
-    metrics: T2LMetrics
+    adapters: AdapterClient
+    loras: ServedLoRAs
+    metrics: RequestMetrics
     models: Any  # vLLM's OpenAIServingModels
-    router: EmbeddingRouter | None = None
+    routed: bool  # the deployment has a router
 
 
 @dataclass(frozen=True)
@@ -88,6 +83,17 @@ def openai_error(status: HTTPStatus, message: str, param: str | None = None) -> 
         {"error": {"message": message, "type": status.phrase.replace(" ", "") + "Error", "param": param, "code": status.value}},
         status_code=status.value,
     )
+
+
+def deployment_socket_path(args: Namespace) -> Path:
+    """The adapter service's socket for this deployment on this node.
+
+    vLLM runs one API server in its main process, or several as children of it
+    (`--api-server-count`, or data parallel): the main process's id names the
+    deployment either way, so all its API servers reach one service.
+    """
+    several = (getattr(args, "api_server_count", None) or 1) > 1
+    return service_socket_path(f"serve-{os.getppid() if several else os.getpid()}")
 
 
 class T2LEndpointPlugin:
@@ -113,46 +119,68 @@ class T2LEndpointPlugin:
         app.include_router(router)
 
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
-        settings: ServeSettings | None = getattr(args, "t2l", None)
+        settings: ServiceSettings | None = getattr(args, "t2l", None)
         if engine_client is None or settings is None:
             logger.warning("t2l_vllm endpoint plugin loaded without `t2l-vllm serve`; task_description is ignored.")
             return
-        generator = await asyncio.to_thread(AdapterGenerator.from_checkpoint, settings.hypernet, settings.generator)
-        router = None if settings.router is None else await asyncio.to_thread(EmbeddingRouter.from_settings, settings.router)
-        models = state.openai_serving_models
-        store = AdapterStore(settings.adapter_dir, id_source=lambda: models.lora_id_counter.inc(1))
-        atexit.register(store.close)  # the folders live on tmpfs: never leave them behind
-        metrics = T2LMetrics()
+        adapters = await AdapterClient.connect_or_start(deployment_socket_path(args), settings)
+        loras = ServedLoRAs(state.openai_serving_models)
+        adapters.on_removed(loras.discard)
+        adapters.on_lost(_stop_this_server)
+        atexit.register(_disconnect, adapters)
+        _publish_service_metrics(adapters.hello)
+        state.t2l = T2LState(adapters, loras, RequestMetrics(), state.openai_serving_models, routed=adapters.hello["router"] is not None)
+        if adapters.process is not None:  # the API server that started the service reports it, once
+            _print_start_up(adapters.hello)
 
-        def forget(stored: StoredAdapter) -> None:
-            models.lora_requests.pop(stored.name, None)
 
-        cache = AdapterCache(generator, store, settings.cache, metrics, on_remove=forget)
-        cache.start()
-        state.t2l = T2LState(cache=cache, metrics=metrics, models=models, router=router)
-        state.t2l_pruner = asyncio.get_running_loop().create_task(_prune_vllm_lora_metric_forever())
-        config = generator.config
+def _print_start_up(hello: dict[str, Any]) -> None:
+    print(
+        f"t2l_vllm: hypernetwork {hello['hypernet']} ({hello['variant']}, fingerprint {hello['fingerprint'][:12]}) "
+        f"for {hello['base_model']}; adapters r={hello['rank']} on {', '.join(hello['target_modules'])}; "
+        f"POST /v1/chat/completions and /v1/completions accept `{DESCRIPTION_FIELD}`; "
+        f"cache {hello['cache_entries']} adapters / {hello['cache_bytes'] / 2**20:.0f} MiB in {hello['store']} "
+        f"(adapter service, pid {hello['pid']})",
+        flush=True,
+    )
+    router = hello["router"]
+    if router is not None:
         print(
-            f"t2l_vllm: hypernetwork {settings.hypernet} ({config.variant}, fingerprint {generator.fingerprint[:12]}) "
-            f"for {config.base.name}; adapters r={config.lora.rank} on {', '.join(config.lora.target_modules)}; "
-            f"POST /v1/chat/completions and /v1/completions accept `{DESCRIPTION_FIELD}`; "
-            f"cache {settings.cache.max_entries} adapters / {settings.cache.max_bytes / 2**20:.0f} MiB in {store.root}",
+            f"t2l_vllm: router over {router['tasks']} tasks from {router['library']} "
+            f"(threshold {router['threshold']:.3f}, fallback {router['fallback']}) for requests without `{DESCRIPTION_FIELD}`",
             flush=True,
         )
-        if router is not None:
-            print(
-                f"t2l_vllm: router over {len(router.library.tasks)} tasks from {router.library.path} "
-                f"(threshold {router.threshold:.3f}, fallback {router.fallback}) for requests without `{DESCRIPTION_FIELD}`",
-                flush=True,
-            )
 
 
-async def _prune_vllm_lora_metric_forever(interval_s: float = 5.0) -> None:
-    from .internals import prune_lora_info_series
+def _publish_service_metrics(hello: dict[str, Any]) -> None:
+    """Adds the service's metrics to this API server's /metrics.
 
-    while True:
-        await asyncio.sleep(interval_s)
-        prune_lora_info_series()
+    Under several API servers vLLM reads one multiprocess folder, which the service
+    writes into already; a single API server reads its own registry, so the
+    service's private folder is added to it.
+    """
+    if hello["metrics_dir"] is None or "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        return
+    from prometheus_client import REGISTRY
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    MultiProcessCollector(REGISTRY, path=hello["metrics_dir"])
+
+
+def _disconnect(adapters: AdapterClient) -> None:
+    """At exit: leave the service; if this process started it, wait until it has removed its folders."""
+    adapters.close_now()
+    if adapters.process is not None:
+        try:
+            adapters.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            logger.warning("the adapter service (pid %d) did not stop within 30 s", adapters.process.pid)
+
+
+def _stop_this_server() -> None:
+    """Without its adapter service a server cannot keep its promises: stop it, as vLLM does when its engine dies."""
+    logger.error("t2l_vllm: the adapter service has gone; shutting this API server down.")
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _endpoint(route: _Route) -> Callable[[Request], Awaitable[Response]]:
@@ -177,25 +205,16 @@ def _endpoint(route: _Route) -> Callable[[Request], Awaitable[Response]]:
         if t2l is None:
             return await _forward(route, request, raw_request, None, _Choice("none"), None)
         choice = _Choice("request") if has_description else _Choice("none")
-        if not has_description:
-            description, choice = await _route(t2l, body)
-        lease = None
-        if description is not None:
-            try:
-                lease = await t2l.cache.acquire(description)
-            except InvalidDescriptionError as err:
-                if choice.source != "router":
-                    return _refuse(t2l, HTTPStatus.BAD_REQUEST, f"`{DESCRIPTION_FIELD}`: {err}", DESCRIPTION_FIELD)
-                choice = _Choice("router", "fallback:base", choice.score)  # the router's own text: serve the base model
-            except AdapterCheckError as err:
-                return _refuse(t2l, HTTPStatus.UNPROCESSABLE_ENTITY, str(err), DESCRIPTION_FIELD)
-            except T2LError as err:
-                return _refuse(t2l, HTTPStatus.SERVICE_UNAVAILABLE, str(err))
-        elif isinstance(body.get("model"), str):
-            # A client reusing a generated adapter's name: pin it like any other use.
-            lease = t2l.cache.lease_by_name(body["model"])
-            if lease is not None:
-                choice = _Choice("request")
+        try:
+            if not has_description:
+                description, choice = await _route(t2l, body)
+            lease, choice = await _lease(t2l, description, body.get("model"), choice)
+        except InvalidDescriptionError as err:
+            return _refuse(t2l, HTTPStatus.BAD_REQUEST, f"`{DESCRIPTION_FIELD}`: {err}", DESCRIPTION_FIELD)
+        except AdapterCheckError as err:
+            return _refuse(t2l, HTTPStatus.UNPROCESSABLE_ENTITY, str(err), DESCRIPTION_FIELD)
+        except T2LError as err:
+            return _refuse(t2l, HTTPStatus.SERVICE_UNAVAILABLE, str(err))
         return await _forward(route, request, raw_request, lease, choice, t2l)
 
     endpoint.__name__ = f"t2l_{route.path.strip('/').replace('/', '_')}"
@@ -225,21 +244,45 @@ async def _route(t2l: T2LState, body: dict) -> tuple[str | None, _Choice]:
     Only requests for the base model are routed; one that names a LoRA adapter or an
     unknown model goes to vLLM unchanged, which serves or refuses it as usual.
     """
-    if t2l.router is None or _check_model(t2l, body.get("model")) is not None:
+    if not t2l.routed or _check_model(t2l, body.get("model")) is not None:
         return None, _Choice("none")
     query = query_of_request(body)
     if query is None or not query.strip():
         return None, _Choice("none")
-    decision = (await asyncio.to_thread(t2l.router.route, [query]))[0]
-    t2l.metrics.router_decisions.labels(task=decision.label).inc()
+    decision = await t2l.adapters.route(query)
     return decision.description, _Choice("router", decision.label, decision.score)
+
+
+async def _lease(t2l: T2LState, description: str | None, model: object, choice: _Choice) -> tuple[Lease | None, _Choice]:
+    """The lease a request runs under (its description's adapter, or a generated adapter it
+    names), entered in vLLM's registry; None for the base model or another LoRA."""
+    if description is not None:
+        try:
+            lease = await t2l.adapters.acquire(description)
+        except InvalidDescriptionError:
+            if choice.source != "router":
+                raise
+            return None, _Choice("router", "fallback:base", choice.score)  # the router's own text: serve the base model
+    elif isinstance(model, str) and not t2l.models.is_base_model(model):
+        lease = await t2l.adapters.lease_by_name(model)  # a client reusing a generated adapter's name
+        if lease is None:
+            return None, choice
+        choice = _Choice("request")
+    else:
+        return None, choice
+    try:
+        t2l.loras.add(lease.stored)
+    except BaseException:
+        lease.release()
+        raise
+    return lease, choice
 
 
 def _check_model(t2l: T2LState, model: object) -> tuple[HTTPStatus, str, str] | None:
     """A description applies to the base model; `model` may be omitted or name it."""
     if model is None or (isinstance(model, str) and t2l.models.is_base_model(model)):
         return None
-    if isinstance(model, str) and model in t2l.models.lora_requests:
+    if isinstance(model, str) and model in t2l.loras:
         return (HTTPStatus.BAD_REQUEST, f"`{DESCRIPTION_FIELD}` cannot be combined with the LoRA adapter `{model}`; name the base model.", "model")
     return (HTTPStatus.NOT_FOUND, f"The model `{model}` does not exist.", "model")
 
@@ -248,7 +291,6 @@ async def _forward(route: _Route, request: Any, raw_request: Request, lease: Lea
     """Runs vLLM's own handler on the (possibly re-targeted) request; the lease ends with the response."""
     try:
         if lease is not None:
-            _register(t2l, lease.stored)
             request.model = lease.name
         response = await route.original(request, raw_request)
         if response is None:  # vLLM's with_cancellation: the client went away
@@ -282,14 +324,6 @@ class _LeasedResponse(Response):
             await self.inner(scope, receive, send)
         finally:
             self.lease.release()
-
-
-def _register(t2l: T2LState, stored: StoredAdapter) -> None:
-    """Makes vLLM's handler resolve the adapter's name (its public registry of LoRAs)."""
-    from .offline import lora_request
-
-    if stored.name not in t2l.models.lora_requests:
-        t2l.models.lora_requests[stored.name] = lora_request(stored)
 
 
 def _refuse(t2l: T2LState | None, status: HTTPStatus, message: str, param: str | None = None) -> JSONResponse:

@@ -30,10 +30,10 @@ def vllm_answers(engine):
     return [o.outputs[0].text for o in outputs]
 
 
-def test_vllm_answers_equal_transformers_with_the_same_adapters(vllm_answers, engine, default_paths):
+def test_vllm_answers_equal_transformers_with_the_same_adapters(vllm_answers, generator, default_paths):
     model = AutoModelForCausalLM.from_pretrained(default_paths.base_model, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(default_paths.base_model)
-    adapters = engine.generator.generate([d for _, d, _ in CASES])
+    adapters = generator.generate([d for _, d, _ in CASES])
     modules = adapters[0].lora.target_modules
     weights = {m: tuple(torch.stack([a.matrices(m)[i] for a in adapters]) for i in (0, 1)) for m in modules}
     expected = greedy_answers(model, tokenizer, [prompt_text(None, x) for _, _, x in CASES], max_new_tokens=32,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 
+import pytest
 import vllm
 from vllm.lora.ops.torch_ops import lora_ops
 from vllm.lora.punica_wrapper import punica_cpu
@@ -40,44 +41,87 @@ def test_sgmv_shrink_still_delegates_to_bgmv_shrink_by_module_global():
     assert "bgmv_shrink(" in inspect.getsource(lora_ops.sgmv_shrink)
 
 
-def test_lora_request_takes_name_id_and_path():
+def test_lora_request_takes_name_id_and_path_and_carries_a_content_id_to_the_engine():
+    import msgspec
+
+    from t2l_vllm.descriptions import adapter_int_id
+
     request = LoRARequest(lora_name="t2l-x", lora_int_id=7, lora_path="/tmp/x")
     assert (request.lora_name, request.lora_int_id, request.lora_path) == ("t2l-x", 7, "/tmp/x")
+    content_id = adapter_int_id("t2l-" + "f" * 24)
+    assert 2**32 <= content_id < 2**63
+    sent = msgspec.msgpack.decode(msgspec.msgpack.encode(LoRARequest("t2l-y", content_id, "/tmp/y")), type=LoRARequest)
+    assert sent.lora_int_id == content_id
 
 
-def test_lora_info_gauge_is_pruned_to_the_newest_series():
-    from prometheus_client import CollectorRegistry, Gauge
+def test_lora_info_labels_count_generated_adapters_instead_of_naming_them():
+    from t2l_vllm.vllm_plugin.internals import summarise_generated
 
-    from t2l_vllm.vllm_plugin.internals import LORA_INFO_METRIC, prune_lora_info_series
+    generated = [f"t2l-{i:024x}" for i in range(3)]
+    assert summarise_generated(",".join(["native", *generated])) == "native,t2l-generated:3"
+    assert summarise_generated("native") == "native" and summarise_generated("") == ""
 
-    registry = CollectorRegistry()
-    gauge = Gauge(LORA_INFO_METRIC, "test", ["max_lora", "waiting_lora_adapters", "running_lora_adapters"], registry=registry)
-    for i in range(5):
-        gauge.labels("2", "", f"t2l-{i}").set(100 + i)
-    assert prune_lora_info_series(keep=1, registry=registry) == 4
-    assert [s.labels["running_lora_adapters"] for s in registry.collect().__next__().samples] == ["t2l-4"]
+
+def test_the_stat_logger_vllm_builds_summarises_its_lora_info_gauge():
+    from vllm.v1.metrics.loggers import PrometheusStatLogger
+
+    from t2l_vllm.vllm_plugin.internals import install_lora_info_summary
+
+    assert install_lora_info_summary()
+    assert getattr(PrometheusStatLogger.__init__, "_t2l_summarises_generated_adapters", False)
+    source = inspect.getsource(inspect.unwrap(PrometheusStatLogger.__init__.__closure__[0].cell_contents))
+    assert "self.gauge_lora_info" in source and 'name="vllm:lora_requests_info"' in source
 
 
 def test_vllm_still_labels_lora_info_with_adapter_names():
     from vllm.v1.metrics import loggers
 
     source = inspect.getsource(loggers)
-    assert 'name="vllm:lora_requests_info"' in source and "running_lora_adapters" in source
+    assert "self.gauge_lora_info.labels(**lora_info_labels)" in source
+    assert "running_lora_adapters" in source and "waiting_lora_adapters" in source
 
 
 def test_the_launcher_functions_t2l_serve_uses_exist():
-    from vllm.entrypoints.launchers.api_server.entry import run_server
+    from vllm.entrypoints.cli.serve import ServeSubcommand
     from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     args = make_arg_parser(FlexibleArgumentParser()).parse_args(["--model", "m", "--max-loras", "3"])
     assert args.max_loras == 3 and hasattr(args, "max_lora_rank") and hasattr(args, "api_server_count")
-    assert callable(run_server) and callable(validate_parsed_serve_args) and callable(cli_env_setup)
+    for option in ("nnodes", "data_parallel_size", "data_parallel_size_local", "distributed_executor_backend", "data_parallel_backend"):
+        assert hasattr(args, option), option
+    assert callable(ServeSubcommand.cmd) and callable(validate_parsed_serve_args) and callable(cli_env_setup)
 
 
-def test_serving_models_keep_a_public_lora_registry_and_id_counter():
+def test_api_servers_get_the_parsed_options_with_the_plugin_settings_on_them():
+    """Several API servers are spawned with the launcher's `args`, which carry `args.t2l`."""
+    from vllm.v1 import utils
+
+    assert "run_server_worker(listen_address, sock, args" in inspect.getsource(utils.run_api_server_worker_proc)
+
+
+def test_serving_models_keep_a_public_lora_registry():
     from vllm.entrypoints.openai.models.serving import OpenAIServingModels
 
-    source = inspect.getsource(OpenAIServingModels.__init__)
-    assert "self.lora_requests" in source and "self.lora_id_counter" in source
+    assert "self.lora_requests" in inspect.getsource(OpenAIServingModels.__init__)
+
+
+def test_the_registry_refuses_a_generated_adapter_whose_id_a_served_lora_has(tmp_path):
+    from types import SimpleNamespace
+
+    from t2l_vllm.adapter_store import AdapterIdCollisionError, StoredAdapter
+    from t2l_vllm.vllm_plugin.lora_registry import ServedLoRAs, lora_request
+
+    native = StoredAdapter("native-lora", tmp_path / "a", 2**40, 1)
+    models = SimpleNamespace(lora_requests={"native-lora": lora_request(native)})
+    loras = ServedLoRAs(models)
+    clash = StoredAdapter("t2l-clash", tmp_path / "b", 2**40, 1)
+    with pytest.raises(AdapterIdCollisionError, match="native-lora"):
+        loras.add(clash)
+    assert "t2l-clash" not in loras
+    fine = StoredAdapter("t2l-fine", tmp_path / "c", 2**40 + 1, 1)
+    loras.add(fine)
+    assert models.lora_requests["t2l-fine"].lora_int_id == 2**40 + 1
+    loras.discard("t2l-fine")
+    assert "t2l-fine" not in loras

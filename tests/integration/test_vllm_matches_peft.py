@@ -45,9 +45,10 @@ def test_base_model_output_equals_transformers(vllm_outputs, default_paths):
 
 
 @pytest.mark.parametrize("description", DESCRIPTIONS)
-def test_adapter_output_equals_transformers_peft(vllm_outputs, engine, default_paths, description):
-    stored = engine.store.get(engine.generator.name_for(description))
-    expected = transformers_greedy(default_paths.base_model, PROMPT, stored.path)
+def test_adapter_output_equals_transformers_peft(vllm_outputs, generator, default_paths, description, tmp_path):
+    """The engine's adapter service and an in-process generator write the same bytes for a description."""
+    folder = generator.generate([description])[0].save_peft(tmp_path / "adapter")
+    expected = transformers_greedy(default_paths.base_model, PROMPT, folder)
     assert vllm_outputs[description] == expected
     assert vllm_outputs[description] != vllm_outputs[None]
 

@@ -1,0 +1,56 @@
+"""`python -m t2l_vllm.service SOCKET`: the adapter service process (see `server.py`).
+
+Started by `start_service`, which writes the settings as JSON to its standard
+input and reads one line back from its standard output: `{"ready": true}` once
+the socket accepts clients, or `{"error": "..."}` if the settings cannot work
+(a bad checkpoint, a router library that does not load).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+
+
+def main(argv: list[str]) -> int:
+    # prometheus_client picks its multiprocess mode when imported: settle the folder first.
+    # Under several API servers vLLM has made one already, and ours join it.
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    private_metrics = metrics_dir is None
+    if private_metrics:
+        metrics_dir = tempfile.mkdtemp(prefix="t2l_vllm-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    logging.basicConfig(
+        level=os.environ.get("T2L_VLLM_SERVICE_LOG_LEVEL", "WARNING"), format="%(levelname)s t2l_vllm adapter service: %(message)s"
+    )
+    from ..errors import T2LError
+    from .server import AdapterService
+    from .settings import ServiceSettings
+
+    def report(message: dict) -> None:
+        sys.stdout.write(json.dumps(message) + "\n")
+        sys.stdout.flush()
+
+    try:
+        service = AdapterService(ServiceSettings.from_json(sys.stdin.read()), metrics_dir, private_metrics)
+    except (T2LError, OSError, ValueError) as err:
+        report({"error": str(err)})
+        if private_metrics:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+        return 2
+
+    def ready() -> None:
+        report({"ready": True})
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nobody reads the pipe from here on
+
+    asyncio.run(service.run(argv[0], ready))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,296 @@
+"""Clients of the adapter service: the async one API servers use, and a blocking one for the offline engine.
+
+`connect_or_start` connects to the deployment's service, starting it first if no
+process serves the socket yet. Starting and connecting happen under an exclusive
+lock on `SOCKET.lock`, and a stopping service unlinks its socket under the same
+lock, so two API servers starting together get one service, and a client never
+connects to a service that has decided to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import select
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..adapter_store import StoredAdapter
+from ..cache import Lease
+from ..errors import ConfigError
+from ..router import RouteDecision
+from .protocol import MAX_LINE_BYTES, AdapterServiceError, encode, error_from, read_message, socket_lock
+from .settings import ServiceSettings
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+START_TIMEOUT_S = 600.0  # loading a large hypernetwork and encoder from a slow disk or the hub
+
+
+def service_socket_path(owner: str) -> Path:
+    """Where the service of `owner` (a deployment, or one offline engine) listens: private to this user."""
+    return Path(tempfile.gettempdir()) / f"t2l_vllm-{os.getuid()}" / f"service-{owner}.sock"
+
+
+class AdapterClient:
+    """One connection to the adapter service; methods run on the event loop that connected.
+
+    `release` of a lease may be called from any thread.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hello: dict[str, Any], process: subprocess.Popen | None) -> None:
+        self.hello = hello
+        self.process = process  # the service, if this client started it
+        self._reader, self._writer = reader, writer
+        self._loop = asyncio.get_running_loop()
+        self._numbers = itertools.count(1)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._on_removed: list[Callable[[str], None]] = []
+        self._on_lost: list[Callable[[], None]] = []
+        self._lost: AdapterServiceError | None = None
+        self._closing = False
+        self._reading = self._loop.create_task(self._read_forever(), name="t2l-adapter-client")
+
+    @classmethod
+    async def connect_or_start(cls, socket_path: str | Path, settings: ServiceSettings) -> "AdapterClient":
+        sock, hello, process = await asyncio.to_thread(connect_or_start, str(socket_path), settings)
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_LINE_BYTES)
+        return cls(reader, writer, hello, process)
+
+    def on_removed(self, callback: Callable[[str], None]) -> None:
+        """Calls `callback(name)` when the service has removed an adapter's folder."""
+        self._on_removed.append(callback)
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        """Calls `callback()` if the service goes away while this client is open."""
+        self._on_lost.append(callback)
+
+    async def acquire(self, description: object) -> Lease:
+        """A leased adapter for the description; raises the service's `T2LError` for bad input."""
+        lease = await self._call({"op": "acquire", "description": description})
+        assert lease is not None
+        return lease
+
+    async def lease_by_name(self, name: str) -> Lease | None:
+        """A lease on an adapter the service keeps, by name (a client reusing a generated name)."""
+        return await self._call({"op": "lease", "name": name})
+
+    async def route(self, query: str) -> RouteDecision:
+        body = await self._call({"op": "route", "query": query})
+        return RouteDecision(body["task"], body["description"], body["score"], body["fallback"])
+
+    async def close(self) -> None:
+        self._closing = True
+        self._writer.close()
+        await asyncio.gather(self._reading, return_exceptions=True)
+
+    def close_now(self) -> None:
+        """Closes the connection from any thread, even after the event loop is gone (at exit)."""
+        self._closing = True
+        sock = self._writer.get_extra_info("socket")
+        if sock is None:
+            return
+        try:
+            with socket.socket(fileno=os.dup(sock.fileno())) as duplicate:
+                duplicate.shutdown(socket.SHUT_RDWR)  # ends the connection for every descriptor of it
+        except OSError:
+            pass
+
+    # --- plumbing ------------------------------------------------------------------
+    async def _call(self, message: dict[str, Any]) -> Any:
+        if self._lost is not None:
+            raise self._lost
+        number = next(self._numbers)
+        future = self._loop.create_future()
+        self._pending[number] = future
+        self._writer.write(encode({**message, "id": number}))
+        return await future  # cancelled: the reader gives back a lease that arrives later
+
+    def _release(self, lease_number: int) -> None:
+        def send() -> None:
+            if self._lost is None and not self._writer.is_closing():
+                self._writer.write(encode({"op": "release", "lease": lease_number}))
+
+        if self._loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            send()
+        else:
+            self._loop.call_soon_threadsafe(send)
+
+    def _lease(self, body: dict[str, Any]) -> Lease:
+        stored = StoredAdapter(body["name"], Path(body["path"]), body["int_id"], body["nbytes"])
+        number = body["lease"]
+        return Lease(stored, lambda _name: self._release(number))
+
+    async def _read_forever(self) -> None:
+        try:
+            while (message := await read_message(self._reader)) is not None:
+                self._dispatch(message)
+        except (ConnectionError, ValueError) as err:
+            logger.error("lost the adapter service: %s", err)
+        self._lost = AdapterServiceError("the adapter service is gone; this server cannot make adapters any more.")
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(self._lost)
+        self._pending.clear()
+        if not self._closing:
+            logger.error("the adapter service closed the connection")
+            for callback in self._on_lost:
+                callback()
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        if message.get("op") == "removed":
+            for callback in self._on_removed:
+                callback(message["name"])
+            return
+        future = self._pending.pop(message.get("id"), None)  # type: ignore[arg-type]
+        if future is None:
+            return
+        ok = message.get("ok")
+        if future.cancelled():
+            if isinstance(ok, dict) and ok.get("lease") is not None:
+                self._release(ok["lease"])  # its waiter went away: give the lease straight back
+            return
+        if "error" in message:
+            future.set_exception(error_from(message["error"]))
+        elif isinstance(ok, dict) and "lease" in ok:
+            future.set_result(self._lease(ok))
+        else:
+            future.set_result(ok)
+
+
+class BlockingAdapterClient:
+    """`AdapterClient` on a private event loop thread, for callers without an event loop."""
+
+    def __init__(self, socket_path: str | Path, settings: ServiceSettings) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="t2l-adapter-client-loop", daemon=True)
+        self._thread.start()
+        try:
+            self.client = self._run(AdapterClient.connect_or_start(socket_path, settings))
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def acquire_all(self, descriptions: Sequence[object]) -> list[Lease]:
+        """Leases for all descriptions at once (one batched pass for the misses), or the first error."""
+
+        async def acquire_all() -> list[Lease | BaseException]:
+            return await asyncio.gather(*(self.client.acquire(d) for d in descriptions), return_exceptions=True)
+
+        results = self._run(acquire_all())
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            for result in results:
+                if isinstance(result, Lease):
+                    result.release()
+            raise errors[0]
+        return results  # type: ignore[return-value]
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Disconnects; if this client started the service, waits for it to remove its folders and stop."""
+        if not self._loop.is_closed():
+            self._run(self.client.close())
+            self._stop_loop()
+        if self.client.process is not None:
+            try:
+                self.client.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                logger.warning("the adapter service did not stop within %.0f s", timeout_s)
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
+# --- starting and connecting (blocking; callers on an event loop run it in a thread) -----------
+
+
+def connect_or_start(socket_path: str, settings: ServiceSettings) -> tuple[socket.socket, dict[str, Any], subprocess.Popen | None]:
+    """A connected socket, the service's hello, and the service process if this call started it."""
+    Path(socket_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with socket_lock(socket_path):
+        process = None
+        try:
+            sock = _connect(socket_path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            Path(socket_path).unlink(missing_ok=True)  # a service that was killed leaves its socket file
+            process = _start(socket_path, settings)
+            sock = _connect(socket_path)
+        # Read the hello under the lock: once it has arrived the service counts this client.
+        return sock, _read_hello(sock), process
+
+
+def _connect(socket_path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(socket_path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _read_hello(sock: socket.socket) -> dict[str, Any]:
+    line = bytearray()
+    while not line.endswith(b"\n"):  # byte by byte: nothing after the hello is consumed here
+        byte = sock.recv(1)
+        if not byte:
+            raise AdapterServiceError("the adapter service closed the connection before greeting.")
+        line += byte
+    hello = json.loads(line)
+    if hello.get("op") != "hello":
+        raise AdapterServiceError(f"the adapter service greeted with {hello!r}.")
+    return hello
+
+
+def _start(socket_path: str, settings: ServiceSettings) -> subprocess.Popen:
+    """Starts the service in its own session (so a signal to the server's process group does not
+    stop it before the requests it serves have drained) and waits until it is ready."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "t2l_vllm.service", socket_path],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(settings.to_json().encode())
+    process.stdin.close()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    line = b""
+    while not line.endswith(b"\n"):
+        ready, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            process.kill()
+            raise AdapterServiceError(f"the adapter service did not become ready within {START_TIMEOUT_S:.0f} s.")
+        chunk = os.read(process.stdout.fileno(), 4096)
+        if not chunk:
+            break
+        line += chunk
+    process.stdout.close()
+    if not line:
+        raise AdapterServiceError(f"the adapter service exited with status {process.wait()} before it was ready (see its log above).")
+    status = json.loads(line)
+    if "error" in status:
+        process.wait()
+        raise ConfigError(status["error"])
+    return process

@@ -1,0 +1,75 @@
+"""The adapter service's wire format: one JSON object per line over a Unix socket.
+
+Requests carry an `op` and (except `release`) an `id` that the reply repeats:
+
+    {"op": "acquire", "id": 1, "description": "..."}  -> {"id": 1, "ok": {adapter..., "lease": 7}}
+    {"op": "lease", "id": 2, "name": "t2l-..."}        -> {"id": 2, "ok": {adapter..., "lease": 8} | null}
+    {"op": "route", "id": 3, "query": "..."}           -> {"id": 3, "ok": {"task", "description", "score", "label"}}
+    {"op": "release", "lease": 7}                      (no reply)
+    any request                                        -> {"id": n, "error": {"type": "InvalidDescriptionError", "message": "..."}}
+
+The service speaks first ({"op": "hello", ...}: the hypernetwork it serves and
+where its metrics are) and tells every client when an adapter's folder is gone
+({"op": "removed", "name": ...}), so that API servers can forget the name.
+Errors travel by class name and come back as the same `T2LError` subclass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ..adapter_store import AdapterIdCollisionError
+from ..errors import AdapterCheckError, ConfigError, InvalidDescriptionError, T2LError
+
+# Descriptions are bounded by the generator's settings; this only bounds a line.
+MAX_LINE_BYTES = 16 * 2**20
+
+_ERRORS: dict[str, type[T2LError]] = {
+    cls.__name__: cls for cls in (T2LError, InvalidDescriptionError, AdapterCheckError, AdapterIdCollisionError, ConfigError)
+}
+
+
+class AdapterServiceError(T2LError):
+    """The adapter service is unreachable, failed to start, or went away."""
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+async def read_message(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    """The next message, or None at end of stream."""
+    line = await reader.readline()
+    if not line:
+        return None
+    return json.loads(line)
+
+
+def error_body(err: T2LError) -> dict[str, str]:
+    name = type(err).__name__ if type(err).__name__ in _ERRORS else T2LError.__name__
+    return {"type": name, "message": str(err)}
+
+
+def error_from(body: dict[str, str]) -> T2LError:
+    return _ERRORS.get(body.get("type", ""), T2LError)(body.get("message", "the adapter service failed."))
+
+
+@contextmanager
+def socket_lock(socket_path: str) -> Iterator[None]:
+    """The lock under which clients start and connect to a service, and under which it decides to stop.
+
+    A client holds it until the service has greeted it, so a service holding it
+    sees every client that is connecting; two clients starting together get one
+    service, and none connects to a service that has decided to stop.
+    """
+    with open(f"{socket_path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -1,0 +1,228 @@
+"""The adapter service: one process per deployment (per node) that owns everything that embeds text.
+
+Every API server process of a deployment, and the offline engine, reach the same
+service over a Unix socket. It holds the one copy of the encoder and hypernetwork
+(on the GPU or the CPU), the router, the adapter cache and the folder store, so
+that:
+
+- memory for the hypernetwork is paid once per deployment, not once per API server;
+- concurrent misses from every API server share one batched pass, and a
+  description is generated once however many API servers ask for it;
+- a folder is deleted only when no process's request holds a lease on it, which a
+  per-process cache cannot know.
+
+A client's leases live as long as its connection: a process that dies releases
+them all. The service stops when its last client has gone, removing its folders,
+so a deployment killed outright leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import shutil
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..adapter_store import AdapterStore, StoredAdapter
+from ..cache import AdapterCache, Lease
+from ..errors import T2LError
+from ..generator import AdapterGenerator
+from ..metrics import T2LMetrics
+from ..router import EmbeddingRouter
+from .protocol import MAX_LINE_BYTES, encode, error_body, read_message, socket_lock
+from .settings import ServiceSettings
+
+logger = logging.getLogger(__name__)
+
+# A service nobody connects to (its starter died between start and connect) stops after this.
+FIRST_CLIENT_TIMEOUT_S = 120.0
+
+
+@dataclass(eq=False)  # one per connection: kept in a set by identity
+class _Session:
+    """One client connection and the leases it holds."""
+
+    writer: asyncio.StreamWriter
+    leases: dict[int, Lease] = field(default_factory=dict)
+    numbers: Any = field(default_factory=lambda: itertools.count(1))
+    open: bool = True
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.open and not self.writer.is_closing():
+            self.writer.write(encode(message))
+
+    def keep(self, lease: Lease) -> int | None:
+        """Holds a lease for the client; a client already gone gives it straight back."""
+        if not self.open:
+            lease.release()
+            return None
+        number = next(self.numbers)
+        self.leases[number] = lease
+        return number
+
+    def release(self, number: int) -> None:
+        lease = self.leases.pop(number, None)
+        if lease is not None:
+            lease.release()
+
+    def release_all(self) -> None:
+        self.open = False
+        for number in list(self.leases):
+            self.release(number)
+
+
+def adapter_body(stored: StoredAdapter, lease: int | None) -> dict[str, Any]:
+    return {"name": stored.name, "int_id": stored.int_id, "path": str(stored.path), "nbytes": stored.nbytes, "lease": lease}
+
+
+class AdapterService:
+    """Serves acquire / lease / route / release to the clients of one deployment."""
+
+    def __init__(self, settings: ServiceSettings, metrics_dir: str, private_metrics: bool) -> None:
+        self.settings = settings
+        self.metrics_dir = metrics_dir
+        self.private_metrics = private_metrics
+        self.metrics = T2LMetrics()
+        self.generator = AdapterGenerator.from_checkpoint(settings.hypernet, settings.generator)
+        self.router = None if settings.router is None else EmbeddingRouter.from_settings(settings.router)
+        self.store = AdapterStore(settings.adapter_dir)
+        self._sessions: set[_Session] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._stop: asyncio.Event | None = None
+        self._ever_connected = False
+        self._socket_path = ""
+        self.cache: AdapterCache | None = None
+
+    def hello(self) -> dict[str, Any]:
+        config = self.generator.config
+        router = self.router
+        return {
+            "op": "hello",
+            "pid": os.getpid(),
+            "hypernet": self.settings.hypernet,
+            "variant": config.variant,
+            "fingerprint": self.generator.fingerprint,
+            "base_model": config.base.name,
+            "rank": config.lora.rank,
+            "target_modules": list(config.lora.target_modules),
+            "cache_entries": self.settings.cache.max_entries,
+            "cache_bytes": self.settings.cache.max_bytes,
+            "store": str(self.store.root),
+            "metrics_dir": self.metrics_dir if self.private_metrics else None,
+            "router": None if router is None else {
+                "tasks": len(router.library.tasks), "library": str(router.library.path),
+                "threshold": router.threshold, "fallback": router.fallback,
+            },
+        }
+
+    async def run(self, socket_path: str, ready: Callable[[], None]) -> None:
+        """Serves until the last client has gone (or none came, or SIGTERM), then cleans up."""
+        loop = asyncio.get_running_loop()
+        self._socket_path = socket_path
+        self._stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop.set)
+        self.cache = AdapterCache(self.generator, self.store, self.settings.cache, self.metrics, on_remove=self._removed)
+        self.cache.start()
+        server = await asyncio.start_unix_server(self._serve_client, path=socket_path, limit=MAX_LINE_BYTES)
+        os.chmod(socket_path, 0o600)
+        loop.call_later(FIRST_CLIENT_TIMEOUT_S, self._stop_if_nobody_came)
+        try:
+            ready()
+            await self._stop.wait()
+        finally:
+            server.close()
+            for session in list(self._sessions):
+                session.release_all()
+            await self.cache.close()
+            Path(socket_path).unlink(missing_ok=True)
+            self._close_metrics()
+
+    async def _stop_if_idle(self) -> None:
+        """Stops once the last client has gone, unless another connected meanwhile."""
+
+        def unlink_if_idle() -> bool:
+            with socket_lock(self._socket_path):  # no client is half-way through connecting now
+                if self._sessions:
+                    return False
+                Path(self._socket_path).unlink(missing_ok=True)
+                return True
+
+        if await asyncio.to_thread(unlink_if_idle):
+            self._stop.set()  # type: ignore[union-attr]
+
+    def _stop_if_nobody_came(self) -> None:
+        if not self._ever_connected:
+            logger.warning("no client connected within %.0f s; stopping", FIRST_CLIENT_TIMEOUT_S)
+            task = asyncio.get_running_loop().create_task(self._stop_if_idle())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _close_metrics(self) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid(), self.metrics_dir)
+        if self.private_metrics:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+    def _removed(self, stored: StoredAdapter) -> None:
+        for session in self._sessions:
+            session.send({"op": "removed", "name": stored.name})
+
+    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = _Session(writer)
+        self._sessions.add(session)
+        self._ever_connected = True
+        session.send(self.hello())
+        try:
+            while (message := await read_message(reader)) is not None:
+                if message.get("op") == "release":
+                    session.release(int(message["lease"]))
+                    continue
+                task = asyncio.get_running_loop().create_task(self._answer(session, message))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        except (ConnectionError, ValueError) as err:  # a client that went away or spoke garbage
+            logger.warning("dropping a client: %s", err)
+        finally:
+            session.release_all()
+            self._sessions.discard(session)
+            writer.close()
+            if not self._sessions:
+                await self._stop_if_idle()
+
+    async def _answer(self, session: _Session, message: dict[str, Any]) -> None:
+        number = message.get("id")
+        try:
+            session.send({"id": number, "ok": await self._handle(session, message)})
+        except T2LError as err:
+            session.send({"id": number, "error": error_body(err)})
+        except Exception as err:  # noqa: BLE001 - a bug answers this request, not the whole service
+            logger.exception("adapter service request %r failed", message.get("op"))
+            session.send({"id": number, "error": error_body(T2LError(f"the adapter service failed: {err}"))})
+
+    async def _handle(self, session: _Session, message: dict[str, Any]) -> Any:
+        assert self.cache is not None
+        op = message.get("op")
+        if op == "acquire":
+            lease = await self.cache.acquire(message.get("description"))
+            return adapter_body(lease.stored, session.keep(lease))
+        if op == "lease":
+            lease = self.cache.lease_by_name(str(message.get("name")))
+            return None if lease is None else adapter_body(lease.stored, session.keep(lease))
+        if op == "route":
+            return await self._route(str(message.get("query", "")))
+        raise T2LError(f"unknown adapter service operation {op!r}.")
+
+    async def _route(self, query: str) -> dict[str, Any]:
+        if self.router is None:
+            raise T2LError("this deployment has no router (`--router`).")
+        decision = (await asyncio.to_thread(self.router.route, [query]))[0]
+        self.metrics.router_decisions.labels(task=decision.label).inc()
+        return {"task": decision.task, "description": decision.description, "score": decision.score, "fallback": decision.fallback}

@@ -1,0 +1,122 @@
+"""The adapter service as a real process, reached by real clients over its Unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from t2l_vllm.cache import CacheSettings
+from t2l_vllm.errors import ConfigError, InvalidDescriptionError
+from t2l_vllm.service.client import AdapterClient, service_socket_path
+from t2l_vllm.service.settings import ServiceSettings
+
+
+def settings_for(default_paths, tmp_path: Path, **cache) -> ServiceSettings:
+    return ServiceSettings(str(default_paths.hypernet), str(tmp_path / "adapters"), cache=CacheSettings(removal_grace_s=0, **cache))
+
+
+def folders(client: AdapterClient) -> set[str]:
+    return {p.name for p in Path(client.hello["store"]).iterdir() if not p.name.startswith(".")}
+
+
+def service_metric(client: AdapterClient, name: str) -> float:
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=client.hello["metrics_dir"])
+    return sum(s.value for m in registry.collect() for s in m.samples if s.name == name)
+
+
+async def wait_for(condition, timeout_s: float = 10.0) -> None:
+    """Waits for something another process does (a removal message); not a timing assertion."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+def test_two_clients_share_one_service_one_generation_per_description_and_folders_outlive_leases(default_paths, tmp_path):
+    async def scenario():
+        settings = settings_for(default_paths, tmp_path, max_entries=2, max_wait_ms=50)
+        path = service_socket_path(f"test-{tmp_path.name}")
+        first = await AdapterClient.connect_or_start(path, settings)
+        second = await AdapterClient.connect_or_start(path, settings)
+        assert first.process is not None and second.process is None and second.hello["pid"] == first.hello["pid"]
+        removed: list[str] = []
+        second.on_removed(removed.append)
+
+        descriptions = [f"Shared task {i % 4}: label the sentiment." for i in range(32)]
+        leases = await asyncio.gather(*(client.acquire(d) for client, d in zip([first, second] * 16, descriptions)))
+        assert len({lease.name for lease in leases}) == 4
+        assert service_metric(first, "t2l_generations_total") == 4  # single flight across clients
+        held = next(lease for lease in leases if lease.name == leases[0].name)
+        for lease in leases:
+            if lease is not held:
+                lease.release()
+        for i in range(3):  # churn the 2-entry cache from the other client: `held` is evicted
+            (await second.acquire(f"Churn task {i}: count the words.")).release()
+        await wait_for(lambda: len(removed) >= 4)
+        assert held.name in folders(first) and held.stored.path.is_dir()
+        held.release()
+        await wait_for(lambda: held.name in removed)
+        assert not held.stored.path.exists()
+
+        store = Path(first.hello["store"])
+        await first.close()
+        await second.close()
+        assert first.process.wait(30) == 0
+        assert not store.exists() and not Path(path).exists()
+
+    asyncio.run(scenario())
+
+
+def test_a_client_that_dies_gives_back_every_lease_it_held(default_paths, tmp_path):
+    async def scenario():
+        settings = settings_for(default_paths, tmp_path, max_entries=1)
+        path = service_socket_path(f"test-{tmp_path.name}")
+        keeper = await AdapterClient.connect_or_start(path, settings)
+        doomed = await AdapterClient.connect_or_start(path, settings)
+        removed: list[str] = []
+        keeper.on_removed(removed.append)
+        held = await doomed.acquire("Doomed task: find the verbs.")
+        (await keeper.acquire("Another task: find the nouns.")).release()  # evicts `held`, which stays pinned
+        assert held.stored.path.is_dir()
+        doomed.close_now()  # the connection ends without a single release
+        await wait_for(lambda: held.name in removed)
+        assert not held.stored.path.exists()
+        await keeper.close()
+        keeper.process.wait(30)
+
+    asyncio.run(scenario())
+
+
+def test_bad_input_is_the_same_error_class_across_the_socket_and_the_service_keeps_serving(default_paths, tmp_path):
+    async def scenario():
+        client = await AdapterClient.connect_or_start(service_socket_path(f"test-{tmp_path.name}"), settings_for(default_paths, tmp_path))
+        for bad, fragment in [("   ", "empty"), (17, "must be a string"), ("x" * 5000, "limit is 2048")]:
+            with pytest.raises(InvalidDescriptionError, match=fragment):
+                await client.acquire(bad)
+        lease = await client.acquire("A good description after bad ones.")
+        assert lease.stored.path.is_dir()
+        assert await client.lease_by_name("t2l-" + "0" * 24) is None
+        again = await client.lease_by_name(lease.name)
+        assert again is not None and again.stored == lease.stored
+        lease.release()
+        again.release()
+        await client.close()
+        client.process.wait(30)
+
+    asyncio.run(scenario())
+
+
+def test_a_service_that_cannot_start_says_why_and_leaves_nothing(tmp_path):
+    async def scenario():
+        settings = ServiceSettings(str(tmp_path / "no-such-hypernet"), str(tmp_path / "adapters"))
+        with pytest.raises(ConfigError, match="no-such-hypernet"):
+            await AdapterClient.connect_or_start(service_socket_path(f"test-{tmp_path.name}"), settings)
+
+    asyncio.run(scenario())
+    assert not any((tmp_path / "adapters").glob("t2l_vllm-adapters-*"))
