@@ -3,11 +3,14 @@
     train sft   --data TRAIN.jsonl [--eval EVAL.jsonl] [--hypernet INIT] -o OUT   T2L end to end (SFT)
     train lora  --data TRAIN.jsonl --model BASE [--task NAME] -o OUT              a plain LoRA baseline
     train recon --library MANIFEST --hypernet INIT -o OUT                         T2L by reconstruction
-    train base  -o OUT [--max-steps 8000 --minutes 90]                            the toy world's tiny base model
+    train base  -o OUT [--steps N]                                                the toy world's tiny base model
 
 Records are JSONL: {"task", "descriptions": [...], "input" or "messages", "output"}.
 `train lora` trains one LoRA on every record (the multi-task baseline) or on one
 task's records (`--task`, a task-specific LoRA and a reconstruction target).
+Every training flag's default is its settings class's (`SFTSettings`,
+`ReconSettings`, `ToyBaseSettings`); all three write `step-N/` checkpoints
+with `--checkpoint-every` and continue from one with `--resume`.
 """
 
 from __future__ import annotations
@@ -17,11 +20,25 @@ from dataclasses import fields
 
 from ..errors import ConfigError
 from ..hypernet.config import LoraSettings
+from ..train.recon import ReconSettings
 from ..train.sft import SFTSettings
 from ..train.toy_base import ToyBaseSettings
 
-_SFT = SFTSettings()
 _LORA = LoraSettings()
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, settings_class: type) -> None:
+    """One `--flag` per field of a settings dataclass, its default read from there (a bool: a switch)."""
+    for f in fields(settings_class):
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action="store_true", default=f.default)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default, help="default: %(default)s")
+
+
+def settings_from(args: argparse.Namespace, settings_class: type):
+    return settings_class(**{f.name: getattr(args, f.name) for f in fields(settings_class)})
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,24 +59,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         parser.add_argument("-o", "--output", required=True, help="folder for the result and checkpoints (step-N/)")
         parser.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint folder written by this command")
         parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
-        for f in fields(SFTSettings):
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=f"default: {f.default}")
-    recon = kinds.add_parser("recon", help="fit a hypernetwork to a library of LoRA folders")
+        add_settings_arguments(parser, SFTSettings)
+    recon = kinds.add_parser("recon", help="fit a hypernetwork to a library of LoRA folders (`--zscore`: predict z-scores)")
     recon.add_argument("--library", required=True, help="manifest listing LoRA folders with their task and descriptions")
     recon.add_argument("--hypernet", required=True, help="initial hypernetwork (from `init-hypernet`)")
     recon.add_argument("-o", "--output", required=True)
-    recon.add_argument("--steps", type=int, default=1000)
-    recon.add_argument("--zscore", action="store_true", help="predict z-scores against the targets' per-element statistics")
-    recon.add_argument("--checkpoint-every", type=int, default=None)
     recon.add_argument("--resume", metavar="CHECKPOINT")
     recon.add_argument("--device", default="auto")
-    base = kinds.add_parser("base", help="train the toy world's tiny base model from scratch (task tags in the prompt)")
+    add_settings_arguments(recon, ReconSettings)
+    base = kinds.add_parser("base", help="train the toy world's tiny base model from scratch (task cues in the prompt)")
     base.add_argument("-o", "--output", required=True)
-    base.add_argument("--max-steps", type=int, default=ToyBaseSettings.max_steps, help="default: %(default)s")
-    base.add_argument("--minutes", type=float, default=ToyBaseSettings.minutes, help="time budget; training stops at whichever limit comes first (default: %(default)s)")
-    base.add_argument("--seed", type=int, default=0)
-    base.add_argument("--lr", type=float, default=ToyBaseSettings.lr, help="peak learning rate (default: %(default)s)")
-    base.add_argument("--warmup-steps", type=int, default=ToyBaseSettings.warmup_steps, help="default: %(default)s")
+    base.add_argument("--resume", metavar="CHECKPOINT")
+    add_settings_arguments(base, ToyBaseSettings)
     p.set_defaults(run=run)
 
 
@@ -78,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_base(args: argparse.Namespace) -> int:
     from ..train.toy_base import train_toy_base
 
-    settings = ToyBaseSettings(minutes=args.minutes, max_steps=args.max_steps, seed=args.seed, lr=args.lr, warmup_steps=args.warmup_steps)
-    report = train_toy_base(args.output, settings)
+    report = train_toy_base(args.output, settings_from(args, ToyBaseSettings), resume=args.resume)
     print(f"{report['steps']} steps; mean exact match {report['mean_with_tag']:.3f} with the task tag, "
           f"{report['mean_without_tag']:.3f} without; wrote {args.output}")
     return 0
@@ -117,7 +127,7 @@ def _run_supervised(args: argparse.Namespace) -> int:
     from ..train.sources import HypernetSource, SingleLoRA
     from .common import hypernet_dir
 
-    settings = SFTSettings(**{f.name: getattr(args, f.name) for f in fields(SFTSettings)})
+    settings = settings_from(args, SFTSettings)
     records = load_sft_records(args.data)
     eval_records = load_sft_records(args.eval) if args.eval else []
     device = _distributed_device(args.device)
@@ -158,7 +168,7 @@ def _run_recon(args: argparse.Namespace) -> int:
     from ..encoder import TaskEncoder
     from ..hypernet.checkpoint import load_checkpoint
     from ..hypernet.model import build_hypernet
-    from ..train.recon import ReconSettings, ReconTrainer, load_recon_library, with_zscore
+    from ..train.recon import ReconTrainer, load_recon_library, with_zscore
 
     targets = load_recon_library(args.library)
     device = _device(args.device)
@@ -168,10 +178,9 @@ def _run_recon(args: argparse.Namespace) -> int:
         hypernet = build_hypernet(with_zscore(initial.config))
         hypernet.load_state_dict(initial.state_dict(), strict=False)  # the statistics buffers are new
     hypernet = hypernet.to(device)
-    settings = ReconSettings(steps=args.steps, zscore=args.zscore, checkpoint_every=args.checkpoint_every, output=args.output)
-    trainer = ReconTrainer(hypernet, TaskEncoder(hypernet.config.encoder, device=device), targets, settings)
+    trainer = ReconTrainer(hypernet, TaskEncoder(hypernet.config.encoder, device=device), targets, settings_from(args, ReconSettings))
     if args.resume:
         trainer.resume(args.resume)
-    losses = trainer.train(progress=True)
+    losses = trainer.train(args.output, log=print)
     print(f"final L1 loss {losses[-1]:.5f}; wrote {args.output}" if losses else f"nothing to do; {args.output}")
     return 0

@@ -4,7 +4,9 @@ Each step samples `tasks_per_batch` tasks and one description of each, generates
 their adapters and takes an AdamW step on the L1 distance to the tasks' LoRAs
 (mean over elements, A and B weighted equally, averaged over target modules), as
 the reference's `recon_trainer.py` does (lr 1e-3, weight decay 1e-3, linear
-warm-up then linear decay, gradient clipping at 1.0, 4 tasks per batch).
+warm-up then linear decay, gradient clipping at 1.0, 4 tasks per batch). The
+optimiser, schedule, random streams, checkpoints and resume are the shared
+`loop.Trainer`'s.
 
 With `zscore=True` the heads predict z-scores against per-element statistics of
 the library (the reference's `pred_z_score`): the mean and std of every A and B
@@ -19,8 +21,6 @@ LoRA paths are resolved against the manifest's folder.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,71 +34,42 @@ from ..descriptions import normalize_description
 from ..encoder import TaskEncoder
 from ..errors import CheckpointError, ConfigError, InvalidDescriptionError, ShapeMismatchError
 from ..jsonl import read_jsonl
-from .data import TrainingDataError
-from .schedule import warmup_linear_decay
 from ..hypernet.checkpoint import load_checkpoint, save_checkpoint
 from ..hypernet.config import HypernetConfig, OutputTransform
 from ..hypernet.model import LoraWeights, TextToLoRA
+from .data import TrainingDataError
+from .loop import LoopSettings, Trainer
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "trainer_state.pt"
-STATE_FORMAT = "t2l_vllm.recon_trainer/1"
 # Added to the std by `TextToLoRA._to_raw`; the loss divides by the same quantity.
 _STD_EPS = 1e-10
 
 
 @dataclass(frozen=True)
-class ReconSettings:
+class ReconSettings(LoopSettings):
     """Reconstruction-training settings; the defaults are the reference's.
 
     `std_floor` bounds the z-score std from below: an element that (nearly) never
     varies over the library would otherwise get a weight of up to 1e10 in the loss.
-    `checkpoint_every` saves to `output/step-{N}`; at the end `train` saves the
-    trained hypernetwork to `output` itself whenever `output` is set.
     """
 
     steps: int = 10_000
     lr: float = 1e-3
     weight_decay: float = 1e-3
     warmup_frac: float = 0.1
-    max_grad_norm: float = 1.0
+    grad_clip: float = 1.0
+    log_every: int = 100
     tasks_per_batch: int = 4
     zscore: bool = False
     std_floor: float = 1e-6
-    seed: int = 0
-    log_every: int = 100
-    checkpoint_every: int | None = None
-    output: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.steps <= 0:
-            raise ConfigError(f"`steps` must be positive, got {self.steps}.")
-        if self.lr <= 0:
-            raise ConfigError(f"`lr` must be positive, got {self.lr}.")
-        if self.weight_decay < 0:
-            raise ConfigError(f"`weight_decay` must be >= 0, got {self.weight_decay}.")
-        if not 0.0 <= self.warmup_frac < 1.0:
-            raise ConfigError(f"`warmup_frac` must be in [0, 1), got {self.warmup_frac}.")
-        if self.max_grad_norm <= 0:
-            raise ConfigError(f"`max_grad_norm` must be positive, got {self.max_grad_norm}.")
+        super().__post_init__()
         if self.tasks_per_batch <= 0:
             raise ConfigError(f"`tasks_per_batch` must be positive, got {self.tasks_per_batch}.")
         if self.std_floor <= 0:
             raise ConfigError(f"`std_floor` must be positive, got {self.std_floor}.")
-        if self.log_every <= 0:
-            raise ConfigError(f"`log_every` must be positive, got {self.log_every}.")
-        if self.checkpoint_every is not None:
-            if self.checkpoint_every <= 0:
-                raise ConfigError(f"`checkpoint_every` must be positive, got {self.checkpoint_every}.")
-            if self.output is None:
-                raise ConfigError("`checkpoint_every` needs an `output` folder to write the checkpoints to.")
-        if self.output is not None:
-            object.__setattr__(self, "output", Path(self.output))
-
-    def lr_at(self, step: int) -> float:
-        """The reference's schedule: linear warm-up over `warmup_frac` of the steps, then linear decay to 0."""
-        return self.lr * warmup_linear_decay(step, self.steps, self.warmup_frac)
 
 
 @dataclass(frozen=True)
@@ -231,16 +202,15 @@ def check_targets_fit(config: HypernetConfig, targets: list[ReconTarget]) -> Non
 # --- the trainer ---------------------------------------------------------------
 
 
-class ReconTrainer:
+class ReconTrainer(Trainer):
     """Trains `hypernet` in place to reproduce `targets` from their descriptions.
 
-    The encoder is frozen, so every description is embedded once up front. The
-    trainer draws its samples and dropout masks from its own RNG streams, so a run
-    depends only on `settings.seed`, and `save` + `resume` continue it exactly.
+    The encoder is frozen, so every description is embedded once up front. Tasks
+    and descriptions are drawn from the trainer's torch stream (`loop.TrainerRNG`).
     """
 
     def __init__(
-        self, hypernet: TextToLoRA, encoder: TaskEncoder, targets: list[ReconTarget], settings: ReconSettings
+        self, hypernet: TextToLoRA, encoder: TaskEncoder, targets: list[ReconTarget], settings: ReconSettings = ReconSettings()
     ) -> None:
         config = hypernet.config
         if not targets:
@@ -265,10 +235,9 @@ class ReconTrainer:
             raise TrainingDataError("z-score training needs at least two target LoRAs to measure a std.")
         check_targets_fit(config, targets)
 
-        self.hypernet, self.settings = hypernet, settings
+        self.hypernet = hypernet
         self.tasks = [t.task for t in targets]
         self.device = next(hypernet.parameters()).device
-        self.step_count = 0
 
         texts = [d for t in targets for d in t.descriptions]
         self._embeddings = encoder.encode(texts).to(self.device)  # (all descriptions, E)
@@ -278,13 +247,9 @@ class ReconTrainer:
             m: tuple(torch.stack([t.lora.matrices(m)[i] for t in targets]).to(self.device) for i in (0, 1))
             for m in config.lora.target_modules
         }  # module -> (A (T, L, r, in), B (T, L, out, r))
+        super().__init__(hypernet.parameters(), settings, self.device)
         if settings.zscore:
             self._write_statistics()
-
-        self.optimizer = torch.optim.AdamW(hypernet.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-        self._rng = {"cpu": torch.Generator().manual_seed(settings.seed).get_state()}
-        if self.device.type == "cuda":
-            self._rng["cuda"] = torch.Generator(self.device).manual_seed(settings.seed).get_state()
 
     @torch.no_grad()
     def _write_statistics(self) -> None:
@@ -294,7 +259,7 @@ class ReconTrainer:
                 getattr(self.hypernet, f"mean_{name}_{m}").copy_(x.mean(0))
                 getattr(self.hypernet, f"std_{name}_{m}").copy_(x.std(0).clamp_min(self.settings.std_floor))
 
-    def loss(self, generated: dict[str, LoraWeights], tasks: torch.Tensor) -> torch.Tensor:
+    def l1(self, generated: dict[str, LoraWeights], tasks: torch.Tensor) -> torch.Tensor:
         """L1 to the tasks' LoRAs: (A + B) / 2 per module, averaged over modules; in z-space with `zscore`.
 
         The model only returns de-normalised A and B, so the z-space distance
@@ -310,106 +275,27 @@ class ReconTrainer:
                     total = total + F.l1_loss(pred, target) / 2
         return total / len(generated)
 
-    @contextmanager
-    def _own_rng(self) -> Iterator[None]:
-        """Runs on the trainer's RNG state (sampling, dropout), leaving the caller's global RNG as it was."""
-        cuda = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            torch.set_rng_state(self._rng["cpu"])
-            if cuda:
-                torch.cuda.set_rng_state(self._rng["cuda"], self.device)
-            yield
-            self._rng["cpu"] = torch.get_rng_state()
-            if cuda:
-                self._rng["cuda"] = torch.cuda.get_rng_state(self.device)
-
-    def step(self) -> float:
-        """One optimisation step on a fresh sample of tasks; returns its loss."""
+    def loss(self) -> torch.Tensor:
+        """A fresh sample of tasks, one description each, and the L1 of their generated adapters."""
         n = len(self.tasks)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.settings.lr_at(self.step_count)
         self.hypernet.train()
-        with self._own_rng():
-            tasks = torch.randperm(n)[: min(self.settings.tasks_per_batch, n)]
-            picks = self._desc_start[tasks] + (torch.rand(len(tasks)) * self._desc_count[tasks]).long()
-            loss = self.loss(self.hypernet(self._embeddings[picks.to(self.device)]), tasks.to(self.device))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.hypernet.parameters(), self.settings.max_grad_norm)
-        self.optimizer.step()
-        self.step_count += 1
-        return loss.item()
+        tasks = torch.randperm(n)[: min(self.settings.tasks_per_batch, n)]
+        picks = self._desc_start[tasks] + (torch.rand(len(tasks)) * self._desc_count[tasks]).long()
+        return self.l1(self.hypernet(self._embeddings[picks.to(self.device)]), tasks.to(self.device))
 
-    def train(self, steps: int | None = None, progress: bool = False) -> list[float]:
-        """Runs `steps` more steps (default: up to `settings.steps`); returns their losses.
+    def save_weights(self, folder: Path) -> None:
+        """A plain hypernetwork checkpoint, ready for `--hypernet`."""
+        save_checkpoint(self.hypernet, folder)
 
-        Leaves the hypernetwork in eval mode, ready to generate.
-        """
-        s = self.settings
-        steps = s.steps - self.step_count if steps is None else steps
-        if steps < 0 or self.step_count + steps > s.steps:
-            raise ConfigError(
-                f"cannot run {steps} steps from step {self.step_count}: the schedule ends at `steps={s.steps}`."
-            )
-        losses: list[float] = []
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=steps, desc="reconstruction")
-        try:
-            for _ in range(steps):
-                losses.append(self.step())
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{losses[-1]:.4g}")
-                if self.step_count % s.log_every == 0:
-                    recent = losses[-s.log_every :]
-                    logger.info("step %d: loss %.4g", self.step_count, sum(recent) / len(recent))
-                if s.checkpoint_every and self.step_count % s.checkpoint_every == 0:
-                    self.save(s.output / f"step-{self.step_count}")
-        finally:
-            if bar is not None:
-                bar.close()
-            self.hypernet.eval()
-        if s.output is not None and steps:
-            self.save(s.output)  # the trained hypernetwork itself, ready for `--hypernet`
-        return losses
-
-    def save(self, folder: str | Path) -> str:
-        """Writes the hypernetwork checkpoint and `trainer_state.pt`; returns the fingerprint."""
-        folder = Path(folder)
-        digest = save_checkpoint(self.hypernet, folder)
-        state = {
-            "format": STATE_FORMAT,
-            "step": self.step_count,
-            "tasks": self.tasks,
-            "optimizer": self.optimizer.state_dict(),
-            "rng": self._rng,
-        }
-        torch.save(state, folder / STATE_FILE)
-        return digest
-
-    def resume(self, folder: str | Path) -> int:
-        """Restores weights, optimizer, step and RNG from `save`; returns the step to continue from.
-
-        Raises `CheckpointError` when the folder is not a trainer checkpoint of this
-        hypernetwork config and task library.
-        """
-        folder = Path(folder)
+    def load_weights(self, folder: Path) -> None:
         model, _ = load_checkpoint(folder, device=self.device)
         if model.config != self.hypernet.config:
             raise CheckpointError(f"`{folder}` holds a hypernetwork of another config than the one being trained.")
-        try:
-            state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as err:
-            raise CheckpointError(f"cannot read `{folder / STATE_FILE}`: {err}") from err
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise CheckpointError(f"`{folder / STATE_FILE}` is not a reconstruction trainer state.")
-        if state["tasks"] != self.tasks:
-            raise CheckpointError(f"`{folder}` was trained on another task library (tasks {state['tasks'][:3]}...).")
         self.hypernet.load_state_dict(model.state_dict())
-        self.optimizer.load_state_dict(state["optimizer"])
-        self._rng = state["rng"]
-        self.step_count = int(state["step"])
-        return self.step_count
+
+    def state_extra(self) -> dict[str, Any]:
+        return {"tasks": self.tasks}
+
+    def check_state(self, state: dict[str, Any], folder: Path) -> None:
+        if state.get("tasks") != self.tasks:
+            raise CheckpointError(f"`{folder}` was trained on another task library (tasks {state.get('tasks', [])[:3]}...).")

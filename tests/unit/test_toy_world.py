@@ -1,4 +1,4 @@
-"""The toy world: exact task answers, descriptions, input constraints, splits and examples."""
+"""The toy world: exact task answers, descriptions, input constraints, the split and its honesty, examples."""
 
 from __future__ import annotations
 
@@ -8,17 +8,29 @@ import random
 import re
 
 import pytest
+import yaml
 
 from t2l_vllm.train.toy_world import (
-    HELDOUT_NEIGHBOURS,
+    CUE_PARTS,
     HELDOUT_TASKS,
+    NO_PARAMETER,
+    SINGLE,
+    TASK_FILE,
     TASKS,
     TRAIN_TASKS,
+    TWO_STEPS,
     make_examples,
+    neighbours,
     random_input,
     split_descriptions,
+    telling_inputs,
     write_jsonl,
 )
+
+ORIGINAL_TASKS = {
+    "reverse", "uppercase", "sort_words", "reverse_words", "reverse_each_word", "capitalize_words", "alternate_case", "first_word",
+    "last_word", "first_letters", "last_letters", "count_words", "count_vowels", "word_lengths", "sort_letters",
+}
 
 
 def _inputs(n: int, seed: int) -> list[str]:
@@ -30,26 +42,29 @@ def _inputs(n: int, seed: int) -> list[str]:
     ("task", "text", "expected"),
     [
         ("reverse", "ab cd", "dc ba"),
-        ("reverse", "hello", "olleh"),
-        ("reverse", "abc de fgh", "hgf ed cba"),
         ("uppercase", "hello world", "HELLO WORLD"),
-        ("uppercase", "a bc", "A BC"),
-        ("sort_words", "pear apple", "apple pear"),
-        ("sort_words", "dog cat bee ant", "ant bee cat dog"),
         ("sort_words", "b ab a", "a ab b"),
-        ("reverse_words", "a b c", "c b a"),
         ("reverse_words", "hello big world", "world big hello"),
-        ("reverse_words", "single", "single"),
+        ("capitalize_words", "big red dog", "Big Red Dog"),
+        ("shift_forward_1", "abz yz", "bca za"),
+        ("shift_backward_4", "abe", "wxa"),
+        ("keep_first_3", "hello ab world", "hel ab wor"),
+        ("keep_last_5", "wonderful day", "erful day"),
+        ("upper_first_2", "hello a", "HEllo A"),
+        ("upper_last_3", "hello ab", "heLLO AB"),
+        ("reverse_then_alternate_case", "ab cde", "EdC Ba"),
+        ("sort_words_then_uppercase", "pear apple", "APPLE PEAR"),
     ],
 )
-def test_named_tasks_compute_the_spec(task: str, text: str, expected: str) -> None:
+def test_tasks_compute_the_spec(task: str, text: str, expected: str) -> None:
     assert TASKS[task].fn(text) == expected
 
 
-def test_registry_has_enough_tasks_named_by_key() -> None:
-    assert len(TASKS) >= 14
-    assert {"reverse", "uppercase", "sort_words", "reverse_words"} <= set(TASKS)
+def test_the_world_keeps_the_original_tasks_and_adds_families_and_compositions() -> None:
+    assert ORIGINAL_TASKS <= set(TASKS) and len(TASKS) >= 45
     assert all(task.name == name for name, task in TASKS.items())
+    families = {task.family for task in TASKS.values()}
+    assert {SINGLE, TWO_STEPS, "shift_forward", "shift_backward", "keep_first", "keep_last", "upper_first", "upper_last"} == families
 
 
 def test_descriptions_are_many_unique_and_not_shared() -> None:
@@ -62,6 +77,16 @@ def test_descriptions_are_many_unique_and_not_shared() -> None:
             owner[d] = name
 
 
+def test_a_rendered_task_takes_each_description_from_its_own_template() -> None:
+    data = yaml.safe_load(TASK_FILE.read_text())
+    templates = {member: group["templates"] for group in data["families"].values() for member in group["members"]}
+    templates[TWO_STEPS] = data["compositions"]["templates"]
+    for name, task in TASKS.items():
+        if task.family in templates and name != "capitalize_words":
+            assert len(task.descriptions) == len(templates[task.family]), name
+            assert all("{" not in d and "[" not in d for d in task.descriptions), name
+
+
 def test_descriptions_do_not_name_tasks() -> None:
     """Task keys are internal: no description spells one as an identifier."""
     for task in TASKS.values():
@@ -72,14 +97,14 @@ def test_descriptions_do_not_name_tasks() -> None:
                     assert other not in d.lower()
 
 
-def test_examples_quoted_in_descriptions_are_correct() -> None:
+def test_examples_quoted_in_descriptions_are_correct_and_telling() -> None:
     for name, task in TASKS.items():
         examples = 0
         for d in task.descriptions:
             quoted = re.findall(r'"([^"]*)"', d)
             assert len(quoted) in (0, 2), d
             if quoted:
-                assert task.fn(quoted[0]) == quoted[1], d
+                assert task.fn(quoted[0]) == quoted[1] != quoted[0], d
                 examples += 1
         assert 0 < examples < len(task.descriptions) / 2, name
 
@@ -104,7 +129,7 @@ def test_outputs_are_deterministic_short_and_nonempty() -> None:
     for text in _inputs(500, seed=2):
         for task in TASKS.values():
             out = task.fn(text)
-            assert isinstance(out, str) and 0 < len(out) <= 48
+            assert isinstance(out, str) and 0 < len(out) <= 24
             assert task.fn(text) == out
 
 
@@ -119,9 +144,32 @@ def test_every_pair_of_tasks_differs_on_most_inputs() -> None:
 def test_task_split_is_disjoint_and_covers() -> None:
     assert set(TRAIN_TASKS).isdisjoint(HELDOUT_TASKS)
     assert set(TRAIN_TASKS) | set(HELDOUT_TASKS) == set(TASKS)
-    assert len(TRAIN_TASKS) >= 10 and len(HELDOUT_TASKS) >= 3
-    assert set(HELDOUT_NEIGHBOURS) == set(HELDOUT_TASKS)
-    assert all(set(n) <= set(TRAIN_TASKS) for n in HELDOUT_NEIGHBOURS.values())
+    assert len(HELDOUT_TASKS) >= 8
+
+
+def test_every_held_out_task_is_a_new_combination_of_parts_seen_in_training() -> None:
+    seen_parts = {part for t in TRAIN_TASKS for part in TASKS[t].cue}
+    assert seen_parts == set(CUE_PARTS)
+    for task in HELDOUT_TASKS:
+        first, second = TASKS[task].cue
+        assert NO_PARAMETER != second, task  # a standalone task's own part would be unseen
+        assert any(TASKS[t].cue[0] == first for t in TRAIN_TASKS), task
+        assert any(TASKS[t].cue[1] == second for t in TRAIN_TASKS), task
+        assert TASKS[task].cue not in {TASKS[t].cue for t in TRAIN_TASKS}, task
+        assert len(neighbours(task)) >= 4 and set(neighbours(task)) <= set(TRAIN_TASKS)
+    families = {TASKS[t].family for t in HELDOUT_TASKS}
+    assert families == {task.family for task in TASKS.values()} - {SINGLE}  # one k of every family, and compositions
+
+
+def test_no_held_out_task_or_description_reaches_training_records() -> None:
+    """What the hypernetwork trains on (SFT records, reconstruction descriptions) holds no held-out text or cue."""
+    records = make_examples(TRAIN_TASKS, n=3, seed=0)
+    heldout_text = {d for t in HELDOUT_TASKS for d in TASKS[t].descriptions}
+    heldout_wording = {d for t in TRAIN_TASKS for d in split_descriptions(TASKS[t])[1]}
+    assert {r["task"] for r in records} == set(TRAIN_TASKS)
+    for r in records:
+        assert heldout_text.isdisjoint(r["descriptions"]) and heldout_wording.isdisjoint(r["descriptions"])
+        assert "<t:" not in r["input"] + r["output"] + "".join(r["descriptions"])  # the cue is never in the data
 
 
 def test_description_split_is_fixed_disjoint_and_covers() -> None:
@@ -130,11 +178,18 @@ def test_description_split_is_fixed_disjoint_and_covers() -> None:
         assert len(heldout) == 5
         assert seen + heldout == task.descriptions
         assert set(seen).isdisjoint(heldout)
-        assert split_descriptions(task) == (seen, heldout)
     seen, heldout = split_descriptions(TASKS["reverse"], n_heldout=3)
     assert len(heldout) == 3 and seen + heldout == TASKS["reverse"].descriptions
     with pytest.raises(ValueError):
         split_descriptions(TASKS["reverse"], n_heldout=0)
+
+
+def test_telling_inputs_give_an_answer_no_other_task_gives() -> None:
+    for task in HELDOUT_TASKS:
+        inputs = telling_inputs(task, TRAIN_TASKS, 20, random.Random(0))
+        assert len(inputs) == 20
+        for x in inputs:
+            assert all(TASKS[t].fn(x) != TASKS[task].fn(x) for t in TRAIN_TASKS)
 
 
 def test_make_examples_is_deterministic_balanced_and_exact() -> None:

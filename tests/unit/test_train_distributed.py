@@ -35,7 +35,7 @@ SCRIPT = textwrap.dedent(
                          SFTSettings(steps=4, batch_size=3, lr=3e-3, warmup_frac=0.0))
     initial = {k: v.clone() for k, v in source.state_dict().items()}
     first = trainer.sample()
-    trainer.rng.seed(trainer.settings.seed + trainer.rank)  # the batch drawn above is drawn again
+    trainer.rng.python.seed(trainer.settings.seed + trainer.rank)  # the batch drawn above is drawn again
     trainer.train(output=out + "/ckpt")
     torch.save({"initial": initial, "state": source.state_dict(), "first_batch": [r.output for r in first[0]]}, f"{out}/rank{trainer.rank}.pt")
     dist.destroy_process_group()

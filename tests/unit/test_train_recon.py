@@ -115,14 +115,14 @@ def test_resume_continues_exactly(encoder, library, tmp_path, zscore):
     settings = ReconSettings(steps=10, tasks_per_batch=2, zscore=zscore, seed=7)
 
     straight = ReconTrainer(build_hypernet(config, seed=1), encoder, library, settings)
-    straight.train(6)
+    straight.train(steps=6)
     straight.save(tmp_path / "ckpt")
     torch.rand(100)  # the caller's use of the global RNG must not change training
-    expected = straight.train(4)
+    expected = straight.train(steps=4)
 
     resumed = ReconTrainer(build_hypernet(config, seed=2), encoder, library, settings)
     assert resumed.resume(tmp_path / "ckpt") == 6
-    assert resumed.train(4) == expected
+    assert resumed.train(steps=4) == expected
     for (name, a), (_, b) in zip(straight.hypernet.state_dict().items(), resumed.hypernet.state_dict().items()):
         assert torch.equal(a, b), name
 
@@ -131,8 +131,8 @@ def test_resume_continues_exactly(encoder, library, tmp_path, zscore):
 
 
 def test_checkpoint_every_writes_step_folders(encoder, library, tmp_path):
-    trainer = make_trainer(encoder, library, steps=5, checkpoint_every=2, output=tmp_path / "run")
-    trainer.train()
+    trainer = make_trainer(encoder, library, steps=5, checkpoint_every=2)
+    trainer.train(tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "model.safetensors", "step-2", "step-4", "trainer_state.pt"]
     assert (tmp_path / "run" / "step-4" / "trainer_state.pt").is_file()
     assert load_checkpoint(tmp_path / "run")[0].config == trainer.hypernet.config  # the final one, ready to serve
@@ -199,11 +199,29 @@ def test_misfit_lora_is_named(tmp_path, make, fragments):
     (dict(lr=0.0), "`lr` must be positive"),
     (dict(tasks_per_batch=0), "`tasks_per_batch`"),
     (dict(warmup_frac=1.0), "`warmup_frac`"),
-    (dict(checkpoint_every=5), "needs an `output` folder"),
+    (dict(checkpoint_every=-1), "`checkpoint_every` must be >= 0"),
 ])
 def test_settings_are_checked(changes, fragment):
     with pytest.raises(ConfigError, match=fragment):
         ReconSettings(**changes)
+
+
+def test_checkpoint_every_needs_an_output_folder(encoder, library):
+    with pytest.raises(ConfigError, match="needs an output folder"):
+        make_trainer(encoder, library, steps=5, checkpoint_every=2).train()
+
+
+def test_a_checkpoint_of_another_library_or_trainer_is_refused(encoder, library, tmp_path):
+    from t2l_vllm.errors import CheckpointError
+
+    trainer = make_trainer(encoder, library, steps=5)
+    trainer.train(tmp_path / "run", steps=2)
+    with pytest.raises(CheckpointError, match="another task library"):
+        make_trainer(encoder, library[:2], steps=5).resume(tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "trainer_state.pt", weights_only=True)
+    torch.save({**state, "trainer": "SFTTrainer"}, tmp_path / "run" / "trainer_state.pt")
+    with pytest.raises(CheckpointError, match="is not a ReconTrainer state"):
+        make_trainer(encoder, library, steps=5).resume(tmp_path / "run")
 
 
 def test_zscore_needs_a_zscore_hypernet(encoder, library):
