@@ -18,6 +18,7 @@ from t2l_vllm.router import (
     load_labelled,
     query_of_request,
 )
+from t2l_vllm.router.index import ExactScan, InvertedFile
 
 SMALL = {
     "threshold": 0.25,
@@ -79,18 +80,53 @@ def test_two_stage_search_matches_exhaustive_scoring():
     torch.testing.assert_close(exhaustive[1][same], shortlisted[1][same])
 
 
-def test_inverted_lists_find_the_same_task_as_a_full_scan():
-    from t2l_vllm.router import CentroidClusters
+CROWDED_TASKS = 12_000  # above EXACT_SCAN_TASKS, so the index searches an inverted file
 
-    torch.manual_seed(0)
-    centroids = torch.nn.functional.normalize(torch.randn(20_000, 32), dim=-1)
-    queries = torch.nn.functional.normalize(centroids[:200] + 0.3 * torch.randn(200, 32) / 32**0.5, dim=-1)
-    exact = (queries @ centroids.T).topk(2, dim=-1)
-    found, best, second = CentroidClusters(centroids).search(queries)
-    agree = found == exact.indices[:, 0]
-    assert agree.float().mean() >= 0.95
-    torch.testing.assert_close(best[agree], exact.values[agree, 0])
-    assert (second <= best).all()
+
+@pytest.fixture(scope="module")
+def crowded():
+    """A seeded library shaped like the benchmark's: 30 crowds of 400 tasks whose centroids
+    differ by a few thousandths in cosine, so only a search that scans a query's whole
+    crowd finds the exact best. Entries (48,000, 64), owners (48,000,), queries (300, 64)."""
+    generator = torch.Generator().manual_seed(0)
+    dim, crowds = 64, 30
+
+    def noise(n: int, scale: float) -> torch.Tensor:
+        return scale * torch.randn(n, dim, generator=generator) / dim**0.5
+
+    unit = torch.nn.functional.normalize
+    centres = unit(torch.randn(crowds, dim, generator=generator), dim=-1)
+    tasks = unit(centres[torch.arange(CROWDED_TASKS) % crowds] + noise(CROWDED_TASKS, 0.1), dim=-1)
+    owners = torch.arange(CROWDED_TASKS).repeat_interleave(4)
+    entries = unit(tasks[owners] + noise(len(owners), 0.35), dim=-1)
+    queries = unit(centres[torch.randint(crowds, (300,), generator=generator)] + noise(300, 1.0), dim=-1)
+    return entries, owners, queries
+
+
+def test_large_index_returns_the_exact_scans_task_on_a_seeded_library(crowded):
+    entries, owners, queries = crowded
+    index = TaskIndex(entries, owners, CROWDED_TASKS, top_k=3, shortlist=64)
+    assert isinstance(index.search, InvertedFile)
+    exact = (queries @ index.centroids.T).topk(2, dim=-1)
+    best, first, second = index.scores(queries)
+    agree = best == exact.indices[:, 0]
+    assert agree.float().mean() >= 0.99
+    torch.testing.assert_close(first[agree], exact.values[agree, 0])  # exact cosines, not the codes' estimates
+    same_runner_up = agree & torch.isclose(second, exact.values[:, 1])  # so the router's confidence is the exact scan's
+    assert same_runner_up.float().mean() >= 0.99
+    one_list = InvertedFile(index.centroids, probed_fraction=0)  # the library is a hard case: one list misses often
+    assert (one_list.search(queries, 2)[1][:, 0] == exact.indices[:, 0]).float().mean() < 0.9
+
+
+def test_large_topk_index_shortlists_through_the_inverted_file(crowded):
+    entries, owners, queries = crowded
+    index = TaskIndex(entries, owners, CROWDED_TASKS, top_k=3, shortlist=64, scoring="topk")
+    approximate = index.scores(queries)
+    index.search = ExactScan(index.centroids)
+    exact = index.scores(queries)
+    agree = approximate[0] == exact[0]
+    assert agree.float().mean() >= 0.99
+    torch.testing.assert_close(approximate[1][agree], exact[1][agree])
 
 
 def test_fit_threshold_maximises_accuracy():
