@@ -1,9 +1,13 @@
 """`python -m t2l_vllm.service SOCKET`: the adapter service process (see `server.py`).
 
-Started by `start_service`, which writes the settings as JSON to its standard
-input and reads one line back from its standard output: `{"ready": true}` once
-the socket accepts clients, or `{"error": "..."}` if the settings cannot work
-(a bad checkpoint, a router library that does not load).
+Started by a client (`service/client.py`), which writes the settings as JSON to
+its standard input and reads one line back from its standard output:
+`{"ready": true}` once the socket accepts clients, or `{"error": "..."}` if the
+settings cannot work (a bad checkpoint, a router library that does not load).
+
+The process detaches from the one that started it first thing (a second fork):
+vLLM stops an API server by killing its whole process tree, and the service must
+outlive any one API server, serving the others until the last has gone.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import tempfile
 
 
 def main(argv: list[str]) -> int:
+    if os.fork() > 0:  # the starter reaps this parent at once; the child lives on, re-parented
+        os._exit(0)
     # prometheus_client picks its multiprocess mode when imported: settle the folder first.
     # Under several API servers vLLM has made one already, and ours join it.
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")

@@ -10,6 +10,7 @@ connects to a service that has decided to stop.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import itertools
 import json
 import logging
@@ -29,7 +30,7 @@ from ..adapter_store import StoredAdapter
 from ..cache import Lease
 from ..errors import ConfigError
 from ..router import RouteDecision
-from .protocol import MAX_LINE_BYTES, AdapterServiceError, encode, error_from, read_message, socket_lock
+from .protocol import MAX_LINE_BYTES, AdapterServiceError, alive_lock_path, encode, error_from, read_message, socket_lock
 from .settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -50,9 +51,10 @@ class AdapterClient:
     `release` of a lease may be called from any thread.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hello: dict[str, Any], process: subprocess.Popen | None) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hello: dict[str, Any], socket_path: str, started: bool) -> None:
         self.hello = hello
-        self.process = process  # the service, if this client started it
+        self.socket_path = socket_path
+        self.started = started  # whether this client started the service
         self._reader, self._writer = reader, writer
         self._loop = asyncio.get_running_loop()
         self._numbers = itertools.count(1)
@@ -65,9 +67,9 @@ class AdapterClient:
 
     @classmethod
     async def connect_or_start(cls, socket_path: str | Path, settings: ServiceSettings) -> "AdapterClient":
-        sock, hello, process = await asyncio.to_thread(connect_or_start, str(socket_path), settings)
+        sock, hello, started = await asyncio.to_thread(connect_or_start, str(socket_path), settings)
         reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_LINE_BYTES)
-        return cls(reader, writer, hello, process)
+        return cls(reader, writer, hello, str(socket_path), started)
 
     def on_removed(self, callback: Callable[[str], None]) -> None:
         """Calls `callback(name)` when the service has removed an adapter's folder."""
@@ -209,11 +211,8 @@ class BlockingAdapterClient:
         if not self._loop.is_closed():
             self._run(self.client.close())
             self._stop_loop()
-        if self.client.process is not None:
-            try:
-                self.client.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                logger.warning("the adapter service did not stop within %.0f s", timeout_s)
+        if self.client.started:
+            wait_until_stopped(self.client.socket_path, timeout_s)
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
@@ -227,19 +226,36 @@ class BlockingAdapterClient:
 # --- starting and connecting (blocking; callers on an event loop run it in a thread) -----------
 
 
-def connect_or_start(socket_path: str, settings: ServiceSettings) -> tuple[socket.socket, dict[str, Any], subprocess.Popen | None]:
-    """A connected socket, the service's hello, and the service process if this call started it."""
+def connect_or_start(socket_path: str, settings: ServiceSettings) -> tuple[socket.socket, dict[str, Any], bool]:
+    """A connected socket, the service's hello, and whether this call started the service."""
     Path(socket_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with socket_lock(socket_path):
-        process = None
+        started = False
         try:
             sock = _connect(socket_path)
         except (FileNotFoundError, ConnectionRefusedError):
             Path(socket_path).unlink(missing_ok=True)  # a service that was killed leaves its socket file
-            process = _start(socket_path, settings)
+            _start(socket_path, settings)
+            started = True
             sock = _connect(socket_path)
         # Read the hello under the lock: once it has arrived the service counts this client.
-        return sock, _read_hello(sock), process
+        return sock, _read_hello(sock), started
+
+
+def wait_until_stopped(socket_path: str, timeout_s: float) -> bool:
+    """Waits until no service for `socket_path` runs (it has removed its folders); False on timeout."""
+    deadline = time.monotonic() + timeout_s
+    with open(alive_lock_path(socket_path), "a") as alive:
+        while True:
+            try:
+                fcntl.flock(alive, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(alive, fcntl.LOCK_UN)
+                return True
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    logger.warning("the adapter service for %s did not stop within %.0f s", socket_path, timeout_s)
+                    return False
+                time.sleep(0.05)
 
 
 def _connect(socket_path: str) -> socket.socket:
@@ -265,9 +281,10 @@ def _read_hello(sock: socket.socket) -> dict[str, Any]:
     return hello
 
 
-def _start(socket_path: str, settings: ServiceSettings) -> subprocess.Popen:
-    """Starts the service in its own session (so a signal to the server's process group does not
-    stop it before the requests it serves have drained) and waits until it is ready."""
+def _start(socket_path: str, settings: ServiceSettings) -> None:
+    """Starts the service, detached in its own session (a signal to the server's process group,
+    or vLLM killing an API server's process tree, must not stop it while other clients use it),
+    and waits until it is ready."""
     process = subprocess.Popen(
         [sys.executable, "-m", "t2l_vllm.service", socket_path],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
@@ -287,10 +304,9 @@ def _start(socket_path: str, settings: ServiceSettings) -> subprocess.Popen:
             break
         line += chunk
     process.stdout.close()
+    process.wait()  # the detaching parent; the service itself is its child
     if not line:
-        raise AdapterServiceError(f"the adapter service exited with status {process.wait()} before it was ready (see its log above).")
+        raise AdapterServiceError("the adapter service exited before it was ready (see its log above).")
     status = json.loads(line)
     if "error" in status:
-        process.wait()
         raise ConfigError(status["error"])
-    return process

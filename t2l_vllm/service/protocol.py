@@ -59,6 +59,15 @@ def error_from(body: dict[str, str]) -> T2LError:
     return _ERRORS.get(body.get("type", ""), T2LError)(body.get("message", "the adapter service failed."))
 
 
+def alive_lock_path(socket_path: str) -> str:
+    """A file the service holds an exclusive lock on for as long as it runs.
+
+    The kernel drops the lock when the process ends, however it ends, so a
+    client can wait for a service's clean-up without being its parent.
+    """
+    return f"{socket_path}.alive"
+
+
 @contextmanager
 def socket_lock(socket_path: str) -> Iterator[None]:
     """The lock under which clients start and connect to a service, and under which it decides to stop.

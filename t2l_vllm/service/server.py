@@ -19,6 +19,7 @@ so a deployment killed outright leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import itertools
 import logging
 import os
@@ -35,7 +36,7 @@ from ..errors import T2LError
 from ..generator import AdapterGenerator
 from ..metrics import T2LMetrics
 from ..router import EmbeddingRouter
-from .protocol import MAX_LINE_BYTES, encode, error_body, read_message, socket_lock
+from .protocol import MAX_LINE_BYTES, alive_lock_path, encode, error_body, read_message, socket_lock
 from .settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,8 @@ class AdapterService:
     async def run(self, socket_path: str, ready: Callable[[], None]) -> None:
         """Serves until the last client has gone (or none came, or SIGTERM), then cleans up."""
         loop = asyncio.get_running_loop()
+        alive = open(alive_lock_path(socket_path), "a")  # noqa: SIM115 - held until the process ends
+        fcntl.flock(alive, fcntl.LOCK_EX)
         self._socket_path = socket_path
         self._stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 from argparse import Namespace
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from ..cache import Lease
 from ..errors import AdapterCheckError, InvalidDescriptionError, T2LError
 from ..metrics import RequestMetrics
 from ..router import query_of_request
-from ..service.client import AdapterClient, service_socket_path
+from ..service.client import AdapterClient, service_socket_path, wait_until_stopped
 from ..service.settings import ServiceSettings
 from .lora_registry import ServedLoRAs
 
@@ -130,7 +129,7 @@ class T2LEndpointPlugin:
         atexit.register(_disconnect, adapters)
         _publish_service_metrics(adapters.hello)
         state.t2l = T2LState(adapters, loras, RequestMetrics(), state.openai_serving_models, routed=adapters.hello["router"] is not None)
-        if adapters.process is not None:  # the API server that started the service reports it, once
+        if adapters.started:  # the API server that started the service reports it, once
             _print_start_up(adapters.hello)
 
 
@@ -168,13 +167,11 @@ def _publish_service_metrics(hello: dict[str, Any]) -> None:
 
 
 def _disconnect(adapters: AdapterClient) -> None:
-    """At exit: leave the service; if this process started it, wait until it has removed its folders."""
+    """At exit: leave the service; if this process started it, wait until it has removed its folders
+    (when the other API servers of the deployment have left too), so a stopped server leaves nothing."""
     adapters.close_now()
-    if adapters.process is not None:
-        try:
-            adapters.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            logger.warning("the adapter service (pid %d) did not stop within 30 s", adapters.process.pid)
+    if adapters.started:
+        wait_until_stopped(adapters.socket_path, timeout_s=30)
 
 
 def _stop_this_server() -> None:

@@ -45,6 +45,10 @@ class Server:
                 values[name] = float(value)
         return values
 
+    def adapter_folders(self) -> int:
+        """Generated adapter folders under --adapter-dir (its adapter service's private folder)."""
+        return sum(1 for p in self.adapter_dir.glob("t2l_vllm-adapters-*/t2l-*"))
+
     def alive(self) -> bool:
         return self.process.poll() is None and httpx.get(f"{self.url}/health", timeout=30).status_code == 200
 
@@ -56,7 +60,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(work: Path, extra_args: list[str]) -> Iterator[Server]:
+def running_server(work: Path, extra_args: list[str], env: dict[str, str] | None = None, health_timeout_s: float = 300) -> Iterator[Server]:
     """Starts `t2l-vllm serve` on a free loopback port; stops it and checks the clean-up."""
     port = free_port()
     adapter_dir = work / "adapters"
@@ -71,11 +75,11 @@ def running_server(work: Path, extra_args: list[str]) -> Iterator[Server]:
         "--max-loras", "2", "--max-cpu-loras", "2", "--max-num-seqs", "32", "--served-model-name", "tiny",
         *extra_args,
     ]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING", **(env or {})}
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + health_timeout_s
     while True:
         if process.poll() is not None:
             pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()[-4000:]}")

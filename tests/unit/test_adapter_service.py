@@ -12,7 +12,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from t2l_vllm.cache import CacheSettings
 from t2l_vllm.errors import ConfigError, InvalidDescriptionError
-from t2l_vllm.service.client import AdapterClient, service_socket_path
+from t2l_vllm.service.client import AdapterClient, service_socket_path, wait_until_stopped
 from t2l_vllm.service.settings import ServiceSettings
 
 
@@ -44,7 +44,7 @@ def test_two_clients_share_one_service_one_generation_per_description_and_folder
         path = service_socket_path(f"test-{tmp_path.name}")
         first = await AdapterClient.connect_or_start(path, settings)
         second = await AdapterClient.connect_or_start(path, settings)
-        assert first.process is not None and second.process is None and second.hello["pid"] == first.hello["pid"]
+        assert first.started and not second.started and second.hello["pid"] == first.hello["pid"]
         removed: list[str] = []
         second.on_removed(removed.append)
 
@@ -67,7 +67,7 @@ def test_two_clients_share_one_service_one_generation_per_description_and_folder
         store = Path(first.hello["store"])
         await first.close()
         await second.close()
-        assert first.process.wait(30) == 0
+        assert wait_until_stopped(path, 30)
         assert not store.exists() and not Path(path).exists()
 
     asyncio.run(scenario())
@@ -88,7 +88,7 @@ def test_a_client_that_dies_gives_back_every_lease_it_held(default_paths, tmp_pa
         await wait_for(lambda: held.name in removed)
         assert not held.stored.path.exists()
         await keeper.close()
-        keeper.process.wait(30)
+        assert wait_until_stopped(keeper.socket_path, 30)
 
     asyncio.run(scenario())
 
@@ -107,7 +107,7 @@ def test_bad_input_is_the_same_error_class_across_the_socket_and_the_service_kee
         lease.release()
         again.release()
         await client.close()
-        client.process.wait(30)
+        assert wait_until_stopped(client.socket_path, 30)
 
     asyncio.run(scenario())
 
