@@ -6,6 +6,7 @@ The public API, imported lazily so that `import t2l_vllm` does not import vLLM:
     AdapterGenerator   descriptions -> checked LoRA adapters, in one batched pass
     LoRAAdapter        an adapter value; `save_peft` / `load_peft`
     EmbeddingRouter    picks a task description for a query without one
+    affinity_headers   the X-Session-ID that keeps a description on one replica behind vllm-router
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ _EXPORTS = {
     "EmbeddingRouter": "t2l_vllm.router",
     "TaskLibrary": "t2l_vllm.router",
     "T2LError": "t2l_vllm.errors",
+    "affinity_headers": "t2l_vllm.descriptions",
 }
 __all__ = sorted(_EXPORTS)
 

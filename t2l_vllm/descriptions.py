@@ -50,6 +50,21 @@ def adapter_name(key: str) -> str:
     return f"t2l-{key[:24]}"
 
 
+AFFINITY_HEADER = "X-Session-ID"
+
+
+def affinity_headers(description: object, max_chars: int = DEFAULT_MAX_DESCRIPTION_CHARS) -> dict[str, str]:
+    """The header that keeps one description on one replica behind vLLM's router.
+
+    `vllm-router --policy consistent_hash` hashes `X-Session-ID` to pick a replica;
+    this key is the sha256 of the description's normal form, so every wording that
+    names the same adapter lands on the replica that already holds it. Clients send
+    it beside `task_description` (`extra_headers=` in the OpenAI SDK).
+    """
+    normal = normalize_description(description, max_chars)
+    return {AFFINITY_HEADER: "t2l-" + hashlib.sha256(normal.encode("utf-8")).hexdigest()[:32]}
+
+
 # vLLM's own counter numbers `--lora-modules` adapters from 1 up; content-derived ids
 # start above any count it can reach, and stay below 2**63 (vLLM keeps ids in int64).
 ADAPTER_ID_OFFSET = 2**32

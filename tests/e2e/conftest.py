@@ -63,6 +63,7 @@ def free_port() -> int:
 def running_server(work: Path, extra_args: list[str], env: dict[str, str] | None = None, health_timeout_s: float = 300) -> Iterator[Server]:
     """Starts `t2l-vllm serve` on a free loopback port; stops it and checks the clean-up."""
     port = free_port()
+    work.mkdir(parents=True, exist_ok=True)
     adapter_dir = work / "adapters"
     log = work / "server.log"
     command = [
@@ -112,6 +113,12 @@ def server(default_paths, generator, tmp_path_factory):
     native = generator.generate(["A LoRA registered the ordinary vLLM way."])[0].save_peft(work / "native")
     with running_server(work, ["--lora-modules", f"native-lora={native}"]) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def new_port():
+    """A function returning a free loopback port, for processes the tests start beside servers."""
+    return free_port
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,93 @@
+"""Two `t2l-vllm serve` replicas behind a real `vllm-router` (consistent_hash), on loopback.
+
+With `t2l_vllm.affinity_headers(description)` as the session key, every description
+is generated on one replica only, and both replicas (and the router) give the
+same answer for the same description: adapters are named and built from content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from t2l_vllm import affinity_headers
+
+pytestmark = pytest.mark.server
+
+MESSAGE = "one two three"
+DESCRIPTIONS = [
+    "Convert the text to uppercase.",
+    "Sort the words alphabetically.",
+    "Spell the whole input backwards, last character first.",
+    "Give just the first letter of every word.",
+    "Return only the first word.",
+    "How many words are there? Answer with a number.",
+]
+
+
+def ask(url: str, api_key: str, description: str, headers: dict[str, str] | None = None) -> tuple[str, str]:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": MESSAGE}], "max_tokens": 16, "temperature": 0,
+            "task_description": description}
+    reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=300,
+                       headers={"Authorization": f"Bearer {api_key}", **(headers or {})})
+    assert reply.status_code == 200, reply.text
+    return reply.json()["choices"][0]["message"]["content"], reply.headers["x-t2l-adapter"]
+
+
+@contextlib.contextmanager
+def running_router(port: int, workers: list[str], log_path) -> Iterator[str]:
+    binary = shutil.which("vllm-router", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    assert binary, "vllm-router is not installed (it is a dev dependency: pip install -e '.[dev]')"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [binary, "--host", "127.0.0.1", "--port", str(port), "--policy", "consistent_hash", "--worker-urls", *workers,
+             "--log-level", "warning"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, open(log_path).read()[-3000:]
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, open(log_path).read()[-3000:]
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+
+
+def generations(server) -> float:
+    return server.metrics().get("t2l_generations_total", 0.0)
+
+
+def test_replicas_behind_vllm_router_generate_each_description_once_and_agree(start_server, new_port, tmp_path):
+    with contextlib.ExitStack() as stack:
+        replicas = [stack.enter_context(start_server(tmp_path / f"replica{i}", [])) for i in range(2)]
+        router = stack.enter_context(running_router(new_port(), [r.url for r in replicas], tmp_path / "router.log"))
+        key = replicas[0].api_key
+        before = [generations(r) for r in replicas]
+        through_router = {}
+        for _ in range(3):  # the same descriptions again and again, each with its session key
+            for description in DESCRIPTIONS:
+                through_router.setdefault(description, set()).add(ask(router, key, description, affinity_headers(description)))
+        generated = [generations(r) - b for r, b in zip(replicas, before)]
+        assert sum(generated) == len(DESCRIPTIONS), generated  # once in the fleet each
+        assert all(len(answers) == 1 for answers in through_router.values()), through_router
+        for description, answers in through_router.items():
+            direct = {ask(r.url, key, description) for r in replicas}
+            assert direct == answers, (description, direct, answers)  # same adapter name and answer everywhere
