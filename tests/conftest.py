@@ -10,6 +10,8 @@ import pytest
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+ENGINE_CACHE_ENTRIES = 8
+
 
 @pytest.fixture(scope="session")
 def default_paths():
@@ -27,12 +29,15 @@ def generator(default_paths):
 
 @pytest.fixture(scope="session")
 def engine(default_paths):
-    """One tiny vLLM engine (CPU, float32) for the whole run: the offline API."""
+    """One tiny vLLM engine (CPU, float32) for the whole run: the offline API, with a small
+    adapter cache so that tests can drive it past its bounds."""
     from t2l_vllm import T2LEngine
+    from t2l_vllm.cache import CacheSettings
 
     with T2LEngine(
         str(default_paths.base_model),
         str(default_paths.hypernet),
+        cache_settings=CacheSettings(max_entries=ENGINE_CACHE_ENTRIES),
         dtype="float32",
         gpu_memory_utilization=0.3,
         max_model_len=512,
