@@ -315,10 +315,10 @@ def warmup_count(w: Workload) -> int:
     return max(len(w.native_names), w.concurrency)
 
 
-async def stream_one(client: httpx.AsyncClient, payload: dict[str, Any]) -> RequestResult:
+async def stream_one(client: httpx.AsyncClient, payload: dict[str, Any], headers: dict[str, str] | None = None) -> RequestResult:
     start = time.perf_counter()
     ttft, tokens = None, 0
-    async with client.stream("POST", "/v1/completions", json=payload) as response:
+    async with client.stream("POST", "/v1/completions", json=payload, headers=headers) as response:
         if response.status_code != 200:
             raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread()).decode()[:500]}")
         async for line in response.aiter_lines():

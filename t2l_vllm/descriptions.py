@@ -26,6 +26,12 @@ def normalize_description(text: Any, max_chars: int = DEFAULT_MAX_DESCRIPTION_CH
             f"the task description must be a string, got {type(text).__name__}."
         )
     normal = " ".join(unicodedata.normalize("NFC", text).split())
+    try:
+        normal.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidDescriptionError(
+            f"the task description is not valid Unicode text: {err.reason} at character {err.start}."
+        ) from None
     if not normal:
         raise InvalidDescriptionError("the task description is empty; describe the task in words.")
     if len(normal) > max_chars:

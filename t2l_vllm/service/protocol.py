@@ -39,7 +39,8 @@ class AdapterServiceError(T2LError):
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+    # ASCII escapes carry any Python str, lone surrogates from a JSON body included, unchanged.
+    return json.dumps(message, separators=(",", ":")).encode("ascii") + b"\n"
 
 
 async def read_message(reader: asyncio.StreamReader) -> dict[str, Any] | None:

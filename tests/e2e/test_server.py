@@ -164,6 +164,15 @@ def test_malformed_json_is_a_400(server, path):
     assert "not valid JSON" in response.json()["error"]["message"]
 
 
+def test_a_lone_surrogate_in_the_description_is_a_400(server):
+    """JSON may escape a lone surrogate (\\ud800), which no UTF-8 text can hold."""
+    body = b'{"model": "tiny", "prompt": "x", "max_tokens": 2, "task_description": "Summarise \\ud800 news."}'
+    response = httpx.post(f"{server.url}/v1/completions", content=body, headers={"Authorization": f"Bearer {server.api_key}", "Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert "not valid Unicode text" in response.json()["error"]["message"]
+    assert complete(server, SCIENCE, max_tokens=2)[0] is not None
+
+
 @pytest.mark.parametrize("key", [None, "wrong-key"])
 def test_description_requests_need_the_api_key(server, key):
     headers = {} if key is None else {"Authorization": f"Bearer {key}"}

@@ -24,6 +24,7 @@ from t2l_vllm.hypernet.shapes import check_shapes_fit, load_base_shapes
         (42, "must be a string, got int"),
         (None, "must be a string, got NoneType"),
         (["a list"], "must be a string, got list"),
+        ("Summarise \ud800 news.", "not valid Unicode text"),  # a lone surrogate, as JSON's \\ud800 decodes
     ],
 )
 def test_bad_descriptions_are_refused_by_the_python_api(generator, description, fragment):
