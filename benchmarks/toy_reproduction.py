@@ -4,26 +4,33 @@ Starting from the toy world's trained base model (`t2l-vllm train base`; the
 shipped one by default), this trains and measures, with exact-match accuracy:
 
 - base, no cue: `<s>input\\n`, the prompt every adapter arm sees;
-- base with the task's tag in the prompt (the cue the adapters must put back);
+- base with the task's cue in the prompt (what the adapters must put back);
 - task-specific LoRAs (one per task, held-out tasks included as an oracle);
 - a multi-task LoRA on all training tasks;
 - T2L by reconstruction of the training tasks' LoRAs (M variant);
 - T2L by SFT, variants L, M and S;
 
 on training tasks with seen descriptions, training tasks with held-out
-descriptions, and held-out tasks; plus two controls for every T2L arm on the
-training tasks: random letter strings, and another training task's description,
-as the description. The control "wrong description" also reports how often the
-answer is the *described* task's, i.e. whether the adapter follows the text, and
-the held-out tasks how often their adapters do a close training task's job
-instead (`HELDOUT_NEIGHBOURS`).
+descriptions, and held-out tasks (the paper's zero-shot claim): tasks no
+hypernetwork trained on, described in wordings from templates no training
+description used, and scored on inputs whose answer no training task gives, so
+doing a training task instead earns nothing. A second held-out column describes
+them with the wordings training tasks were seen with. Controls for every T2L
+arm on the training tasks: random letter strings, and another training task's
+description, as the description ("wrong description" also reports how often the
+answer is the *described* task's, i.e. whether the adapter follows the text);
+and for the held-out tasks how often the answer is some training task's output.
+
+The hypernetworks' training data is written to `data/` first (SFT records,
+the reconstruction library's manifest): only training tasks, only their seen
+descriptions, no cue; the tests check it.
 
 Writes `table.json`, `adapters.png` (generated adapters projected to 2-D by PCA,
-coloured by task), the trained LoRAs and hypernetworks, and prints the table.
+coloured by task family), the trained LoRAs and hypernetworks, and prints the table.
 
     python benchmarks/toy_reproduction.py [--base DIR] [--out DIR] [--scale 1.0]
 
-`--scale` multiplies every training step count (0.05 for a smoke run).
+`--scale` multiplies every training step count and the examples per task (0.05 for a smoke run).
 """
 
 from __future__ import annotations
@@ -46,27 +53,35 @@ from t2l_vllm.hypernet.config import EncoderSettings, HypernetConfig, LoraSettin
 from t2l_vllm.hypernet.model import TextToLoRA, build_hypernet
 from t2l_vllm.hypernet.shapes import load_base_shapes
 from t2l_vllm.train.data import load_sft_records
-from t2l_vllm.train.recon import ReconSettings, ReconTarget, ReconTrainer
+from t2l_vllm.train.recon import ReconSettings, ReconTrainer, load_recon_library
 from t2l_vllm.train.sft import SFTSettings, SFTTrainer
 from t2l_vllm.train.sources import HypernetSource, SingleLoRA
 from t2l_vllm.train.toy_base import greedy_answers, prompt_text
-from t2l_vllm.train.toy_world import HELDOUT_NEIGHBOURS, HELDOUT_TASKS, TASKS, TRAIN_TASKS, make_examples, random_input, split_descriptions, write_jsonl
+from t2l_vllm.train.toy_world import (
+    HELDOUT_TASKS, TASKS, TRAIN_TASKS, make_examples, random_input, split_descriptions, telling_inputs, write_jsonl,
+)
 
 Weights = dict[str, tuple[torch.Tensor, torch.Tensor]]
-COLUMNS = ("train tasks, seen descriptions", "train tasks, held-out descriptions", "held-out tasks")
+COLUMNS = (
+    "train tasks, seen descriptions",
+    "train tasks, held-out descriptions",
+    "held-out tasks",
+    "held-out tasks, training wordings",
+)
 CONTROLS = (
     "random description",
+    "held-out tasks, random description",
     "wrong description",
     "wrong description: answers the described task",
-    "held-out tasks: answers a training neighbour's task",
+    "held-out tasks: answers a training task's output",
 )
 
 
 @dataclass(frozen=True)
 class Budget:
-    """Training steps per arm (batch 32 throughout); sized to fit 45 minutes on 2 cores."""
+    """Training steps per arm (batch 32 throughout); sized to fit 45 minutes on one core of this machine."""
 
-    task_lora_steps: int = 300
+    task_lora_steps: int = 150
     multitask_lora_steps: int = 1500
     recon_steps: int = 3000
     sft_steps: int = 4000
@@ -74,20 +89,21 @@ class Budget:
     lora_lr: float = 1e-2
     sft_lr: float = 1e-4
     recon_lr: float = 1e-3
-    examples_per_task: int = 2000
+    examples_per_task: int = 300
     eval_inputs: int = 16
     eval_descriptions: int = 3
 
     def scaled(self, factor: float) -> "Budget":
+        """Every step count and the training examples per task multiplied by `factor` (at least 1 and 8)."""
         steps = {k: max(1, round(getattr(self, k) * factor)) for k in ("task_lora_steps", "multitask_lora_steps", "recon_steps", "sft_steps")}
-        return Budget(**{**asdict(self), **steps})
+        return Budget(**{**asdict(self), **steps, "examples_per_task": max(8, round(self.examples_per_task * factor))})
 
 
 LORA = LoraSettings(rank=8, alpha=16.0, use_rslora=True, target_modules=("q_proj", "v_proj"))
 
 
 class Bench:
-    """Holds the base model and the fixed evaluation rows every arm is scored on."""
+    """Holds the base model, the hypernetworks' training data and the fixed evaluation rows every arm is scored on."""
 
     def __init__(self, base_dir: str, out: Path, budget: Budget, seed: int = 0) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -97,19 +113,27 @@ class Bench:
         self.tokenizer = AutoTokenizer.from_pretrained(base_dir)
         self.shapes = load_base_shapes(base_dir)
         rng = random.Random(seed + 1000)
-        self.inputs = {t: [random_input(rng) for _ in range(budget.eval_inputs)] for t in TASKS}
+        # training tasks: random inputs; held-out tasks: inputs whose answer no training task gives
+        self.inputs = {t: [random_input(rng) for _ in range(budget.eval_inputs)] for t in TRAIN_TASKS}
+        self.inputs |= {t: telling_inputs(t, TRAIN_TASKS, budget.eval_inputs, rng) for t in HELDOUT_TASKS}
         n = budget.eval_descriptions
         self.seen = {t: split_descriptions(TASKS[t])[0][:n] for t in TRAIN_TASKS}
         self.heldout_desc = {t: split_descriptions(TASKS[t])[1][:n] for t in TRAIN_TASKS}
-        self.heldout_task = {t: TASKS[t].descriptions[:n] for t in HELDOUT_TASKS}
+        self.heldout_task = {t: split_descriptions(TASKS[t])[1][:n] for t in HELDOUT_TASKS}
+        self.heldout_task_seen_wording = {t: split_descriptions(TASKS[t])[0][:n] for t in HELDOUT_TASKS}
         letters = string.ascii_lowercase + "     "
-        self.random_desc = {t: tuple("".join(rng.choice(letters) for _ in range(len(d))).strip() or "x" for d in self.seen[t]) for t in TRAIN_TASKS}
+        self.random_desc = {t: tuple("".join(rng.choice(letters) for _ in range(len(d))).strip() or "x" for d in descs)
+                            for t, descs in (*self.seen.items(), *self.heldout_task.items())}
         # another training task's seen descriptions: the next task in a fixed rotation
         self.wrong_task = {t: TRAIN_TASKS[(i + 1) % len(TRAIN_TASKS)] for i, t in enumerate(TRAIN_TASKS)}
-        self.records = out / "data" / "train.jsonl"
-        write_jsonl(self.records, make_examples(TRAIN_TASKS, budget.examples_per_task, seed=seed))
-        write_jsonl(out / "data" / "heldout_tasks.jsonl", make_examples(HELDOUT_TASKS, budget.examples_per_task, seed=seed + 1))
+        self.data = out / "data"
+        write_jsonl(self.data / "train.jsonl", make_examples(TRAIN_TASKS, budget.examples_per_task, seed=seed))
+        write_jsonl(self.data / "heldout_tasks.jsonl", make_examples(HELDOUT_TASKS, budget.examples_per_task, seed=seed + 1))
+        write_jsonl(self.data / "recon_library.jsonl", [
+            {"task": t, "lora": f"../loras/{t}", "descriptions": list(split_descriptions(TASKS[t])[0])} for t in TRAIN_TASKS
+        ])
         self.encoder = TaskEncoder(EncoderSettings())
+        self._embeddings: dict[str, torch.Tensor] = {}  # the encoder is frozen: each text is embedded once
 
     # --- scoring -------------------------------------------------------------------
     def answers(self, rows: Sequence[tuple[str, str]], loras: Weights | None, tagged: bool = False) -> list[str]:
@@ -137,29 +161,34 @@ class Bench:
     def generated(self, hypernet: TextToLoRA, texts: Sequence[str]) -> Weights:
         hypernet.eval()
         unique = sorted(set(texts))
+        new = [text for text in unique if text not in self._embeddings]
+        if new:
+            self._embeddings |= dict(zip(new, self.encoder.encode(new)))
         position = {text: i for i, text in enumerate(unique)}
-        out = hypernet(self.encoder.encode(unique))
+        out = hypernet(torch.stack([self._embeddings[text] for text in unique]))
         index = torch.tensor([position[t] for t in texts])
         return {m: (w.A[index], w.B[index]) for m, w in out.items()}
 
-    def score_hypernet(self, hypernet: TextToLoRA) -> dict[str, float]:
-        result = {}
-        for column, descs in zip(COLUMNS, (self.seen, self.heldout_desc, self.heldout_task)):
+    def score_hypernet(self, hypernet: TextToLoRA) -> tuple[dict[str, float], dict[str, float]]:
+        """The table's row for a hypernetwork, and its main held-out column task by task."""
+        result, by_task = {}, {}
+        described = (self.seen, self.heldout_desc, self.heldout_task, self.heldout_task_seen_wording)
+        for column, descs in zip(COLUMNS, described):
             rows, texts = self.described_rows(descs)
             answers = self.answers(rows, self.generated(hypernet, texts))
             result[column] = exact(answers, rows, [task for task, _ in rows])
             if column == COLUMNS[2]:
-                # does a held-out task's adapter do one of its training neighbours' tasks instead?
-                result[CONTROLS[3]] = sum(
-                    any(a == TASKS[nb].fn(x) for nb in HELDOUT_NEIGHBOURS[t]) for a, (t, x) in zip(answers, rows)
-                ) / len(rows)
-        rows, texts = self.described_rows(self.random_desc)
-        result[CONTROLS[0]] = self.score(rows, self.generated(hypernet, texts))
+                by_task = {t: exact(*zip(*[(a, r, t) for a, r in zip(answers, rows) if r[0] == t])) for t in HELDOUT_TASKS}
+                # does a held-out task's adapter do a training task instead? (never right: the inputs tell them apart)
+                result[CONTROLS[4]] = sum(any(a == TASKS[t].fn(x) for t in TRAIN_TASKS) for a, (_, x) in zip(answers, rows)) / len(rows)
+        for control, tasks in zip(CONTROLS[:2], (TRAIN_TASKS, HELDOUT_TASKS)):
+            rows, texts = self.described_rows({t: self.random_desc[t] for t in tasks})
+            result[control] = self.score(rows, self.generated(hypernet, texts))
         rows, texts = self.described_rows({t: self.seen[self.wrong_task[t]] for t in TRAIN_TASKS})
         answers = self.answers(rows, self.generated(hypernet, texts))
-        result[CONTROLS[1]] = exact(answers, rows, [t for t, _ in rows])
-        result[CONTROLS[2]] = exact(answers, rows, [self.wrong_task[t] for t, _ in rows])  # the task the description names
-        return result
+        result[CONTROLS[2]] = exact(answers, rows, [t for t, _ in rows])
+        result[CONTROLS[3]] = exact(answers, rows, [self.wrong_task[t] for t, _ in rows])  # the task the description names
+        return result, by_task
 
     # --- training ------------------------------------------------------------------
     def sft(self, source, records, steps: int, lr: float, log_name: str) -> float:
@@ -194,45 +223,45 @@ def lora_weights(lora: SingleLoRA, n: int) -> Weights:
 
 def run(bench: Bench) -> dict:
     b, table, timings = bench.budget, {}, {}
-    train_records = load_sft_records(bench.records)
-    heldout_records = load_sft_records(bench.out / "data" / "heldout_tasks.jsonl")
+    train_records = load_sft_records(bench.data / "train.jsonl")
+    heldout_records = load_sft_records(bench.data / "heldout_tasks.jsonl")
     train_rows, heldout_rows = bench.task_rows(TRAIN_TASKS), bench.task_rows(HELDOUT_TASKS)
 
     def untuned(tagged: bool) -> dict[str, float]:
-        train = bench.score(train_rows, None, tagged=tagged)
-        return {COLUMNS[0]: train, COLUMNS[1]: train, COLUMNS[2]: bench.score(heldout_rows, None, tagged=tagged)}
+        train, heldout = bench.score(train_rows, None, tagged=tagged), bench.score(heldout_rows, None, tagged=tagged)
+        return {COLUMNS[0]: train, COLUMNS[1]: train, COLUMNS[2]: heldout, COLUMNS[3]: heldout}
 
     print("scoring the base model", flush=True)
     table["base, no cue"] = untuned(False)
-    table["base, task tag in the prompt"] = untuned(True)
+    table["base, task cue in the prompt"] = untuned(True)
 
     print("task-specific LoRAs", flush=True)
     task_loras, timings["task-specific LoRAs"] = {}, 0.0
+    by_task: dict[str, list] = {}
+    for record in (*train_records, *heldout_records):
+        by_task.setdefault(record.task, []).append(record)
     for task in (*TRAIN_TASKS, *HELDOUT_TASKS):
-        records = [r for r in (*train_records, *heldout_records) if r.task == task]
-        task_loras[task], seconds = bench.train_lora(records, b.task_lora_steps, task)
+        task_loras[task], seconds = bench.train_lora(by_task[task], b.task_lora_steps, task)
         timings["task-specific LoRAs"] += seconds
 
     def per_task(tasks: Sequence[str]) -> float:
         scores = [bench.score(bench.task_rows([t]), lora_weights(task_loras[t], len(bench.inputs[t]))) for t in tasks]
         return sum(scores) / len(scores)
 
-    train_score = per_task(TRAIN_TASKS)
-    table["task-specific LoRAs (one per task)"] = {COLUMNS[0]: train_score, COLUMNS[1]: train_score, COLUMNS[2]: per_task(HELDOUT_TASKS)}
+    train_score, heldout_score = per_task(TRAIN_TASKS), per_task(HELDOUT_TASKS)
+    table["task-specific LoRAs (one per task)"] = {COLUMNS[0]: train_score, COLUMNS[1]: train_score, COLUMNS[2]: heldout_score, COLUMNS[3]: heldout_score}
 
     print("multi-task LoRA", flush=True)
     multitask, timings["multi-task LoRA"] = bench.train_lora(train_records, b.multitask_lora_steps, "multitask")
     train_score = bench.score(train_rows, lora_weights(multitask, len(train_rows)))
-    table["multi-task LoRA"] = {COLUMNS[0]: train_score, COLUMNS[1]: train_score, COLUMNS[2]: bench.score(heldout_rows, lora_weights(multitask, len(heldout_rows)))}
+    heldout_score = bench.score(heldout_rows, lora_weights(multitask, len(heldout_rows)))
+    table["multi-task LoRA"] = {COLUMNS[0]: train_score, COLUMNS[1]: train_score, COLUMNS[2]: heldout_score, COLUMNS[3]: heldout_score}
 
     print("T2L by reconstruction (M)", flush=True)
     start = time.monotonic()
-    targets = [
-        ReconTarget(task=t, folder=bench.out / "loras" / t, lora=task_loras[t].to_adapter(t), descriptions=split_descriptions(TASKS[t])[0])
-        for t in TRAIN_TASKS
-    ]
     recon = bench.new_hypernet("M")
-    ReconTrainer(recon, bench.encoder, targets, ReconSettings(steps=b.recon_steps, lr=b.recon_lr, log_every=max(1, b.recon_steps // 5))).train()
+    settings = ReconSettings(steps=b.recon_steps, lr=b.recon_lr, log_every=max(1, b.recon_steps // 5))
+    ReconTrainer(recon, bench.encoder, load_recon_library(bench.data / "recon_library.jsonl"), settings).train()
     save_checkpoint(recon, bench.out / "hypernets" / "recon-M")
     timings["T2L recon"] = time.monotonic() - start
     hypernets = {"T2L recon (M)": recon}
@@ -245,63 +274,66 @@ def run(bench: Bench) -> dict:
         save_checkpoint(hypernet, bench.out / "hypernets" / f"sft-{variant}")
         hypernets[f"T2L SFT ({variant})"] = hypernet
 
+    heldout_by_task = {}
     for name, hypernet in hypernets.items():
         print(f"scoring {name}", flush=True)
-        table[name] = bench.score_hypernet(hypernet)
+        table[name], heldout_by_task[name] = bench.score_hypernet(hypernet)
     plot_adapters(bench, hypernets, bench.out / "adapters.png")
-    return {"table": table, "train_seconds": timings, "budget": asdict(b), "base": bench.base_dir,
+    return {"table": table, "heldout_tasks_by_task": heldout_by_task, "train_seconds": timings, "budget": asdict(b), "base": bench.base_dir,
             "eval": {"inputs_per_task": b.eval_inputs, "descriptions_per_task": b.eval_descriptions,
                      "train_tasks": list(TRAIN_TASKS), "heldout_tasks": list(HELDOUT_TASKS)}}
 
 
 def plot_adapters(bench: Bench, hypernets: dict[str, TextToLoRA], path: Path) -> None:
-    """Every description's generated adapter (A and B flattened), PCA to 2-D, one panel per arm."""
+    """Every description's generated adapter (A and B flattened), PCA to 2-D, one panel per arm, coloured by family."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = [*TRAIN_TASKS, *HELDOUT_TASKS]
-    texts, labels, kinds = [], [], []
-    for t in tasks:
-        seen, held = split_descriptions(TASKS[t])
+    texts, families, kinds = [], [], []
+    for name, task in TASKS.items():
+        seen, held = split_descriptions(task)
         for d in (*seen, *held):
             texts.append(d)
-            labels.append(t)
-            kinds.append("heldout task" if t in HELDOUT_TASKS else ("seen" if d in seen else "heldout description"))
-    fig, axes = plt.subplots(1, len(hypernets), figsize=(5 * len(hypernets), 5), squeeze=False)
-    palette = plt.get_cmap("tab20")
-    colours = [palette(k) for k in (*range(0, 20, 2), *range(1, 20, 2))]  # ten distinct hues before any light twin
-    markers = {"seen": "o", "heldout description": "x", "heldout task": "^"}
+            families.append(task.family)
+            kinds.append("held-out task" if name in HELDOUT_TASKS else ("seen description" if d in seen else "held-out description"))
+    family_names = sorted(set(families))
+    colours = dict(zip(family_names, plt.get_cmap("tab10").colors))
+    markers = {"seen description": ("o", 10), "held-out description": ("x", 14), "held-out task": ("^", 30)}
+    fig, axes = plt.subplots(1, len(hypernets), figsize=(5 * len(hypernets), 5.4), squeeze=False)
     for ax, (name, hypernet) in zip(axes[0], hypernets.items()):
         weights = bench.generated(hypernet, texts)
         flat = torch.cat([torch.cat([A.flatten(1), B.flatten(1)], 1) for A, B in weights.values()], 1)
         flat = flat - flat.mean(0)
         _, _, v = torch.linalg.svd(flat, full_matrices=False)
         xy = (flat @ v[:2].T).numpy()
-        for i, t in enumerate(tasks):
-            for kind, marker in markers.items():
-                idx = [j for j, (lab, k) in enumerate(zip(labels, kinds)) if lab == t and k == kind]
+        for family in family_names:
+            for kind, (marker, size) in markers.items():
+                idx = [j for j, (f, k) in enumerate(zip(families, kinds)) if f == family and k == kind]
                 if idx:
-                    ax.scatter(xy[idx, 0], xy[idx, 1], c=[colours[i]], marker=marker, s=18, label=t if kind != "heldout description" else None)
+                    edge = {"edgecolors": "black", "linewidths": 0.5} if kind == "held-out task" else {}
+                    ax.scatter(xy[idx, 0], xy[idx, 1], c=[colours[family]], marker=marker, s=size, alpha=0.8,
+                               label=family if kind == "seen description" else None, **edge)
         ax.set_title(name)
         ax.set_xticks([])
         ax.set_yticks([])
     handles, names = axes[0][-1].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=8, fontsize=8)
-    fig.suptitle("Generated adapters, PCA to 2-D (o seen description, x held-out description, ^ held-out task)")
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    fig.legend(handles, names, loc="lower center", ncol=len(family_names), fontsize=8, markerscale=2)
+    fig.suptitle("Generated adapters by task family, PCA to 2-D (o seen description, x held-out description, ^ held-out task)")
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def print_table(table: dict[str, dict[str, float]]) -> None:
     columns = [*COLUMNS, *CONTROLS]
-    short = ["train/seen", "train/held-out desc", "held-out tasks", "random desc", "wrong desc", "wrong desc -> described", "held-out -> neighbour"]
+    short = ["train/seen", "train/held-out desc", "held-out tasks", "held-out tasks, training wordings", "random desc",
+             "held-out tasks, random desc", "wrong desc", "wrong desc -> described", "held-out -> a training task"]
     print("| arm | " + " | ".join(short) + " |")
     print("|---|" + "---|" * len(short))
     for arm, row in table.items():
-        print(f"| {arm} | " + " | ".join(f"{row[c]:.3f}" if c in row else "-" for c in columns) + " |")
+        print(f"| {arm} | " + " | ".join(f"{row[c]:.3f}" if c in row else "" for c in columns) + " |")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -309,10 +341,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--base", help="toy base model folder (default: the embedded default's base model)")
     parser.add_argument("--out", default="benchmarks/results/toy_reproduction", help="folder for the table, plot and trained weights")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every step count (default: %(default)s)")
+    parser.add_argument("--eval-inputs", type=int, default=Budget.eval_inputs, help="inputs per task and description (default: %(default)s)")
+    parser.add_argument("--eval-descriptions", type=int, default=Budget.eval_descriptions, help="descriptions per task (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.scale <= 0:
-        parser.error(f"--scale must be positive, got {args.scale}")
+    for name in ("scale", "eval_inputs", "eval_descriptions"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.base is None:
         from t2l_vllm.default_model import default_paths
 
@@ -321,7 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     start = time.monotonic()
-    bench = Bench(args.base, out, Budget().scaled(args.scale), seed=args.seed)
+    budget = Budget(eval_inputs=args.eval_inputs, eval_descriptions=args.eval_descriptions).scaled(args.scale)
+    bench = Bench(args.base, out, budget, seed=args.seed)
     report = run(bench)
     report["total_seconds"] = time.monotonic() - start
     (out / "table.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""The toy reproduction benchmark runs end to end at a tiny scale and writes a complete table."""
+"""The toy reproduction benchmark runs end to end at a tiny scale, writes a complete table, and trains hypernetworks on training tasks only."""
 
 from __future__ import annotations
 
@@ -7,19 +7,21 @@ import json
 import sys
 from pathlib import Path
 
+from t2l_vllm.train.toy_world import HELDOUT_TASKS, TASKS, TRAIN_TASKS, split_descriptions
+
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "toy_reproduction.py"
 
 
-def test_a_tiny_run_writes_every_arm_column_and_the_plot(tmp_path, monkeypatch):
+def test_a_tiny_run_writes_every_arm_column_and_the_plot_and_leaks_nothing(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("toy_reproduction", BENCHMARK)
     bench = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "toy_reproduction", bench)  # dataclasses look their module up there
     spec.loader.exec_module(bench)
-    assert bench.main(["--out", str(tmp_path), "--scale", "0.003"]) == 0
+    assert bench.main(["--out", str(tmp_path), "--scale", "0.003", "--eval-inputs", "2", "--eval-descriptions", "1"]) == 0
     report = json.loads((tmp_path / "table.json").read_text())
     table = report["table"]
     assert set(table) == {
-        "base, no cue", "base, task tag in the prompt", "task-specific LoRAs (one per task)", "multi-task LoRA",
+        "base, no cue", "base, task cue in the prompt", "task-specific LoRAs (one per task)", "multi-task LoRA",
         "T2L recon (M)", "T2L SFT (L)", "T2L SFT (M)", "T2L SFT (S)",
     }
     for arm, row in table.items():
@@ -27,8 +29,19 @@ def test_a_tiny_run_writes_every_arm_column_and_the_plot(tmp_path, monkeypatch):
         assert all(0.0 <= v <= 1.0 for v in row.values()), (arm, row)
     for arm in ("T2L recon (M)", "T2L SFT (L)", "T2L SFT (M)", "T2L SFT (S)"):
         assert set(bench.CONTROLS) <= set(table[arm]), arm
-    # the shipped base model knows the tasks when tagged, not without the tag
-    assert table["base, task tag in the prompt"][bench.COLUMNS[0]] > table["base, no cue"][bench.COLUMNS[0]] + 0.5
+        assert set(report["heldout_tasks_by_task"][arm]) == set(HELDOUT_TASKS)
+    # the shipped base model knows the tasks when cued, not without the cue
+    assert table["base, task cue in the prompt"][bench.COLUMNS[0]] > table["base, no cue"][bench.COLUMNS[0]] + 0.5
     assert (tmp_path / "adapters.png").stat().st_size > 10_000
     assert (tmp_path / "loras" / "multitask" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "hypernets" / "sft-L" / "model.safetensors").is_file()
+
+    # What the hypernetworks trained on: training tasks only, their seen descriptions only, no cue.
+    heldout_text = {d for t in HELDOUT_TASKS for d in TASKS[t].descriptions}
+    heldout_wording = {d for t in TRAIN_TASKS for d in split_descriptions(TASKS[t])[1]}
+    for name in ("train.jsonl", "recon_library.jsonl"):
+        lines = [json.loads(line) for line in (tmp_path / "data" / name).read_text().splitlines()]
+        assert {line["task"] for line in lines} == set(TRAIN_TASKS), name
+        for line in lines:
+            assert heldout_text.isdisjoint(line["descriptions"]) and heldout_wording.isdisjoint(line["descriptions"]), name
+            assert "<t:" not in json.dumps(line), name
