@@ -111,7 +111,7 @@ def main() -> None:
         for batch in args.batches:
             lookup_ms = median_ms(lambda i: index.scores(vectors[batch_of(batch, i)]), args.repeats)
             rows.append({
-                "tasks": size, "entries": index.pad, "batch": batch, "search": type(index.search).__name__,
+                "tasks": size, "entries": index.pad, "batch": batch, "search": type(index.centroid_search).__name__,
                 "encode_ms_per_query": encode_ms[batch] / batch, "lookup_ms_per_query": lookup_ms / batch,
                 "route_ms_per_query": (encode_ms[batch] + lookup_ms) / batch, "lookup_over_encode": lookup_ms / encode_ms[batch],
                 "agrees_with_exact_scan": same_task, "exact_scores": same_scores,

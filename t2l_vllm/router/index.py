@@ -112,7 +112,7 @@ class TaskIndex:
         self.counts = counts
         sums = torch.zeros(n_tasks, entries.shape[1]).index_add_(0, owners, entries)
         self.centroids = torch.nn.functional.normalize(sums, dim=-1)  # (T, dim)
-        self.search = centroid_search(self.centroids)
+        self.centroid_search = centroid_search(self.centroids)
 
     def scores(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Q, dim) unit queries -> best task index (Q,), its score (Q,) and the runner-up's (Q,).
@@ -120,12 +120,12 @@ class TaskIndex:
         With a single task the runner-up's score is the best's own.
         """
         if self.scoring == "centroid":
-            cosines, ids = self.search.search(queries, 2)  # (Q, 2)
+            cosines, ids = self.centroid_search.search(queries, 2)  # (Q, 2)
             return self._top2(ids, cosines)
         if self.n_tasks <= self.shortlist:
             candidates = torch.arange(self.n_tasks).expand(len(queries), -1)  # (Q, T)
         else:
-            candidates = self.search.search(queries, self.shortlist)[1]  # (Q, S)
+            candidates = self.centroid_search.search(queries, self.shortlist)[1]  # (Q, S)
         found = candidates >= 0
         candidates = candidates.clamp(min=0)
         slots = self.slots[candidates]  # (Q, C, width)

@@ -106,7 +106,7 @@ def crowded():
 def test_large_index_returns_the_exact_scans_task_on_a_seeded_library(crowded):
     entries, owners, queries = crowded
     index = TaskIndex(entries, owners, CROWDED_TASKS, top_k=3, shortlist=64)
-    assert isinstance(index.search, InvertedFile)
+    assert isinstance(index.centroid_search, InvertedFile)
     exact = (queries @ index.centroids.T).topk(2, dim=-1)
     best, first, second = index.scores(queries)
     agree = best == exact.indices[:, 0]
@@ -122,7 +122,7 @@ def test_large_topk_index_shortlists_through_the_inverted_file(crowded):
     entries, owners, queries = crowded
     index = TaskIndex(entries, owners, CROWDED_TASKS, top_k=3, shortlist=64, scoring="topk")
     approximate = index.scores(queries)
-    index.search = ExactScan(index.centroids)
+    index.centroid_search = ExactScan(index.centroids)
     exact = index.scores(queries)
     agree = approximate[0] == exact[0]
     assert agree.float().mean() >= 0.99
