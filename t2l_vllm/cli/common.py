@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..generator import DTYPES, AdapterGenerator, GeneratorSettings
 
 _DEFAULTS = GeneratorSettings()
@@ -45,3 +46,12 @@ def hypernet_dir(args: argparse.Namespace) -> Path:
 
 def load_generator(args: argparse.Namespace) -> AdapterGenerator:
     return AdapterGenerator.from_checkpoint(hypernet_dir(args), generator_settings(args))
+
+
+def read_description_file(path: str, option: str) -> list[str]:
+    """Descriptions from a text file, one a line, blank lines skipped; `option` names the flag in errors."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read `{option} {path}`: {err}") from err
+    return [line for line in lines if line.strip()]

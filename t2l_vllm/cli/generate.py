@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import add_generator_options, load_generator
+from .common import add_generator_options, load_generator, read_description_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,11 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def read_descriptions(args: argparse.Namespace) -> list[str]:
     descriptions = list(args.descriptions)
     if args.file:
-        try:
-            lines = Path(args.file).read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(f"cannot read `--file {args.file}`: {err}") from err
-        descriptions += [line for line in lines if line.strip()]
+        descriptions += read_description_file(args.file, "--file")
     if not descriptions:
         raise ConfigError("give at least one description, as arguments or with `--file`.")
     return descriptions

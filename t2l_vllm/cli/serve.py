@@ -15,7 +15,7 @@ from ..cache import CacheSettings
 from ..hypernet.checkpoint import load_config
 from ..hypernet.shapes import check_shapes_fit, load_base_shapes
 from ..router import TaskLibrary
-from .common import add_generator_options, generator_settings
+from .common import add_generator_options, generator_settings, read_description_file
 from .route import add_router_options, router_settings
 
 _CACHE = CacheSettings()
@@ -34,6 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--hypernet-batch-size", type=int, default=_CACHE.max_batch_size, help="most descriptions in one hypernetwork pass (default: %(default)s)")
     group.add_argument("--semantic-cache-threshold", type=float, default=None, help="reuse a cached adapter whose description embeds within this cosine of a new one (default: off)")
     group.add_argument("--hypernet-batch-wait-ms", type=float, default=_CACHE.max_wait_ms, help="how long a pass waits for more descriptions (default: %(default)s)")
+    group.add_argument("--preload", metavar="FILE", help="descriptions (one a line) generated at start-up and kept for the server's life; "
+                       "their adapters' names are printed and listed in /v1/models, so clients such as `vllm bench serve --lora-modules` can name them")
     routing = p.add_argument_group("automatic adaptation for requests without a task_description")
     routing.add_argument("--router", metavar="LIBRARY", help="task library YAML (`starter`: the one shipped with t2l_vllm)")
     add_router_options(routing)
@@ -62,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             semantic_threshold=args.semantic_cache_threshold,
         ),
         router=replace(router_settings(args, args.router), max_description_chars=args.max_description_chars) if args.router else None,
+        preload=tuple(read_description_file(args.preload, "--preload")) if args.preload else (),
     )
     serve(model, config.lora.rank, settings, args.unknown_options)
     return 0

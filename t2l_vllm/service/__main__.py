@@ -54,7 +54,11 @@ def main(argv: list[str]) -> int:
         report({"ready": True})
         os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nobody reads the pipe from here on
 
-    asyncio.run(service.run(argv[0], ready))
+    try:
+        asyncio.run(service.run(argv[0], ready))
+    except T2LError as err:  # before `ready` (a refused preload): the starter reads this line
+        report({"error": str(err)})
+        return 2
     return 0
 
 

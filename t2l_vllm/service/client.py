@@ -45,6 +45,11 @@ def service_socket_path(owner: str) -> Path:
     return Path(tempfile.gettempdir()) / f"t2l_vllm-{os.getuid()}" / f"service-{owner}.sock"
 
 
+def stored_adapter(body: dict[str, Any]) -> StoredAdapter:
+    """An adapter as the service describes it (see `protocol.py`)."""
+    return StoredAdapter(body["name"], Path(body["path"]), body["int_id"], body["nbytes"])
+
+
 class AdapterClient:
     """One connection to the adapter service; methods run on the event loop that connected.
 
@@ -137,9 +142,8 @@ class AdapterClient:
             self._loop.call_soon_threadsafe(send)
 
     def _lease(self, body: dict[str, Any]) -> Lease:
-        stored = StoredAdapter(body["name"], Path(body["path"]), body["int_id"], body["nbytes"])
         number = body["lease"]
-        return Lease(stored, lambda _name: self._release(number))
+        return Lease(stored_adapter(body), lambda _name: self._release(number))
 
     async def _read_forever(self) -> None:
         try:

@@ -32,7 +32,7 @@ from typing import Any
 
 from ..adapter_store import AdapterStore, StoredAdapter
 from ..cache import AdapterCache, Lease
-from ..errors import T2LError
+from ..errors import ConfigError, T2LError
 from ..generator import AdapterGenerator
 from ..metrics import T2LMetrics
 from ..router import EmbeddingRouter
@@ -99,6 +99,7 @@ class AdapterService:
         self._ever_connected = False
         self._socket_path = ""
         self.cache: AdapterCache | None = None
+        self._preloaded: list[Lease] = []  # held by the service itself: never released
 
     def hello(self) -> dict[str, Any]:
         config = self.generator.config
@@ -116,6 +117,7 @@ class AdapterService:
             "cache_bytes": self.settings.cache.max_bytes,
             "store": str(self.store.root),
             "metrics_dir": self.metrics_dir if self.private_metrics else None,
+            "preloaded": [adapter_body(lease.stored, None) for lease in self._preloaded],
             "router": None if router is None else {
                 "tasks": len(router.library.tasks), "library": str(router.library.path),
                 "threshold": router.threshold, "fallback": router.fallback,
@@ -133,19 +135,32 @@ class AdapterService:
             loop.add_signal_handler(signum, self._stop.set)
         self.cache = AdapterCache(self.generator, self.store, self.settings.cache, self.metrics, on_remove=self._removed)
         self.cache.start()
-        server = await asyncio.start_unix_server(self._serve_client, path=socket_path, limit=MAX_LINE_BYTES)
-        os.chmod(socket_path, 0o600)
-        loop.call_later(FIRST_CLIENT_TIMEOUT_S, self._stop_if_nobody_came)
+        server = None
         try:
+            await self._preload()
+            server = await asyncio.start_unix_server(self._serve_client, path=socket_path, limit=MAX_LINE_BYTES)
+            os.chmod(socket_path, 0o600)
+            loop.call_later(FIRST_CLIENT_TIMEOUT_S, self._stop_if_nobody_came)
             ready()
             await self._stop.wait()
         finally:
-            server.close()
+            if server is not None:
+                server.close()
             for session in list(self._sessions):
                 session.release_all()
             await self.cache.close()
             Path(socket_path).unlink(missing_ok=True)
             self._close_metrics()
+
+    async def _preload(self) -> None:
+        """Generates the preloaded descriptions (batched passes) and pins them for the service's life."""
+        assert self.cache is not None
+        results = await asyncio.gather(*(self.cache.acquire(d) for d in self.settings.preload), return_exceptions=True)
+        self._preloaded = [r for r in results if isinstance(r, Lease)]
+        failed = [(i, r) for i, r in enumerate(results) if not isinstance(r, Lease)]
+        if failed:
+            i, err = failed[0]
+            raise ConfigError(f"preloaded description {i + 1} of {len(results)} was refused: {err}")
 
     async def _stop_if_idle(self) -> None:
         """Stops once the last client has gone, unless another connected meanwhile."""

@@ -25,6 +25,7 @@ class ServiceSettings:
     generator: GeneratorSettings = field(default_factory=GeneratorSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     router: RouterSettings | None = None
+    preload: tuple[str, ...] = ()  # descriptions generated at start-up and never removed
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -39,4 +40,5 @@ class ServiceSettings:
             generator=GeneratorSettings(**doc.get("generator", {})),
             cache=CacheSettings(**doc.get("cache", {})),
             router=None if router is None else RouterSettings(**router),
+            preload=tuple(doc.get("preload", ())),
         )

@@ -42,7 +42,7 @@ from ..cache import Lease
 from ..errors import AdapterCheckError, InvalidDescriptionError, T2LError
 from ..metrics import RequestMetrics
 from ..router import query_of_request
-from ..service.client import AdapterClient, service_socket_path, wait_until_stopped
+from ..service.client import AdapterClient, service_socket_path, stored_adapter, wait_until_stopped
 from ..service.settings import ServiceSettings
 from .lora_registry import ServedLoRAs
 
@@ -124,6 +124,8 @@ class T2LEndpointPlugin:
             return
         adapters = await AdapterClient.connect_or_start(deployment_socket_path(args), settings)
         loras = ServedLoRAs(state.openai_serving_models)
+        for body in adapters.hello["preloaded"]:  # listed in /v1/models, servable by name
+            loras.add(stored_adapter(body))
         adapters.on_removed(loras.discard)
         adapters.on_lost(_stop_this_server)
         atexit.register(_disconnect, adapters)
@@ -142,6 +144,8 @@ def _print_start_up(hello: dict[str, Any]) -> None:
         f"(adapter service, pid {hello['pid']})",
         flush=True,
     )
+    for body in hello["preloaded"]:
+        print(f"t2l_vllm: preloaded {body['name']}", flush=True)
     router = hello["router"]
     if router is not None:
         print(

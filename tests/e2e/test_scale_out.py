@@ -140,3 +140,4 @@ def test_tensor_parallel_workers_load_every_adapter_and_answer_as_one_process(st
         assert_answers_are_one_process_answers(results, one_process_answers)
         assert server.alive()
         assert most <= folder_bound(), most
+

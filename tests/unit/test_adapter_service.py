@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,33 @@ def test_a_service_that_cannot_start_says_why_and_leaves_nothing(tmp_path):
 
     asyncio.run(scenario())
     assert not any((tmp_path / "adapters").glob("t2l_vllm-adapters-*"))
+
+
+def test_preloaded_adapters_are_listed_in_the_greeting_and_outlive_any_churn(default_paths, tmp_path):
+    async def scenario():
+        preload = ("Preloaded task one: count the vowels.", "Preloaded task two: sort the letters.", "Preloaded task three: shout.")
+        settings = replace(settings_for(default_paths, tmp_path, max_entries=2), preload=preload)
+        client = await AdapterClient.connect_or_start(service_socket_path(f"test-{tmp_path.name}"), settings)
+        names = [body["name"] for body in client.hello["preloaded"]]
+        assert len(names) == 3 and len(set(names)) == 3
+        for i in range(6):  # churn the 2-entry cache well past the preloaded adapters
+            (await client.acquire(f"Churn task {i}: reverse the words.")).release()
+        assert names[0] in folders(client)
+        for name in names:
+            lease = await client.lease_by_name(name)
+            assert lease is not None and lease.stored.path.is_dir()
+            lease.release()
+        await client.close()
+        assert wait_until_stopped(client.socket_path, 30)
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_preload_stops_start_up_with_the_reason(default_paths, tmp_path):
+    async def scenario():
+        settings = replace(settings_for(default_paths, tmp_path), preload=("A fine description.", "   "))
+        with pytest.raises(ConfigError, match="preloaded description 2 of 2 was refused: the task description is empty"):
+            await AdapterClient.connect_or_start(service_socket_path(f"test-{tmp_path.name}"), settings)
+
+    asyncio.run(scenario())
+    assert not any((tmp_path / "adapters").glob("t2l_vllm-adapters-*/t2l-*"))
