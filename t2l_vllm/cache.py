@@ -5,9 +5,10 @@ A description becomes a *lease* on a stored adapter (a PEFT folder vLLM can load
     acquire(description)
       -> hit: the name is resident (LRU over lru-dict, bounded by entries and bytes)
       -> coalesced: the name is being generated; wait for that generation
-      -> miss: queue it; the batcher gathers up to `max_batch_size` misses, waiting at
-         most `max_wait_ms` after the first, and runs ONE encoder + hypernetwork pass
-         for all of them in a worker thread (never on the event loop)
+      -> miss: queue it; the batcher runs ONE encoder + hypernetwork pass for up to
+         `max_batch_size` queued misses in a worker thread (never on the event loop),
+         as soon as the previous pass is done (a miss that finds it idle waits at
+         most `max_wait_ms` for the rest of its burst)
 
 With `semantic_threshold` set, a miss whose description embeds within that cosine
 of a resident adapter's description reuses that adapter instead of generating one
@@ -120,7 +121,8 @@ class AdapterCache:
         self._pending: dict[str, _Pending] = {}
         self._embeddings: dict[str, tuple[StoredAdapter, torch.Tensor]] = {}  # kept name -> its unit task embedding
         self._aliases: LRU = LRU(4 * settings.max_entries)  # description name -> reused adapter name
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, float]] = asyncio.Queue()  # (name, when it was queued)
+        self._idle_since = 0.0  # loop time the last pass ended
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="t2l-hypernet")
         self._batcher: asyncio.Task | None = None
 
@@ -170,7 +172,7 @@ class AdapterCache:
             self._count("miss")
             pending = _Pending(text, asyncio.get_running_loop().create_future())
             self._pending[name] = pending
-            self._queue.put_nowait(name)
+            self._queue.put_nowait((name, asyncio.get_running_loop().time()))
         else:
             self._count("coalesced")
         pending.waiters += 1
@@ -269,19 +271,27 @@ class AdapterCache:
 
     # --- batcher -------------------------------------------------------------
     async def _run_batcher(self) -> None:
+        """Continuous batching: a pass starts as soon as the hypernetwork is free.
+
+        Misses that queued while a pass ran all go into the next pass at once. Only
+        a miss that finds the hypernetwork idle waits up to `max_wait_ms` for the
+        rest of its burst, since a pass of 8 costs far less than 8 passes of 1.
+        """
         loop = asyncio.get_running_loop()
         while True:
-            names = [await self._queue.get()]
-            deadline = loop.time() + self.settings.max_wait_ms / 1000
-            while len(names) < self.settings.max_batch_size:
-                timeout = deadline - loop.time()
-                if timeout <= 0 and self._queue.empty():
-                    break
-                try:
-                    names.append(await asyncio.wait_for(self._queue.get(), max(timeout, 0)))
-                except asyncio.TimeoutError:
-                    break
+            name, queued_at = await self._queue.get()
+            names = [name]
+            if queued_at >= self._idle_since:  # it found the hypernetwork idle: let its burst gather
+                deadline = queued_at + self.settings.max_wait_ms / 1000
+                while len(names) < self.settings.max_batch_size and (timeout := deadline - loop.time()) > 0:
+                    try:
+                        names.append((await asyncio.wait_for(self._queue.get(), timeout))[0])
+                    except asyncio.TimeoutError:
+                        break
+            while len(names) < self.settings.max_batch_size and not self._queue.empty():
+                names.append(self._queue.get_nowait()[0])
             await self._generate(names)
+            self._idle_since = loop.time()
 
     async def _generate(self, names: list[str]) -> None:
         texts = [self._pending[name].text for name in names]

@@ -169,3 +169,20 @@ def test_adapters_waiting_out_the_grace_are_capped_at_the_cache_size(generator, 
 
     resident, retired, folders = run_with_cache(generator, tmp_path, CacheSettings(max_entries=2, removal_grace_s=60), scenario)
     assert (resident, retired, folders) == (2, 2, 4)
+
+
+def test_misses_arriving_during_a_pass_join_the_next_pass_with_one_generation_per_name(generator, tmp_path):
+    """Continuous batching, no waiting window: the first miss starts a pass alone, the rest
+    (queued while it ran) share the next one, and every name is generated exactly once."""
+    async def scenario(cache, removed, metrics):
+        first = asyncio.ensure_future(cache.acquire("Continuous task 0: tag the verbs."))
+        await asyncio.sleep(0)  # the batcher takes it and starts a pass
+        rest = [f"Continuous task {i % 6 + 1}: tag the verbs." for i in range(24)]
+        leases = await asyncio.gather(first, *(cache.acquire(d) for d in rest))
+        for lease in leases:
+            lease.release()
+        return value(metrics.generations), value(metrics.hypernet_passes), len({lease.name for lease in leases})
+
+    generations, passes, names = run_with_cache(generator, tmp_path, CacheSettings(max_wait_ms=0), scenario)
+    assert names == 7 and generations == 7
+    assert passes == 2, passes  # one for the first miss, one for the six that queued behind it
