@@ -111,20 +111,27 @@ class EmbeddingRouter:
 
 
 def query_of_request(body: dict[str, Any]) -> str | None:
-    """The text a request is about: the last user message of a chat, or a completion prompt."""
-    messages = body.get("messages")
+    """The text a request is about: the last user message of a chat (`messages`) or of a
+    Responses API `input`, or a completion prompt."""
+    messages = body.get("messages", body.get("input"))
+    if isinstance(messages, str):  # Responses API: `input` may be the user's text itself
+        return messages
     if isinstance(messages, list):
         for message in reversed(messages):
             if isinstance(message, dict) and message.get("role") == "user":
-                content = message.get("content")
-                if isinstance(content, str):
-                    return content
-                if isinstance(content, list):  # OpenAI content parts
-                    parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-                    parts = [p for p in parts if isinstance(p, str)]
-                    return "\n".join(p for p in parts if p) or None
+                return _text_of(message.get("content"))
         return None
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
     return prompt if isinstance(prompt, str) else None
+
+
+def _text_of(content: object) -> str | None:
+    """A message's text: a string, or its text parts (`text` in chat, `input_text` in Responses)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") in ("text", "input_text")]
+        return "\n".join(p for p in parts if isinstance(p, str) and p) or None
+    return None

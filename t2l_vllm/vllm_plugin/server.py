@@ -1,7 +1,8 @@
-"""vLLM endpoint plugin: `task_description` on /v1/chat/completions and /v1/completions.
+"""vLLM endpoint plugin: `task_description` on /v1/chat/completions, /v1/completions and /v1/responses.
 
-The plugin replaces vLLM's two POST routes with thin wrappers that keep vLLM's
-own handlers doing all the work:
+The plugin replaces those POST routes with thin wrappers that keep vLLM's own
+handlers doing all the work (every other POST route answers a body carrying
+`task_description` with a 400 instead of silently ignoring the field):
 
     body -> task_description? -> lease on a generated adapter from the deployment's
             adapter service (one process for all API servers: cache, batcher, store)
@@ -95,6 +96,15 @@ def deployment_socket_path(args: Namespace) -> Path:
     return service_socket_path(f"serve-{os.getppid() if several else os.getpid()}")
 
 
+def served_routes() -> dict[str, type]:
+    """The routes that serve `task_description`, with vLLM's request model for each."""
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+    from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
+
+    return {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest, "/v1/responses": ResponsesRequest}
+
+
 class T2LEndpointPlugin:
     """The `vllm.endpoint_plugins` entry point (a zero-argument factory)."""
 
@@ -102,19 +112,20 @@ class T2LEndpointPlugin:
     required_tasks = ("generate",)
 
     def attach_router(self, app: FastAPI) -> None:
-        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+        """Serves `task_description` on the generation routes and refuses it on every other POST route.
 
-        originals = {
-            route.path: route.endpoint
-            for route in app.routes
-            if isinstance(route, APIRoute) and "POST" in route.methods
-        }
+        vLLM replaces a route it already has with a plugin's route of the same path
+        and method, so each wrapper stands in for vLLM's and calls vLLM's own code.
+        """
+        posts = {route.path: route for route in app.routes if isinstance(route, APIRoute) and "POST" in route.methods}
         router = APIRouter()
-        for path, model in (("/v1/chat/completions", ChatCompletionRequest), ("/v1/completions", CompletionRequest)):
-            if path not in originals:
+        for path, model in served_routes().items():
+            if path not in posts:
                 raise RuntimeError(f"t2l_vllm: vLLM has no POST {path} route to extend; is this vLLM 0.32?")
-            router.add_api_route(path, _endpoint(_Route(path, model, originals[path])), methods=["POST"])
+            router.add_api_route(path, _endpoint(_Route(path, model, posts[path].endpoint)), methods=["POST"])
+        for path, route in posts.items():
+            if path not in served_routes():
+                router.add_api_route(path, _refusing_endpoint(route), methods=["POST"], include_in_schema=False)
         app.include_router(router)
 
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
@@ -219,6 +230,28 @@ def _endpoint(route: _Route) -> Callable[[Request], Awaitable[Response]]:
         return await _forward(route, request, raw_request, lease, choice, t2l)
 
     endpoint.__name__ = f"t2l_{route.path.strip('/').replace('/', '_')}"
+    return endpoint
+
+
+def _refusing_endpoint(route: APIRoute) -> Callable[[Request], Awaitable[Response]]:
+    """vLLM's own handler for `route`, unless the JSON body carries `task_description`: then a 400
+    that says where the field is served, rather than an answer that silently ignored it."""
+    handler = route.get_route_handler()
+
+    async def endpoint(raw_request: Request) -> Response:
+        try:
+            body = json.loads(await raw_request.body())  # cached on the request: vLLM's handler reads it again
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            body = None
+        if isinstance(body, dict) and DESCRIPTION_FIELD in body:
+            routes = ", ".join(f"POST {path}" for path in served_routes())
+            return _refuse(
+                getattr(raw_request.app.state, "t2l", None), HTTPStatus.BAD_REQUEST,
+                f"`{DESCRIPTION_FIELD}` is not served on {route.path}; it is served on {routes}.", DESCRIPTION_FIELD,
+            )
+        return await handler(raw_request)
+
+    endpoint.__name__ = f"t2l_refusing_{route.path.strip('/').replace('/', '_')}"
     return endpoint
 
 

@@ -247,3 +247,52 @@ def test_deeply_nested_json_is_a_400(server):
     response = httpx.post(f"{server.url}/v1/completions", content=b"[" * 100_000,
                           headers={"Authorization": f"Bearer {server.api_key}", "Content-Type": "application/json"})
     assert response.status_code == 400
+
+
+def test_the_responses_api_serves_task_description_like_chat(server, generator):
+    """OpenAI's current API: same adapter, same answer as chat, streaming included."""
+    description, message = "Convert the text to uppercase.", "hello world"
+    client = server.client()
+    raw = client.responses.with_raw_response.create(model=server.model, input=message, max_output_tokens=16, temperature=0,
+                                                    extra_body={"task_description": description})
+    assert raw.headers["x-t2l-adapter"] == generator.name_for(description)
+    assert raw.headers["x-t2l-source"] == "request"
+    answer = raw.parse().output_text
+    chatted, _ = chat(server, description, content=message)
+    assert answer == client.chat.completions.create(
+        model=server.model, messages=[{"role": "user", "content": message}], max_tokens=16, temperature=0,
+        extra_body={"task_description": description}).choices[0].message.content
+    assert chatted  # the adapter answered at all
+    events = client.responses.create(model=server.model, input=message, max_output_tokens=16, temperature=0, stream=True,
+                                     extra_body={"task_description": description})
+    streamed = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert streamed == answer
+    with pytest.raises(openai.BadRequestError, match="task description is empty"):
+        client.responses.create(model=server.model, input=message, extra_body={"task_description": " "})
+
+
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        ("/v1/messages", {"model": "tiny", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/messages/count_tokens", {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}),
+        ("/tokenize", {"model": "tiny", "prompt": "hi"}),
+        ("/v1/chat/completions/batch", {"model": "tiny", "messages": [[{"role": "user", "content": "hi"}]]}),
+        ("/invocations", {"model": "tiny", "prompt": "hi", "max_tokens": 2}),
+    ],
+)
+def test_routes_that_do_not_serve_the_field_refuse_it_and_work_without_it(server, path, body):
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    refused = httpx.post(f"{server.url}{path}", json={**body, "task_description": "Answer in French."}, headers=headers, timeout=120)
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert "`task_description` is not served on" in error["message"] and "/v1/responses" in error["message"]
+    assert error["param"] == "task_description"
+    plain = httpx.post(f"{server.url}{path}", json=body, headers=headers, timeout=120)
+    assert plain.status_code != 400 or "task_description" not in plain.text  # vLLM's own handling, untouched
+
+
+def test_refusing_routes_still_need_the_api_key(server):
+    response = httpx.post(f"{server.url}/v1/messages", json={"model": "tiny", "max_tokens": 4, "task_description": "x",
+                                                            "messages": [{"role": "user", "content": "hi"}]}, timeout=60)
+    assert response.status_code == 401
