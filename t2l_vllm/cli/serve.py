@@ -12,9 +12,13 @@ import argparse
 from dataclasses import replace
 
 from ..cache import CacheSettings
-from ..hypernet.checkpoint import load_config
+from ..descriptions import normalize_description
+from ..errors import ConfigError, InvalidDescriptionError
+from ..hypernet.checkpoint import load_checkpoint
+from ..hypernet.config import HypernetConfig
 from ..hypernet.shapes import check_shapes_fit, load_base_shapes
 from ..router import TaskLibrary
+from ..service.settings import ServiceSettings
 from .common import add_generator_options, generator_settings, read_description_file
 from .route import add_router_options, router_settings
 
@@ -45,14 +49,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..vllm_plugin.launch import serve
     from ..vllm_plugin.offline import resolve_model_and_hypernet
-    from ..service.settings import ServiceSettings
 
     model, hypernet = resolve_model_and_hypernet(args.model, args.hypernet)
-    config, _ = load_config(hypernet)
+    settings = service_settings(args, hypernet)
+    config = check_before_vllm_starts(settings, model)
+    serve(model, config.lora.rank, settings, args.unknown_options)
+    return 0
+
+
+def check_before_vllm_starts(settings: ServiceSettings, model: str) -> HypernetConfig:
+    """Everything a bad flag or file can break, checked in seconds instead of after the engine's
+    start (minutes on a large model): the hypernetwork's weights against their fingerprint and
+    against the base model's shapes, the router library, and every preloaded description."""
+    hypernet, _ = load_checkpoint(settings.hypernet)  # raises on altered, corrupt or mismatched weights
+    config = hypernet.config
+    del hypernet
     check_shapes_fit(config.base, load_base_shapes(model), list(config.lora.target_modules))
-    if args.router:
-        TaskLibrary.load(args.router)  # a bad library stops start-up here, before vLLM starts
-    settings = ServiceSettings(
+    if settings.router is not None:
+        TaskLibrary.load(settings.router.library)
+    for line, description in enumerate(settings.preload, 1):
+        try:
+            normalize_description(description, settings.generator.max_description_chars)
+        except InvalidDescriptionError as err:
+            raise ConfigError(f"`--preload`, description {line}: {err}") from None
+    return config
+
+
+def service_settings(args: argparse.Namespace, hypernet: str) -> ServiceSettings:
+    """The adapter service's settings from the command line; each dataclass checks its own values."""
+    return ServiceSettings(
         hypernet=hypernet,
         adapter_dir=args.adapter_dir,
         generator=generator_settings(args),
@@ -66,5 +91,3 @@ def run(args: argparse.Namespace) -> int:
         router=replace(router_settings(args, args.router), max_description_chars=args.max_description_chars) if args.router else None,
         preload=tuple(read_description_file(args.preload, "--preload")) if args.preload else (),
     )
-    serve(model, config.lora.rank, settings, args.unknown_options)
-    return 0
