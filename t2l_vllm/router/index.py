@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import Literal, Protocol
 
+import numpy as np
 import torch
 
 Scoring = Literal["centroid", "topk"]
@@ -28,14 +29,18 @@ SCORINGS = ("centroid", "topk")
 # more than the encoder. Up to this many tasks the scan is cheap enough to stay exact.
 EXACT_SCAN_TASKS = 8192
 # Inverted lists: sqrt(tasks) of them (316 at 100,000 tasks, each with enough
-# members for faiss's k-means), and the fraction of them a query scans.
-# benchmarks/router_latency.py measured this fraction to agree with the exact scan
-# on >= 99% of queries at 100,000 tasks, where synthetic tasks crowd in groups of
-# thousands whose centroids differ by ~0.001 in cosine: a query must scan its whole
-# group to be sure of the exact best.
-PROBED_FRACTION = 1 / 16
-# Lists hold 8-bit codes (4x less to read than float32); the best RESCORED x k
-# candidates by code have their cosines recomputed exactly from the centroids.
+# members for faiss's k-means), and how many of them a query scans: a fraction, but
+# never fewer than MIN_PROBES (16 of 316 lists, ~5,000 centroids, at 100,000 tasks).
+# On benchmarks/router_latency.py's libraries these agree with the exact scan on
+# >= 99% of queries from 8,192 to 100,000 tasks. Its synthetic tasks crowd in groups
+# of hundreds to thousands whose centroids differ by ~0.001 in cosine, so a query
+# must scan most of its group to be sure of the exact best.
+PROBED_FRACTION = 1 / 20
+MIN_PROBES = 16
+# Lists hold float16 codes: at 100,000 tasks they scanned 1.4x faster than float32
+# and 1.15x faster than 8-bit codes, whose decoding costs more than the memory it
+# saves (CPU time of one thread). The best RESCORED x k candidates by code have
+# their cosines recomputed exactly.
 RESCORED = 4
 
 
@@ -62,29 +67,33 @@ class ExactScan:
 class InvertedFile:
     """faiss IVF over the centroids: a query scans only the lists nearest to it.
 
-    faiss rather than our own inverted lists: its scan is SIMD over 8-bit codes and
-    batched across queries in C++, where a Python loop per query did not amortise.
+    faiss rather than our own inverted lists: it scans compact codes with SIMD in C++
+    for a whole batch of queries at once, where our Python loop per query did not
+    amortise (lookup 53% of encoding at batch 32 and 100,000 tasks). Candidates are
+    re-scored in numpy, not torch: torch's threads, parallelising ops this small on
+    a busy machine, wait on each other for a scheduler slice (12 ms instead of 0.6
+    at batch 1 with 2 threads under load).
     """
 
-    def __init__(self, centroids: torch.Tensor, probed_fraction: float = PROBED_FRACTION) -> None:
-        import faiss  # only libraries above EXACT_SCAN_TASKS need it
+    def __init__(self, centroids: torch.Tensor, probed_fraction: float = PROBED_FRACTION, min_probes: int = MIN_PROBES) -> None:
+        import faiss  # here: processes with smaller libraries never load it and its OpenMP runtime
 
         tasks, dim = centroids.shape
         lists = max(1, round(math.sqrt(tasks)))
-        vectors = centroids.contiguous().numpy()
-        self.index = faiss.index_factory(dim, f"IVF{lists},SQ8", faiss.METRIC_INNER_PRODUCT)
-        self.index.train(vectors)
-        self.index.add(vectors)
-        self.index.nprobe = max(1, round(probed_fraction * lists))
-        self.centroids = centroids  # (T, dim)
+        self.vectors = centroids.contiguous().numpy()  # (T, dim), shares memory with the index's centroids
+        self.index = faiss.index_factory(dim, f"IVF{lists},SQfp16", faiss.METRIC_INNER_PRODUCT)
+        self.index.train(self.vectors)
+        self.index.add(self.vectors)
+        self.index.nprobe = min(lists, max(min_probes, round(probed_fraction * lists)))
 
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        k = min(k, len(self.centroids))
-        _, found = self.index.search(queries.contiguous().numpy(), min(RESCORED * k, len(self.centroids)))
-        ids = torch.from_numpy(found)  # (Q, C), -1 past the last candidate found
-        sims = torch.einsum("qd,qcd->qc", queries, self.centroids[ids.clamp(min=0)])  # (Q, C) exact cosines
-        top = sims.masked_fill(ids < 0, float("-inf")).topk(k, dim=-1)  # (Q, k)
-        return top.values, ids.gather(1, top.indices)
+        k = min(k, len(self.vectors))
+        queries = queries.contiguous().numpy()
+        _, ids = self.index.search(queries, min(RESCORED * k, len(self.vectors)))  # (Q, C), -1 past the last found
+        cosines = np.einsum("qd,qcd->qc", queries, self.vectors[np.maximum(ids, 0)])  # (Q, C), exact
+        cosines[ids < 0] = -np.inf
+        best = np.argsort(-cosines, axis=1, kind="stable")[:, :k]  # (Q, k)
+        return torch.from_numpy(np.take_along_axis(cosines, best, 1)), torch.from_numpy(np.take_along_axis(ids, best, 1))
 
 
 def centroid_search(centroids: torch.Tensor) -> CentroidSearch:

@@ -114,7 +114,7 @@ def test_large_index_returns_the_exact_scans_task_on_a_seeded_library(crowded):
     torch.testing.assert_close(first[agree], exact.values[agree, 0])  # exact cosines, not the codes' estimates
     same_runner_up = agree & torch.isclose(second, exact.values[:, 1])  # so the router's confidence is the exact scan's
     assert same_runner_up.float().mean() >= 0.99
-    one_list = InvertedFile(index.centroids, probed_fraction=0)  # the library is a hard case: one list misses often
+    one_list = InvertedFile(index.centroids, probed_fraction=0, min_probes=1)  # a hard library: one list misses often
     assert (one_list.search(queries, 2)[1][:, 0] == exact.indices[:, 0]).float().mean() < 0.9
 
 
