@@ -104,3 +104,31 @@ def test_a_bad_library_stops_start_up_with_a_clear_error(tmp_path, library, frag
     assert result.returncode == 2
     assert str(path) in result.stderr and fragment in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_every_metric_the_grafana_dashboard_queries_is_on_metrics(routed):
+    """docs/grafana/t2l_vllm.json: each series its panels query exists on a running server's /metrics."""
+    import json
+    import re
+    from pathlib import Path
+
+    import httpx
+
+    dashboard = json.loads((Path(__file__).parents[2] / "docs" / "grafana" / "t2l_vllm.json").read_text())
+    queried = {name for panel in dashboard["panels"] for target in panel["targets"]
+               for name in re.findall(r"\b(?:t2l_|vllm:)[A-Za-z0-9_:]+", target["expr"])}
+    assert any(n.startswith("t2l_") for n in queried) and any(n.startswith("vllm:") for n in queried)
+    ask(routed, MATH_QUERY)  # routed
+    ask(routed, "Say hi.", task_description="Answer in one word.")  # described
+    for i in range(20):  # more new descriptions than the 16-entry cache: evictions
+        ask(routed, "hi", task_description=f"Dashboard task {i}: reply briefly.")
+    with pytest.raises(Exception):
+        ask(routed, "hi", task_description="   ")  # a refusal
+    exposed = set()
+    for line in httpx.get(f"{routed.url}/metrics", timeout=30).text.splitlines():
+        if line.startswith("# TYPE "):
+            exposed.add(line.split()[2])
+        elif line and not line.startswith("#"):
+            exposed.add(line.split("{")[0].split(" ")[0])
+    missing = sorted(n for n in queried if n not in exposed)
+    assert not missing, missing
