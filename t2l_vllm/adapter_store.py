@@ -9,6 +9,7 @@ still reach it. The root defaults to tmpfs (/dev/shm) where available.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from .adapters import LoRAAdapter
 from .descriptions import adapter_int_id
-from .errors import T2LError
+from .errors import AdapterStoreError, T2LError
 
 logger = logging.getLogger(__name__)
 
@@ -102,13 +103,23 @@ class AdapterStore:
             return self._stored.get(name)
 
     def put(self, adapter: LoRAAdapter) -> StoredAdapter:
-        """Writes the adapter's folder unless it is already stored; returns where it is."""
+        """Writes the adapter's folder unless it is already stored; returns where it is.
+
+        Raises `AdapterStoreError` when the filesystem refuses the write (full, read-only):
+        nothing of the half-written folder is left, and folders already stored are untouched.
+        """
         int_id = adapter_int_id(adapter.name)
         with self._lock:
             stored = self._stored.get(adapter.name)
             if stored is not None:
                 return stored
             self._check_id_is_free(int_id, adapter.name)
+        try:
+            return self._write(adapter, int_id)
+        except OSError as err:
+            raise self._write_error(err) from err
+
+    def _write(self, adapter: LoRAAdapter, int_id: int) -> StoredAdapter:
         path = self.root / adapter.name
         tmp = Path(tempfile.mkdtemp(prefix=f".{adapter.name}-", dir=self.root))
         try:
@@ -125,6 +136,14 @@ class AdapterStore:
                 return stored
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _write_error(self, err: OSError) -> AdapterStoreError:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return AdapterStoreError(
+                f"the disk holding the adapter folders ({self.root.parent}) is full, so no new adapter can be made "
+                "now; adapters already made keep serving. Free space there, or give `--adapter-dir` a larger filesystem."
+            )
+        return AdapterStoreError(f"could not write an adapter folder under {self.root}: {err.strerror or err}; check `--adapter-dir`.")
 
     def remove(self, name: str) -> None:
         """Deletes a folder. Call only when no queued or running request can load it."""

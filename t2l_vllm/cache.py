@@ -35,7 +35,8 @@ import torch
 from lru import LRU
 
 from .adapter_store import AdapterStore, StoredAdapter
-from .errors import ConfigError, T2LError
+from .adapters import LoRAAdapter
+from .errors import ConfigError, GenerationError, T2LError
 from .generator import AdapterGenerator
 from .metrics import T2LMetrics
 
@@ -118,6 +119,7 @@ class AdapterCache:
         self._resident_bytes = 0
         self._retired: dict[str, StoredAdapter] = {}  # evicted, kept while pinned or in grace
         self._pins: dict[str, int] = {}
+        self._pinned = 0  # sum of `_pins`: what /metrics reports, so a leak shows
         self._pending: dict[str, _Pending] = {}
         self._embeddings: dict[str, tuple[StoredAdapter, torch.Tensor]] = {}  # kept name -> its unit task embedding
         self._aliases: LRU = LRU(4 * settings.max_entries)  # description name -> reused adapter name
@@ -249,9 +251,11 @@ class AdapterCache:
 
     def _pin(self, name: str, count: int = 1) -> None:
         self._pins[name] = self._pins.get(name, 0) + count
+        self._count_pins(count)
 
     def _unpin(self, name: str) -> None:
         left = self._pins.get(name, 0) - 1
+        self._count_pins(-1)
         if left > 0:
             self._pins[name] = left
             return
@@ -262,6 +266,11 @@ class AdapterCache:
     def _count(self, result: str) -> None:
         if self.metrics:
             self.metrics.cache_lookups.labels(result=result).inc()
+
+    def _count_pins(self, change: int) -> None:
+        self._pinned += change
+        if self.metrics:
+            self.metrics.adapter_pins.set(self._pinned)
 
     def _update_gauges(self) -> None:
         if self.metrics:
@@ -303,7 +312,7 @@ class AdapterCache:
             results = await asyncio.get_running_loop().run_in_executor(self._executor, self._generate_and_store, texts, resident)
         except Exception as err:  # noqa: BLE001 - a bug must fail these requests, not the batcher
             logger.exception("hypernetwork pass failed for %d descriptions", len(texts))
-            results = [T2LError(f"adapter generation failed: {err}")] * len(texts)
+            results = [GenerationError(f"adapter generation failed: {err}")] * len(texts)
         if self.metrics:
             self.metrics.hypernet_passes.inc()
             self.metrics.hypernet_batch_size.observe(len(texts))
@@ -343,7 +352,7 @@ class AdapterCache:
     ) -> list[tuple[StoredAdapter, torch.Tensor | None, bool] | T2LError]:
         """Worker thread: one batched pass (reusing close resident adapters), then PEFT folders."""
         if resident is None:
-            return [r if isinstance(r, T2LError) else (self.store.put(r), None, False) for r in self.generator.generate_batch(texts)]
+            return [self._stored(r, None) for r in self.generator.generate_batch(texts)]
         embeddings = self.generator.encoder.encode(texts)
         units = torch.nn.functional.normalize(embeddings, dim=-1)
         out: list = [None] * len(texts)
@@ -358,5 +367,15 @@ class AdapterCache:
                 fresh.append(i)
         generated = self.generator.generate_from_embeddings([texts[i] for i in fresh], embeddings[fresh])
         for i, result in zip(fresh, generated):
-            out[i] = result if isinstance(result, T2LError) else (self.store.put(result), units[i], False)
+            out[i] = self._stored(result, units[i])
         return out
+
+    def _stored(self, result: LoRAAdapter | T2LError, unit: torch.Tensor | None) -> tuple[StoredAdapter, torch.Tensor | None, bool] | T2LError:
+        """Worker thread: the adapter's folder written, or the error that refused it (a full disk fails
+        only the adapters it could not take)."""
+        if isinstance(result, T2LError):
+            return result
+        try:
+            return self.store.put(result), unit, False
+        except T2LError as err:
+            return err

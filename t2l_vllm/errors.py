@@ -28,3 +28,15 @@ class AdapterCheckError(T2LError):
 
 class ConfigError(T2LError, ValueError):
     """A setting with a value that cannot work."""
+
+
+class GenerationError(T2LError):
+    """A hypernetwork pass that failed (a bug, or the device out of memory): every description in it fails."""
+
+
+class AdapterStoreError(T2LError):
+    """An adapter folder that could not be written (the filesystem of `--adapter-dir` full or failing)."""
+
+
+class EngineDiedError(T2LError):
+    """vLLM's engine stopped on its own while the server was serving: the server ends with a failure status."""

@@ -44,6 +44,11 @@ class T2LMetrics:
             "t2l_adapters_retired", "Evicted adapters kept until their last request ends.",
             multiprocess_mode="livesum", registry=registry,
         )
+        self.adapter_pins = Gauge(
+            "t2l_adapter_pins", "Pins on kept adapters: one per lease a request holds, one per preloaded adapter, "
+            "and one per semantic-reuse candidate during a pass. Back to the preloaded count when idle.",
+            multiprocess_mode="livesum", registry=registry,
+        )
         self.router_decisions = Counter(
             "t2l_router_decisions", "Router choices by task name from the library, or fallback:query / fallback:base.",
             ["task"], registry=registry,

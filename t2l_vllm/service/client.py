@@ -30,7 +30,7 @@ from ..adapter_store import StoredAdapter
 from ..cache import Lease
 from ..errors import ConfigError
 from ..router import RouteDecision
-from .protocol import MAX_LINE_BYTES, AdapterServiceError, alive_lock_path, encode, error_from, read_message, socket_lock
+from .protocol import MAX_LINE_BYTES, AdapterServiceError, alive_lock_path, encode, error_from, read_message, remove_socket_lock, socket_lock
 from .settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -239,7 +239,11 @@ def connect_or_start(socket_path: str, settings: ServiceSettings) -> tuple[socke
             sock = _connect(socket_path)
         except (FileNotFoundError, ConnectionRefusedError):
             Path(socket_path).unlink(missing_ok=True)  # a service that was killed leaves its socket file
-            _start(socket_path, settings)
+            try:
+                _start(socket_path, settings)
+            except BaseException:
+                remove_socket_lock(socket_path)  # no service: leave nothing behind
+                raise
             started = True
             sock = _connect(socket_path)
         # Read the hello under the lock: once it has arrived the service counts this client.
@@ -249,7 +253,11 @@ def connect_or_start(socket_path: str, settings: ServiceSettings) -> tuple[socke
 def wait_until_stopped(socket_path: str, timeout_s: float) -> bool:
     """Waits until no service for `socket_path` runs (it has removed its folders); False on timeout."""
     deadline = time.monotonic() + timeout_s
-    with open(alive_lock_path(socket_path), "a") as alive:
+    try:
+        alive = open(alive_lock_path(socket_path))  # noqa: SIM115 - closed below
+    except FileNotFoundError:  # a stopping service removes it last
+        return True
+    with alive:
         while True:
             try:
                 fcntl.flock(alive, fcntl.LOCK_SH | fcntl.LOCK_NB)

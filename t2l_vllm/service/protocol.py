@@ -19,18 +19,21 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from ..adapter_store import AdapterIdCollisionError
-from ..errors import AdapterCheckError, ConfigError, InvalidDescriptionError, T2LError
+from ..errors import AdapterCheckError, AdapterStoreError, ConfigError, GenerationError, InvalidDescriptionError, T2LError
 
 # Descriptions are bounded by the generator's settings; this only bounds a line.
 MAX_LINE_BYTES = 16 * 2**20
 
 _ERRORS: dict[str, type[T2LError]] = {
-    cls.__name__: cls for cls in (T2LError, InvalidDescriptionError, AdapterCheckError, AdapterIdCollisionError, ConfigError)
+    cls.__name__: cls
+    for cls in (T2LError, InvalidDescriptionError, AdapterCheckError, AdapterIdCollisionError, ConfigError, GenerationError, AdapterStoreError)
 }
 
 
@@ -69,6 +72,29 @@ def alive_lock_path(socket_path: str) -> str:
     return f"{socket_path}.alive"
 
 
+def lock_file(path: str, operation: int = fcntl.LOCK_EX) -> IO[str]:
+    """Opens `path` (creating it) and locks it; the caller closes the file to unlock.
+
+    Lock files are removed by their holder when its service stops, so a process
+    that waited on a file and got the lock after it was removed holds a lock on
+    nothing: it checks that the path still names the file it locked, and if not,
+    locks the path's new file instead. That way the files can be deleted and two
+    processes never both believe they hold one lock.
+    """
+    while True:
+        handle = open(path, "a")  # noqa: SIM115 - returned to the caller
+        try:
+            fcntl.flock(handle, operation)
+            if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass  # removed between our open and our lock: try the new one
+        except BaseException:
+            handle.close()
+            raise
+        handle.close()
+
+
 @contextmanager
 def socket_lock(socket_path: str) -> Iterator[None]:
     """The lock under which clients start and connect to a service, and under which it decides to stop.
@@ -77,9 +103,10 @@ def socket_lock(socket_path: str) -> Iterator[None]:
     sees every client that is connecting; two clients starting together get one
     service, and none connects to a service that has decided to stop.
     """
-    with open(f"{socket_path}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with lock_file(f"{socket_path}.lock"):
+        yield
+
+
+def remove_socket_lock(socket_path: str) -> None:
+    """Removes the file behind `socket_lock`; call while holding it (see `lock_file`)."""
+    Path(f"{socket_path}.lock").unlink(missing_ok=True)

@@ -19,7 +19,6 @@ so a deployment killed outright leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import itertools
 import logging
 import os
@@ -36,7 +35,8 @@ from ..errors import ConfigError, T2LError
 from ..generator import AdapterGenerator
 from ..metrics import T2LMetrics
 from ..router import EmbeddingRouter
-from .protocol import MAX_LINE_BYTES, alive_lock_path, encode, error_body, read_message, socket_lock
+from .fault_injection import with_test_faults
+from .protocol import MAX_LINE_BYTES, alive_lock_path, encode, error_body, lock_file, read_message, remove_socket_lock, socket_lock
 from .settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class AdapterService:
         self.metrics_dir = metrics_dir
         self.private_metrics = private_metrics
         self.metrics = T2LMetrics()
-        self.generator = AdapterGenerator.from_checkpoint(settings.hypernet, settings.generator)
+        self.generator = with_test_faults(AdapterGenerator.from_checkpoint(settings.hypernet, settings.generator))
         self.router = None if settings.router is None else EmbeddingRouter.from_settings(settings.router)
         self.store = AdapterStore(settings.adapter_dir)
         self._sessions: set[_Session] = set()
@@ -98,6 +98,7 @@ class AdapterService:
         self._stop: asyncio.Event | None = None
         self._ever_connected = False
         self._socket_path = ""
+        self._socket_inode: int | None = None
         self.cache: AdapterCache | None = None
         self._preloaded: list[Lease] = []  # held by the service itself: never released
 
@@ -127,8 +128,7 @@ class AdapterService:
     async def run(self, socket_path: str, ready: Callable[[], None]) -> None:
         """Serves until the last client has gone (or none came, or SIGTERM), then cleans up."""
         loop = asyncio.get_running_loop()
-        alive = open(alive_lock_path(socket_path), "a")  # noqa: SIM115 - held until the process ends
-        fcntl.flock(alive, fcntl.LOCK_EX)
+        alive = lock_file(alive_lock_path(socket_path))  # noqa: F841 - held until the process ends
         self._socket_path = socket_path
         self._stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -140,6 +140,7 @@ class AdapterService:
             await self._preload()
             server = await asyncio.start_unix_server(self._serve_client, path=socket_path, limit=MAX_LINE_BYTES)
             os.chmod(socket_path, 0o600)
+            self._socket_inode = os.stat(socket_path).st_ino
             loop.call_later(FIRST_CLIENT_TIMEOUT_S, self._stop_if_nobody_came)
             ready()
             await self._stop.wait()
@@ -149,8 +150,23 @@ class AdapterService:
             for session in list(self._sessions):
                 session.release_all()
             await self.cache.close()
-            Path(socket_path).unlink(missing_ok=True)
             self._close_metrics()
+            await asyncio.to_thread(self._remove_socket_files)
+
+    def _remove_socket_files(self) -> None:
+        """The socket (unless a new service has taken its path meanwhile) and the lock files: a stopped
+        service leaves nothing. The `.alive` lock is still held (until the process ends) after its file is gone.
+
+        A service that never served leaves the socket lock to the client starting it, which holds it
+        (and removes it) while it waits for this process.
+        """
+        if self._socket_inode is not None:
+            with socket_lock(self._socket_path):
+                socket_file = Path(self._socket_path)
+                if socket_file.exists() and socket_file.stat().st_ino == self._socket_inode:
+                    socket_file.unlink()
+                remove_socket_lock(self._socket_path)
+        Path(alive_lock_path(self._socket_path)).unlink(missing_ok=True)
 
     async def _preload(self) -> None:
         """Generates the preloaded descriptions (batched passes) and pins them for the service's life."""

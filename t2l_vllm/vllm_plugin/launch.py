@@ -14,13 +14,17 @@ import os
 from argparse import Namespace
 from collections.abc import Sequence
 
-from ..errors import ConfigError
+from ..errors import ConfigError, EngineDiedError
 from ..service.settings import ServiceSettings
+from .engine_exits import EngineExits
 from .server import PLUGIN_NAME
 
 
 def serve(model: str, lora_rank: int, settings: ServiceSettings, vllm_options: Sequence[str]) -> None:
-    """Parses vLLM's own options, switches LoRA and the plugin on, and serves until stopped."""
+    """Parses vLLM's own options, switches LoRA and the plugin on, and serves until stopped.
+
+    Raises `EngineDiedError` if vLLM's engine ended on its own, so the command exits non-zero.
+    """
     from vllm.entrypoints.cli.serve import ServeSubcommand
     from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
@@ -35,8 +39,11 @@ def serve(model: str, lora_rank: int, settings: ServiceSettings, vllm_options: S
     args.enable_lora = True
     args.max_lora_rank = max(args.max_lora_rank or 0, lora_rank)
     args.t2l = settings  # travels to every API server process; read back by the endpoint plugin's init_state
+    args.t2l_engine_exits = engine_exits = EngineExits()  # filled in by the endpoint plugin of an API server in this process
     validate_parsed_serve_args(args)
     ServeSubcommand.cmd(args)
+    if (failure := engine_exits.failure()) is not None:  # vLLM returns normally when a lone API server's engine dies
+        raise EngineDiedError(failure)
 
 
 def nodes_reason(args: Namespace) -> str | None:

@@ -40,11 +40,12 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
 from ..cache import Lease
-from ..errors import AdapterCheckError, InvalidDescriptionError, T2LError
+from ..errors import AdapterCheckError, AdapterStoreError, GenerationError, InvalidDescriptionError, T2LError
 from ..metrics import RequestMetrics
 from ..router import query_of_request
 from ..service.client import AdapterClient, service_socket_path, stored_adapter, wait_until_stopped
 from ..service.settings import ServiceSettings
+from .engine_exits import EngineExits
 from .lora_registry import ServedLoRAs
 
 logger = logging.getLogger(__name__)
@@ -133,6 +134,9 @@ class T2LEndpointPlugin:
         if engine_client is None or settings is None:
             logger.warning("t2l_vllm endpoint plugin loaded without `t2l-vllm serve`; task_description is ignored.")
             return
+        engine_exits: EngineExits | None = getattr(args, "t2l_engine_exits", None)
+        if engine_exits is not None:
+            engine_exits.watch_children()
         adapters = await AdapterClient.connect_or_start(deployment_socket_path(args), settings)
         loras = ServedLoRAs(state.openai_serving_models)
         for body in adapters.hello["preloaded"]:  # listed in /v1/models, servable by name
@@ -197,6 +201,8 @@ def _stop_this_server() -> None:
 
 def _endpoint(route: _Route) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(raw_request: Request) -> Response:
+        import time as _t
+        _t0 = _t.time()
         t2l: T2LState | None = getattr(raw_request.app.state, "t2l", None)
         try:
             body = json.loads(await raw_request.body())
@@ -221,16 +227,34 @@ def _endpoint(route: _Route) -> Callable[[Request], Awaitable[Response]]:
             if not has_description:
                 description, choice = await _route(t2l, body)
             lease, choice = await _lease(t2l, description, body.get("model"), choice)
-        except InvalidDescriptionError as err:
-            return _refuse(t2l, HTTPStatus.BAD_REQUEST, f"`{DESCRIPTION_FIELD}`: {err}", DESCRIPTION_FIELD)
-        except AdapterCheckError as err:
-            return _refuse(t2l, HTTPStatus.UNPROCESSABLE_ENTITY, str(err), DESCRIPTION_FIELD)
         except T2LError as err:
-            return _refuse(t2l, HTTPStatus.SERVICE_UNAVAILABLE, str(err))
-        return await _forward(route, request, raw_request, lease, choice, t2l)
+            return _refuse(t2l, *_answer_to(err))
+        _t1 = _t.time()
+        _r = await _forward(route, request, raw_request, lease, choice, t2l)
+        _t2 = _t.time()
+        with open("/tmp/basearm/ep.log", "a") as _f:
+            _f.write(json.dumps({"rid": raw_request.headers.get("x-req-id"), "enter": _t0, "pre": 1e3*(_t1-_t0), "forward": 1e3*(_t2-_t1)}) + "\n")
+        return _r
 
     endpoint.__name__ = f"t2l_{route.path.strip('/').replace('/', '_')}"
     return endpoint
+
+
+# How each failure to get an adapter is answered: the first class that matches wins.
+_ERROR_STATUS: tuple[tuple[type[T2LError], HTTPStatus, str | None], ...] = (
+    (InvalidDescriptionError, HTTPStatus.BAD_REQUEST, DESCRIPTION_FIELD),
+    (AdapterCheckError, HTTPStatus.UNPROCESSABLE_ENTITY, DESCRIPTION_FIELD),
+    (GenerationError, HTTPStatus.INTERNAL_SERVER_ERROR, None),  # the pass failed: not the request's fault
+    (AdapterStoreError, HTTPStatus.SERVICE_UNAVAILABLE, None),  # the disk is full: retry when space returns
+    (T2LError, HTTPStatus.SERVICE_UNAVAILABLE, None),  # the adapter service gone, an id collision
+)
+
+
+def _answer_to(err: T2LError) -> tuple[HTTPStatus, str, str | None]:
+    """The status, message and `param` of the error answering a request whose adapter could not be had."""
+    status, param = next((status, param) for cls, status, param in _ERROR_STATUS if isinstance(err, cls))
+    message = f"`{DESCRIPTION_FIELD}`: {err}" if isinstance(err, InvalidDescriptionError) else str(err)
+    return status, message, param
 
 
 def _refusing_endpoint(route: APIRoute) -> Callable[[Request], Awaitable[Response]]:
@@ -244,6 +268,8 @@ def _refusing_endpoint(route: APIRoute) -> Callable[[Request], Awaitable[Respons
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             body = None
         if isinstance(body, dict) and DESCRIPTION_FIELD in body:
+            if not _has_api_key(raw_request):
+                return JSONResponse({"error": "Unauthorized"}, status_code=HTTPStatus.UNAUTHORIZED.value)  # vLLM's own answer
             routes = ", ".join(f"POST {path}" for path in served_routes())
             return _refuse(
                 getattr(raw_request.app.state, "t2l", None), HTTPStatus.BAD_REQUEST,
@@ -253,6 +279,22 @@ def _refusing_endpoint(route: APIRoute) -> Callable[[Request], Awaitable[Respons
 
     endpoint.__name__ = f"t2l_refusing_{route.path.strip('/').replace('/', '_')}"
     return endpoint
+
+
+def _has_api_key(request: Request) -> bool:
+    """Whether the request carries a key `--api-key` accepts (True when no key is set).
+
+    vLLM checks the key only under /v1, /v2, /inference and /cohere, so its /tokenize,
+    /invocations, ... answer without one; the refusal of `task_description` there
+    is the plugin's answer, and it is given only to a request with the key. The check
+    is vLLM's own, configured as vLLM configured it.
+    """
+    from vllm.entrypoints.serve.middleware.authenticate import AuthenticationMiddleware
+
+    for middleware in request.app.user_middleware:
+        if middleware.cls is AuthenticationMiddleware:
+            return AuthenticationMiddleware(request.app, *middleware.args, **middleware.kwargs).verify_token(request.headers)
+    return True
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,8 @@ def running_server(work: Path, extra_args: list[str], env: dict[str, str] | None
     try:
         yield Server(url, process, adapter_dir, "tiny", "native-lora", log)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # a test may have stopped the server itself
+            os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:

@@ -21,6 +21,11 @@ def settings_for(default_paths, tmp_path: Path, **cache) -> ServiceSettings:
     return ServiceSettings(str(default_paths.hypernet), str(tmp_path / "adapters"), cache=CacheSettings(removal_grace_s=0, **cache))
 
 
+def socket_files(socket_path) -> list[str]:
+    """What a service leaves beside its socket path: nothing, once it has stopped."""
+    return [p.name for p in Path(socket_path).parent.glob(Path(socket_path).name + "*")]
+
+
 def folders(client: AdapterClient) -> set[str]:
     return {p.name for p in Path(client.hello["store"]).iterdir() if not p.name.startswith(".")}
 
@@ -69,7 +74,7 @@ def test_two_clients_share_one_service_one_generation_per_description_and_folder
         await first.close()
         await second.close()
         assert wait_until_stopped(path, 30)
-        assert not store.exists() and not Path(path).exists()
+        assert not store.exists() and socket_files(path) == []
 
     asyncio.run(scenario())
 
@@ -114,13 +119,16 @@ def test_bad_input_is_the_same_error_class_across_the_socket_and_the_service_kee
 
 
 def test_a_service_that_cannot_start_says_why_and_leaves_nothing(tmp_path):
+    path = service_socket_path(f"test-{tmp_path.name}")
+
     async def scenario():
         settings = ServiceSettings(str(tmp_path / "no-such-hypernet"), str(tmp_path / "adapters"))
         with pytest.raises(ConfigError, match="no-such-hypernet"):
-            await AdapterClient.connect_or_start(service_socket_path(f"test-{tmp_path.name}"), settings)
+            await AdapterClient.connect_or_start(path, settings)
 
     asyncio.run(scenario())
     assert not any((tmp_path / "adapters").glob("t2l_vllm-adapters-*"))
+    assert socket_files(path) == []
 
 
 def test_preloaded_adapters_are_listed_in_the_greeting_and_outlive_any_churn(default_paths, tmp_path):
@@ -144,10 +152,36 @@ def test_preloaded_adapters_are_listed_in_the_greeting_and_outlive_any_churn(def
 
 
 def test_a_refused_preload_stops_start_up_with_the_reason(default_paths, tmp_path):
+    path = service_socket_path(f"test-{tmp_path.name}")
+
     async def scenario():
         settings = replace(settings_for(default_paths, tmp_path), preload=("A fine description.", "   "))
         with pytest.raises(ConfigError, match="preloaded description 2 of 2 was refused: the task description is empty"):
-            await AdapterClient.connect_or_start(service_socket_path(f"test-{tmp_path.name}"), settings)
+            await AdapterClient.connect_or_start(path, settings)
 
     asyncio.run(scenario())
     assert not any((tmp_path / "adapters").glob("t2l_vllm-adapters-*/t2l-*"))
+    assert wait_until_stopped(path, 30) and socket_files(path) == []
+
+
+def test_a_lock_file_removed_by_its_holder_is_never_held_twice(tmp_path):
+    """A waiter that gets the lock of a file its holder removed moves to the path's new file,
+    so lock files can be deleted and two processes never both hold the same lock."""
+    import threading
+
+    from t2l_vllm.service.protocol import lock_file
+
+    path = str(tmp_path / "x.lock")
+    holder = lock_file(path)
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(lock_file(path)))
+    waiter.start()
+    time.sleep(0.2)  # let the waiter block on the held file (whether it has yet does not change the outcome)
+    Path(path).unlink()
+    holder.close()
+    waiter.join(10)
+    assert not waiter.is_alive() and Path(path).exists()
+    import os
+
+    assert os.fstat(got[0].fileno()).st_ino == os.stat(path).st_ino  # it holds the file the path names
+    got[0].close()

@@ -53,3 +53,40 @@ def test_content_ids_are_stable_and_clear_of_vllms_own_counter(generator):
     ids = [adapter_int_id(n) for n in names]
     assert ids == [adapter_int_id(n) for n in names] and len(set(ids)) == len(ids)
     assert all(ADAPTER_ID_OFFSET <= i < 2**63 for i in ids)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 256 KiB filesystem (tmpfs) that the test can fill."""
+    from t2l_vllm.testing.tmpfs import MountNotPermitted, mounted_tmpfs
+
+    try:
+        with mounted_tmpfs(tmp_path / "disk", 256) as disk:
+            yield disk
+    except MountNotPermitted as err:
+        pytest.skip(f"a full disk needs a tmpfs mounted by the test: {err}")
+
+
+def test_a_full_disk_is_an_error_that_names_it_and_leaves_nothing_half_written(small_disk, generator):
+    from t2l_vllm.errors import AdapterStoreError
+    from t2l_vllm.testing.tmpfs import fill
+
+    store = AdapterStore(small_disk)
+    kept = store.put(generator.generate(["Written before the disk filled."])[0])
+    ballast = fill(small_disk)
+    late = generator.generate(["Written while the disk is full."])[0]
+    with pytest.raises(AdapterStoreError, match=rf"disk holding the adapter folders \({small_disk}\) is full.*--adapter-dir"):
+        store.put(late)
+    assert [p.name for p in store.root.iterdir()] == [kept.name]  # no half-written folder, the kept one intact
+    assert store.get(late.name) is None
+    ballast.unlink()
+    assert store.put(late).path.is_dir()  # space is back: it is written
+    store.close()
+
+
+def test_store_folders_are_private_to_their_owner(tmp_path, generator):
+    store = AdapterStore(tmp_path)
+    stored = store.put(generator.generate(["A description that may carry user data."])[0])
+    assert store.root.stat().st_mode & 0o777 == 0o700
+    assert stored.path.stat().st_mode & 0o777 == 0o700
+    store.close()

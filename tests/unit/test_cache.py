@@ -186,3 +186,36 @@ def test_misses_arriving_during_a_pass_join_the_next_pass_with_one_generation_pe
     generations, passes, names = run_with_cache(generator, tmp_path, CacheSettings(max_wait_ms=0), scenario)
     assert names == 7 and generations == 7
     assert passes == 2, passes  # one for the first miss, one for the six that queued behind it
+
+
+def test_a_failing_pass_fails_only_its_own_waiters_and_the_next_pass_succeeds(generator, tmp_path):
+    """A pass that raises (the named test-only fault: a marked description makes it raise)."""
+    from t2l_vllm.errors import GenerationError
+    from t2l_vllm.service.fault_injection import TestOnlyFailingGenerator
+
+    async def scenario(cache, removed, metrics):
+        cached = await cache.acquire("Cached before the fault: count the nouns.")
+        doomed = ["FAULT-MARKER: summarise.", "Shares the failing pass: translate.", "FAULT-MARKER: summarise."]
+        failed = await asyncio.gather(*(cache.acquire(d) for d in doomed), return_exceptions=True)
+        hit = await cache.acquire("Cached before the fault: count the nouns.")  # a hit needs no pass
+        retried = await cache.acquire("Shares the failing pass: translate.")  # its own pass now
+        for lease in (cached, hit, retried):
+            lease.release()
+        return failed, value(metrics.hypernet_passes), value(metrics.adapter_pins), cache._pins
+
+    failing = TestOnlyFailingGenerator(generator, "FAULT-MARKER")
+    failed, passes, pins_gauge, pins = run_with_cache(failing, tmp_path, CacheSettings(max_wait_ms=200), scenario)
+    assert all(isinstance(f, GenerationError) and "adapter generation failed" in str(f) for f in failed), failed
+    assert passes == 3  # the cached one's, the failed one (all three waiters), the retry's
+    assert (pins_gauge, pins) == (0, {})
+
+
+def test_the_pins_gauge_counts_leases_held(generator, tmp_path):
+    async def scenario(cache, removed, metrics):
+        leases = await asyncio.gather(*(cache.acquire(f"Gauge task {i % 3}.") for i in range(7)))
+        held = value(metrics.adapter_pins)
+        for lease in leases:
+            lease.release()
+        return held, value(metrics.adapter_pins)
+
+    assert run_with_cache(generator, tmp_path, CacheSettings(max_wait_ms=50), scenario) == (7, 0)

@@ -1,0 +1,53 @@
+"""Whether vLLM's engine core ended on its own under an API server running in this process.
+
+vLLM 0.32 stops a lone API server (the one `t2l-vllm serve` runs in its own process)
+when the engine core dies, and the process then exits with status 0, exactly as
+after a requested stop: a supervisor (systemd, Kubernetes) cannot tell a crash from
+a shutdown, and does not restart it. With several API servers vLLM's launcher
+raises instead, and the process exits non-zero. This record closes the gap: the
+endpoint plugin notes the engine core processes this process started, and the
+launcher, once vLLM returns, fails if one of them ended with a non-zero status,
+which is vLLM's own test of a failed engine (`monitor_engine_liveness`). A SIGTERM
+to the server's process drains requests and ends the engine with 0; a SIGTERM to
+the whole process group (systemd's default `KillMode=control-group`) reaches vLLM's
+worker first, which fails the engine and the requests in flight: that is reported
+as the failure it is.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+ENGINE_PROCESS_PREFIX = "EngineCore"  # vLLM names them EngineCore, or EngineCore_DP<rank>
+
+
+class EngineExits:
+    """The engine core processes started by this process, and how they ended.
+
+    It travels on vLLM's parsed options; a copy handed to another API server
+    process starts empty there (that process starts no engine).
+    """
+
+    def __init__(self) -> None:
+        self._engines: list[BaseProcess] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_engines": []}  # process handles belong to the process that started them
+
+    def watch_children(self) -> None:
+        """Notes this process's engine core children; call once the engine is running."""
+        self._engines = [p for p in multiprocessing.active_children() if p.name.startswith(ENGINE_PROCESS_PREFIX)]
+
+    def failure(self) -> str | None:
+        """What went wrong, if an engine core process ended with a non-zero status; None otherwise."""
+        for process in self._engines:
+            if process.exitcode not in (0, None):
+                return (
+                    f"vLLM's engine core process {process.name} (pid {process.pid}) ended with status {process.exitcode} "
+                    "before the server stopped it, so requests in flight were answered with an error (the log above says "
+                    "why). A SIGTERM to the whole process group does this too; send it to the server's process alone "
+                    "to let requests drain."
+                )
+        return None
