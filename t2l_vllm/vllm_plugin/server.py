@@ -201,8 +201,6 @@ def _stop_this_server() -> None:
 
 def _endpoint(route: _Route) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(raw_request: Request) -> Response:
-        import time as _t
-        _t0 = _t.time()
         t2l: T2LState | None = getattr(raw_request.app.state, "t2l", None)
         try:
             body = json.loads(await raw_request.body())
@@ -229,12 +227,7 @@ def _endpoint(route: _Route) -> Callable[[Request], Awaitable[Response]]:
             lease, choice = await _lease(t2l, description, body.get("model"), choice)
         except T2LError as err:
             return _refuse(t2l, *_answer_to(err))
-        _t1 = _t.time()
-        _r = await _forward(route, request, raw_request, lease, choice, t2l)
-        _t2 = _t.time()
-        with open("/tmp/basearm/ep.log", "a") as _f:
-            _f.write(json.dumps({"rid": raw_request.headers.get("x-req-id"), "enter": _t0, "pre": 1e3*(_t1-_t0), "forward": 1e3*(_t2-_t1)}) + "\n")
-        return _r
+        return await _forward(route, request, raw_request, lease, choice, t2l)
 
     endpoint.__name__ = f"t2l_{route.path.strip('/').replace('/', '_')}"
     return endpoint
