@@ -80,10 +80,9 @@ class _Route:
 
 def openai_error(status: HTTPStatus, message: str, param: str | None = None) -> JSONResponse:
     """An error body shaped as OpenAI's (and vLLM's): {"error": {message, type, param, code}}."""
-    return JSONResponse(
-        {"error": {"message": message, "type": status.phrase.replace(" ", "") + "Error", "param": param, "code": status.value}},
-        status_code=status.value,
-    )
+    kind = status.phrase.replace(" ", "")
+    kind = kind if kind.endswith("Error") else kind + "Error"  # BadRequestError, InternalServerError
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status.value}}, status_code=status.value)
 
 
 def deployment_socket_path(args: Namespace) -> Path:

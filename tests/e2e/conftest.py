@@ -60,14 +60,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(work: Path, extra_args: list[str], env: dict[str, str] | None = None, health_timeout_s: float = 300) -> Iterator[Server]:
-    """Starts `t2l-vllm serve` on a free loopback port; stops it and checks the clean-up."""
+def running_server(work: Path, extra_args: list[str], env: dict[str, str] | None = None, health_timeout_s: float = 300,
+                   cli_options: tuple[str, ...] = ()) -> Iterator[Server]:
+    """Starts `t2l-vllm serve` on a free loopback port; stops it and checks the clean-up.
+
+    `cli_options` go before `serve` (`-v`: t2l_vllm's own logging at INFO)."""
     port = free_port()
     work.mkdir(parents=True, exist_ok=True)
     adapter_dir = work / "adapters"
     log = work / "server.log"
     command = [
-        sys.executable, "-m", "t2l_vllm", "serve",
+        sys.executable, "-m", "t2l_vllm", *cli_options, "serve",
         "--adapter-cache-entries", str(CACHE_ENTRIES), "--adapter-dir", str(adapter_dir),
         # a batching window wide enough that 64 client threads on a loaded 2-core CI machine land in it
         "--hypernet-batch-wait-ms", "20",
