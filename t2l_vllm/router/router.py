@@ -98,6 +98,11 @@ class EmbeddingRouter:
         confidence = 2 * best - second
         return [(self.library.tasks[i].name, float(c)) for i, c in zip(idx.tolist(), confidence)]
 
+    def nearest_tasks(self, text: str, k: int = 3) -> list[tuple[str, float]]:
+        """The k tasks whose centroids lie closest to `text`, with their cosines (best first)."""
+        cosines, ids = self.index.centroid_search.search(self.encoder.encode([text]), min(k, len(self.library.tasks)))
+        return [(self.library.tasks[i].name, float(c)) for i, c in zip(ids[0].tolist(), cosines[0].tolist()) if i >= 0]
+
     def route(self, queries: Sequence[str]) -> list[RouteDecision]:
         return [self.decide(query, name, score) for query, (name, score) in zip(queries, self.best_tasks(queries))]
 

@@ -202,3 +202,12 @@ def test_bad_labelled_lines_name_file_and_line(tmp_path, line, fragment):
     path.write_text(json.dumps({"query": "ok", "task": None}) + "\n" + line + "\n")
     with pytest.raises(RouterConfigError, match=fragment):
         load_labelled(path, TaskLibrary.from_dict(SMALL))
+
+
+def test_nearest_tasks_are_ranked_by_cosine_and_name_the_closest_first():
+    from t2l_vllm.router import EmbeddingRouter, RouterSettings
+
+    router = EmbeddingRouter.from_settings(RouterSettings())
+    nearest = router.nearest_tasks("Translate English sentences into German.", 3)
+    assert len(nearest) == 3 and nearest[0][0] == "translation_en_de"
+    assert [score for _, score in nearest] == sorted((score for _, score in nearest), reverse=True)
