@@ -1,18 +1,76 @@
 """Task descriptions: validation and the normal form that names an adapter.
 
 Two descriptions that differ only in surrounding or repeated white space, or in
-Unicode composition, are the same task and must share one cached adapter.
+Unicode composition, are the same task and must share one cached adapter. A
+request may also mix descriptions (`[{"description": ..., "weight": ...}, ...]`):
+its normal form is the normalised descriptions with weights summing to 1.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import unicodedata
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Union
 
 from .errors import InvalidDescriptionError
 
 DEFAULT_MAX_DESCRIPTION_CHARS = 2048
+MAX_MIX_PARTS = 8
+
+
+@dataclass(frozen=True)
+class DescriptionMix:
+    """Normalised descriptions and their weights (two or more, summing to 1, sorted by text)."""
+
+    parts: tuple[tuple[str, float], ...]
+
+    def canonical(self) -> str:
+        """The text that names the mix: the same for every spelling of the same normalised mix."""
+        return json.dumps([[text, weight] for text, weight in self.parts], ensure_ascii=False, separators=(",", ":"))
+
+
+NormalTask = Union[str, DescriptionMix]
+
+
+def normalize_task(value: Any, max_chars: int = DEFAULT_MAX_DESCRIPTION_CHARS) -> NormalTask:
+    """A description's normal form, or a mix's (a list of `{"description", "weight"}`)."""
+    if isinstance(value, list):
+        return normalize_mix(value, max_chars)
+    return normalize_description(value, max_chars)
+
+
+def normalize_mix(items: list, max_chars: int = DEFAULT_MAX_DESCRIPTION_CHARS) -> NormalTask:
+    """Validates a mix and normalises it: weights summing to 1, zero weights and repeats folded.
+
+    A mix whose weight all falls on one description is that description, so it
+    names (and generates) exactly that description's adapter.
+    """
+    if not items:
+        raise InvalidDescriptionError('a mix of task descriptions is empty; give a list of {"description": ..., "weight": ...}.')
+    if len(items) > MAX_MIX_PARTS:
+        raise InvalidDescriptionError(f"a mix may hold at most {MAX_MIX_PARTS} descriptions, got {len(items)}.")
+    weights: dict[str, float] = {}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or "description" not in item or set(item) - {"description", "weight"}:
+            raise InvalidDescriptionError(f'item {i} of the mix must be {{"description": string, "weight": number}}, got {json.dumps(item)[:80]}.')
+        try:
+            text = normalize_description(item["description"], max_chars)
+        except InvalidDescriptionError as err:
+            raise InvalidDescriptionError(f"item {i} of the mix: {err}") from None
+        weight = item.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise InvalidDescriptionError(f"the weight of item {i} of the mix must be a finite number >= 0, got {json.dumps(weight)}.")
+        weights[text] = weights.get(text, 0.0) + float(weight)
+    total = sum(weights.values())
+    if not total > 0 or not math.isfinite(total):
+        raise InvalidDescriptionError("the weights of the mix must sum to more than 0 (and stay finite).")
+    kept = sorted((text, round(w / total, 9)) for text, w in weights.items() if w > 0)
+    if len(kept) == 1:
+        return kept[0][0]
+    return DescriptionMix(tuple(kept))
 
 
 def normalize_description(text: Any, max_chars: int = DEFAULT_MAX_DESCRIPTION_CHARS) -> str:
@@ -42,12 +100,20 @@ def normalize_description(text: Any, max_chars: int = DEFAULT_MAX_DESCRIPTION_CH
     return normal
 
 
-def adapter_key(normal_description: str, hypernet_fingerprint: str) -> str:
-    """sha256 of the normalised description and the hypernetwork's fingerprint (hex)."""
+def adapter_key(normal: NormalTask, hypernet_fingerprint: str) -> str:
+    """sha256 of the normalised description (or mix) and the hypernetwork's fingerprint (hex).
+
+    A mix is hashed behind a 0xff byte, which no UTF-8 text holds, so no plain
+    description can ever name a mix's adapter.
+    """
     h = hashlib.sha256()
     h.update(hypernet_fingerprint.encode())
-    h.update(b"\0")
-    h.update(normal_description.encode("utf-8"))
+    if isinstance(normal, DescriptionMix):
+        h.update(b"\xff")
+        h.update(normal.canonical().encode("utf-8"))
+    else:
+        h.update(b"\0")
+        h.update(normal.encode("utf-8"))
     return h.hexdigest()
 
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from .adapters import DEFAULT_MAX_DELTA_NORM, LoRAAdapter, check_weights, peft_key
-from .descriptions import DEFAULT_MAX_DESCRIPTION_CHARS, adapter_key, adapter_name, normalize_description
+from .descriptions import DEFAULT_MAX_DESCRIPTION_CHARS, DescriptionMix, NormalTask, adapter_key, adapter_name, normalize_task
 from .encoder import TaskEncoder
 from .errors import AdapterCheckError, ConfigError, T2LError
 from .hypernet.checkpoint import load_checkpoint
@@ -81,13 +81,33 @@ class AdapterGenerator:
     def base_model(self) -> str:
         return self.config.base.name
 
-    def normalize(self, description: object) -> str:
-        """The normal form of a description; raises `InvalidDescriptionError`."""
-        return normalize_description(description, self.settings.max_description_chars)
+    def normalize(self, description: object) -> NormalTask:
+        """The normal form of a description or a mix of them; raises `InvalidDescriptionError`."""
+        return normalize_task(description, self.settings.max_description_chars)
 
-    def name_of(self, normal_description: str) -> str:
-        """The adapter's name for a normalised description: the one place a name is made."""
-        return adapter_name(adapter_key(normal_description, self.fingerprint))
+    def name_of(self, normal: NormalTask) -> str:
+        """The adapter's name for a normalised description or mix: the one place a name is made."""
+        return adapter_name(adapter_key(normal, self.fingerprint))
+
+    def embed(self, normals: Sequence[NormalTask]) -> torch.Tensor:
+        """Task embeddings: one encoder call for every description involved.
+
+        A mix is the weighted sum of its parts' embeddings, rescaled to their
+        weighted norm, so it stays on the sphere the encoder's outputs (and the
+        hypernetwork's training inputs) lie on.
+        """
+        texts = list(dict.fromkeys(t for n in normals for t in ((p for p, _ in n.parts) if isinstance(n, DescriptionMix) else (n,))))
+        rows = dict(zip(texts, self.encoder.encode(texts))) if texts else {}
+        out = []
+        for normal in normals:
+            if isinstance(normal, str):
+                out.append(rows[normal])
+                continue
+            parts = torch.stack([rows[text] for text, _ in normal.parts])  # (P, dim)
+            weights = torch.tensor([w for _, w in normal.parts], dtype=parts.dtype, device=parts.device)[:, None]
+            mixed = (weights * parts).sum(0)
+            out.append(torch.nn.functional.normalize(mixed, dim=-1) * (weights[:, 0] * parts.norm(dim=-1)).sum())
+        return torch.stack(out) if out else torch.empty(0)
 
     def name_for(self, description: object) -> str:
         """The adapter name a description will get, without generating it."""
@@ -109,7 +129,7 @@ class AdapterGenerator:
         pass. A bad description or a refused adapter does not fail the others.
         """
         results: list[LoRAAdapter | T2LError | None] = [None] * len(descriptions)
-        positions: dict[str, list[int]] = {}  # normal form -> where it was asked for
+        positions: dict[NormalTask, list[int]] = {}  # normal form -> where it was asked for
         for i, text in enumerate(descriptions):
             try:
                 positions.setdefault(self.normalize(text), []).append(i)
@@ -117,14 +137,14 @@ class AdapterGenerator:
                 results[i] = err
         if positions:
             texts = list(positions)
-            for text, result in zip(texts, self.generate_from_embeddings(texts, self.encoder.encode(texts))):
+            for text, result in zip(texts, self.generate_from_embeddings(texts, self.embed(texts))):
                 for i in positions[text]:
                     results[i] = result
         return results  # type: ignore[return-value]
 
     @torch.no_grad()
-    def generate_from_embeddings(self, texts: Sequence[str], embeddings: torch.Tensor) -> list[LoRAAdapter | T2LError]:
-        """The hypernetwork pass for normalised descriptions whose task embeddings are known."""
+    def generate_from_embeddings(self, texts: Sequence[NormalTask], embeddings: torch.Tensor) -> list[LoRAAdapter | T2LError]:
+        """The hypernetwork pass for normalised descriptions (or mixes) whose task embeddings are known."""
         if not texts:
             return []
         emb = embeddings.to(self._device, next(self.hypernet.parameters()).dtype)
@@ -132,7 +152,7 @@ class AdapterGenerator:
         weights = {m: (w.A.float().cpu(), w.B.float().cpu()) for m, w in weights.items()}
         return [self._adapter(text, {m: (A[j], B[j]) for m, (A, B) in weights.items()}) for j, text in enumerate(texts)]
 
-    def _adapter(self, text: str, weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> LoRAAdapter | T2LError:
+    def _adapter(self, text: NormalTask, weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> LoRAAdapter | T2LError:
         name = self.name_of(text)
         lora = self.config.lora
         tensors: dict[str, torch.Tensor] = {}
@@ -150,6 +170,6 @@ class AdapterGenerator:
             lora=lora,
             tensors=tensors,
             base_model=self.base_model,
-            description=text,
+            description=text.canonical() if isinstance(text, DescriptionMix) else text,
             metadata={"hypernet": self.fingerprint},
         )
