@@ -23,7 +23,7 @@ from t2l_vllm.hypernet.shapes import check_shapes_fit, load_base_shapes
         ("x" * 5000, "5000 characters; the limit is 2048"),
         (42, "must be a string, got int"),
         (None, "must be a string, got NoneType"),
-        (["a list"], "must be a string, got list"),
+        (["a list"], "item 0 of the mix must be"),  # a list is a mix of descriptions
         ("Summarise \ud800 news.", "not valid Unicode text"),  # a lone surrogate, as JSON's \\ud800 decodes
     ],
 )
