@@ -36,6 +36,7 @@ from lru import LRU
 
 from .adapter_store import AdapterStore, StoredAdapter
 from .adapters import LoRAAdapter
+from .descriptions import NormalTask
 from .errors import ConfigError, GenerationError, T2LError
 from .generator import AdapterGenerator
 from .metrics import T2LMetrics
@@ -88,7 +89,7 @@ class Lease:
 class _Pending:
     """A generation in progress and the waiters it will pin on success."""
 
-    text: str
+    text: NormalTask  # normalised: a description or a mix
     future: asyncio.Future
     waiters: int = 0
     pinned: bool = False
@@ -348,12 +349,12 @@ class AdapterCache:
         return list(stored), torch.stack(embeddings)
 
     def _generate_and_store(
-        self, texts: list[str], resident: tuple[list[StoredAdapter], torch.Tensor] | None
+        self, texts: list[NormalTask], resident: tuple[list[StoredAdapter], torch.Tensor] | None
     ) -> list[tuple[StoredAdapter, torch.Tensor | None, bool] | T2LError]:
         """Worker thread: one batched pass (reusing close resident adapters), then PEFT folders."""
         if resident is None:
             return [self._stored(r, None) for r in self.generator.generate_batch(texts)]
-        embeddings = self.generator.encoder.encode(texts)
+        embeddings = self.generator.embed(texts)  # a mix's embedding is its parts', weighted
         units = torch.nn.functional.normalize(embeddings, dim=-1)
         out: list = [None] * len(texts)
         fresh = []

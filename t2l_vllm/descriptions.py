@@ -36,7 +36,9 @@ NormalTask = Union[str, DescriptionMix]
 
 
 def normalize_task(value: Any, max_chars: int = DEFAULT_MAX_DESCRIPTION_CHARS) -> NormalTask:
-    """A description's normal form, or a mix's (a list of `{"description", "weight"}`)."""
+    """A description's normal form, or a mix's (a list of `{"description", "weight"}`); idempotent."""
+    if isinstance(value, DescriptionMix):
+        return value
     if isinstance(value, list):
         return normalize_mix(value, max_chars)
     return normalize_description(value, max_chars)

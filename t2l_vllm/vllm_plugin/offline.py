@@ -12,6 +12,7 @@ the prompts run as one vLLM multi-LoRA batch.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import weakref
@@ -30,7 +31,8 @@ from .lora_registry import lora_request
 
 logger = logging.getLogger(__name__)
 
-Descriptions = Sequence[str | None] | str | None
+Task = str | list[dict[str, Any]]  # a description, or a mix: [{"description": ..., "weight": ...}, ...]
+Descriptions = Sequence[Task | None] | Task | None
 _ENGINES = itertools.count()
 
 
@@ -96,16 +98,16 @@ class T2LEngine:
         conversations = [list(c) for c in conversations]
         return self._run(conversations, _per_item(descriptions, len(conversations)), lambda part, loras: self.llm.chat(part, sampling_params, lora_request=loras, **kwargs))
 
-    def _run(self, items: list, descriptions: list[str | None], call) -> list:
+    def _run(self, items: list, descriptions: list[Task | None], call) -> list:
         """Runs `call(items, lora_requests)` in parts whose distinct descriptions fit the adapter cache,
         holding each part's leases until vLLM has finished it."""
         outputs: list = []
         for start, stop in _parts(descriptions, self.settings.cache.max_entries):
             part = descriptions[start:stop]
-            distinct = list(dict.fromkeys(d for d in part if d is not None))
-            leases = dict(zip(distinct, self.adapters.acquire_all(distinct)))
+            distinct = {_key(d): d for d in part if d is not None}
+            leases = dict(zip(distinct, self.adapters.acquire_all(list(distinct.values()))))
             try:
-                outputs.extend(call(items[start:stop], [None if d is None else lora_request(leases[d].stored) for d in part]))
+                outputs.extend(call(items[start:stop], [None if d is None else lora_request(leases[_key(d)].stored) for d in part]))
             finally:
                 for lease in leases.values():
                     lease.release()
@@ -129,23 +131,34 @@ def greedy(max_tokens: int):
     return SamplingParams(temperature=0.0, max_tokens=max_tokens)
 
 
-def _parts(descriptions: Sequence[str | None], max_distinct: int) -> Iterator[tuple[int, int]]:
+def _key(task: Task) -> str:
+    """A hashable stand-in for a description or a mix, to share one lease among the prompts that ask for it."""
+    return task if isinstance(task, str) else json.dumps(task, sort_keys=True)
+
+
+def _parts(descriptions: Sequence[Task | None], max_distinct: int) -> Iterator[tuple[int, int]]:
     """Consecutive index ranges, each with at most `max_distinct` distinct descriptions."""
     start, seen = 0, set()
     for i, description in enumerate(descriptions):
-        if description is not None and description not in seen and len(seen) == max_distinct:
+        key = None if description is None else _key(description)
+        if key is not None and key not in seen and len(seen) == max_distinct:
             yield start, i
             start, seen = i, set()
-        if description is not None:
-            seen.add(description)
+        if key is not None:
+            seen.add(key)
     if start < len(descriptions):
         yield start, len(descriptions)
 
 
-def _per_item(descriptions: Descriptions, n: int) -> list[str | None]:
-    if descriptions is None or isinstance(descriptions, str):
-        return [descriptions] * n
+def _per_item(descriptions: Descriptions, n: int) -> list[Task | None]:
+    """One task per prompt: None, a description or a mix applies to every prompt; a sequence gives each its own."""
+    if descriptions is None or isinstance(descriptions, str) or _is_mix(descriptions):
+        return [descriptions] * n  # type: ignore[list-item]
     descriptions = list(descriptions)
     if len(descriptions) != n:
         raise ConfigError(f"got {len(descriptions)} descriptions for {n} prompts; give one per prompt (None for none).")
     return descriptions
+
+
+def _is_mix(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(item, dict) for item in value)

@@ -95,6 +95,21 @@ def test_server_output_equals_the_offline_api(server, engine):
     assert [chat(server, d)[0] for d in (None, SCIENCE)] == [o.outputs[0].text for o in offline_chat]
 
 
+def test_a_mix_of_descriptions_is_served_like_the_offline_api_and_named_by_its_normal_form(server, engine, generator):
+    """A list of {description, weight} is one adapter; weights 1/0 are the single description's."""
+    from vllm import SamplingParams
+
+    half = [{"description": SCIENCE, "weight": 1}, {"description": MATH, "weight": 1}]
+    text, headers = complete(server, half)
+    assert headers["x-t2l-adapter"] == generator.name_for(half) not in {generator.name_for(SCIENCE), generator.name_for(MATH)}
+    streamed, _ = complete(server, list(reversed(half)), stream=True)
+    assert streamed == text
+    params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+    assert [o.outputs[0].text for o in engine.generate([PROMPT], [half], params)] == [text]
+    _, headers = complete(server, [{"description": SCIENCE, "weight": 1.0}, {"description": MATH, "weight": 0}])
+    assert headers["x-t2l-adapter"] == generator.name_for(SCIENCE)
+
+
 def test_a_request_naming_a_native_lora_module_works_as_in_vllm(server):
     client = server.client()
     assert server.native_lora in {m.id for m in client.models.list().data}

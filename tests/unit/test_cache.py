@@ -219,3 +219,20 @@ def test_the_pins_gauge_counts_leases_held(generator, tmp_path):
         return held, value(metrics.adapter_pins)
 
     assert run_with_cache(generator, tmp_path, CacheSettings(max_wait_ms=50), scenario) == (7, 0)
+
+
+def test_a_mix_goes_through_the_semantic_path_as_its_weighted_embedding(generator, tmp_path):
+    """With the semantic cache on, a mix is embedded from its parts (not as text) and a repeat of it is reused."""
+    mix = [{"description": "Translate English sentences into French.", "weight": 0.5},
+           {"description": "Answer with a single word.", "weight": 0.5}]
+
+    async def scenario(cache, removed, metrics):
+        first = await cache.acquire(mix)
+        again = await cache.acquire(list(reversed(mix)))
+        for lease in (first, again):
+            lease.release()
+        return first.name, again.name, value(metrics.generations)
+
+    first, again, generations = run_with_cache(generator, tmp_path, CacheSettings(semantic_threshold=0.99), scenario)
+    assert first == again == generator.name_for(mix)
+    assert generations == 1

@@ -67,3 +67,21 @@ def test_a_mix_never_shares_a_name_with_a_plain_description(generator):
 def test_bad_mixes_are_refused_with_the_reason(mix, fragment):
     with pytest.raises(InvalidDescriptionError, match=fragment.replace("(", r"\(")):
         normalize_task(mix)
+
+
+def test_the_offline_engine_shares_one_lease_among_prompts_asking_for_the_same_mix():
+    from t2l_vllm.vllm_plugin.offline import _key, _parts, _per_item
+
+    mix = [{"description": "Reverse the text.", "weight": 0.5}, {"description": "Uppercase it.", "weight": 0.5}]
+    assert _per_item(mix, 3) == [mix, mix, mix]  # one mix for every prompt, not one part per prompt
+    tasks = [mix, "Reverse the text.", [dict(part) for part in mix], None]
+    assert len({_key(t) for t in tasks if t is not None}) == 2
+    assert list(_parts(tasks, max_distinct=2)) == [(0, 4)]
+    assert list(_parts(tasks, max_distinct=1)) == [(0, 1), (1, 2), (2, 4)]
+
+
+def test_the_normal_form_of_a_normal_form_is_itself(generator):
+    """The cache queues normal forms and the generator normalises again: a mix must survive that."""
+    mix = generator.normalize([{"description": "Reverse the text.", "weight": 1}, {"description": "Uppercase it.", "weight": 3}])
+    assert generator.normalize(mix) == mix
+    assert generator.generate_batch([mix])[0].name == generator.name_for(mix)
