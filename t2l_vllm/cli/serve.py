@@ -43,6 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     routing = p.add_argument_group("automatic adaptation for requests without a task_description")
     routing.add_argument("--router", metavar="LIBRARY", help="task library YAML (`starter`: the one shipped with t2l_vllm)")
     add_router_options(routing)
+    p.add_argument("--playground", action=argparse.BooleanOptionalAction, default=ServiceSettings.playground,
+                   help="serve the playground page at GET /t2l/playground, behind --api-key like every route (default: on)")
     p.set_defaults(run=run, passes_unknown_options=True)
 
 
@@ -90,4 +92,5 @@ def service_settings(args: argparse.Namespace, hypernet: str) -> ServiceSettings
         ),
         router=replace(router_settings(args, args.router), max_description_chars=args.max_description_chars) if args.router else None,
         preload=tuple(read_description_file(args.preload, "--preload")) if args.preload else (),
+        playground=args.playground,
     )

@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,6 +49,16 @@ def service_socket_path(owner: str) -> Path:
 def stored_adapter(body: dict[str, Any]) -> StoredAdapter:
     """An adapter as the service describes it (see `protocol.py`)."""
     return StoredAdapter(body["name"], Path(body["path"]), body["int_id"], body["nbytes"])
+
+
+@dataclass(frozen=True)
+class AdapterReport:
+    """What the playground shows of a description's adapter (see `AdapterClient.report`)."""
+
+    name: str
+    generated: bool  # made for this call; False: it was in the cache already
+    milliseconds: float  # the service's time to get it: batching wait and hypernetwork pass on a miss, the look-up on a hit
+    nearest_tasks: tuple[tuple[str, float], ...]  # (task, cosine), best first
 
 
 class AdapterClient:
@@ -97,6 +108,13 @@ class AdapterClient:
     async def route(self, query: str) -> RouteDecision:
         body = await self._call({"op": "route", "query": query})
         return RouteDecision(body["task"], body["description"], body["score"], body["fallback"])
+
+    async def report(self, description: object, nearest: int) -> AdapterReport:
+        """The description's adapter, made now or found in the cache, and the router's nearest tasks
+        (none without `--router`); raises the service's `T2LError` for bad input, as `acquire` does."""
+        body = await self._call({"op": "report", "description": description, "nearest": nearest})
+        tasks = tuple((item["task"], item["score"]) for item in body["nearest_tasks"])
+        return AdapterReport(body["name"], body["generated"], body["milliseconds"], tasks)
 
     async def close(self) -> None:
         self._closing = True

@@ -5,6 +5,8 @@ Requests carry an `op` and (except `release`) an `id` that the reply repeats:
     {"op": "acquire", "id": 1, "description": "..."}  -> {"id": 1, "ok": {adapter..., "lease": 7}}
     {"op": "lease", "id": 2, "name": "t2l-..."}        -> {"id": 2, "ok": {adapter..., "lease": 8} | null}
     {"op": "route", "id": 3, "query": "..."}           -> {"id": 3, "ok": {"task", "description", "score", "label"}}
+    {"op": "report", "id": 4, "description": "...", "nearest": 5}
+                                                       -> {"id": 4, "ok": {"name", "generated", "milliseconds", "nearest_tasks"}}
     {"op": "release", "lease": 7}                      (no reply)
     any request                                        -> {"id": n, "error": {"type": "InvalidDescriptionError", "message": "..."}}
 

@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,6 +253,8 @@ class AdapterService:
             return None if lease is None else adapter_body(lease.stored, session.keep(lease))
         if op == "route":
             return await self._route(str(message.get("query", "")))
+        if op == "report":
+            return await self._report(message.get("description"), int(message.get("nearest", 0)))
         raise T2LError(f"unknown adapter service operation {op!r}.")
 
     async def _route(self, query: str) -> dict[str, Any]:
@@ -260,3 +263,31 @@ class AdapterService:
         decision = (await asyncio.to_thread(self.router.route, [query]))[0]
         self.metrics.router_decisions.labels(task=decision.label).inc()
         return {"task": decision.task, "description": decision.description, "score": decision.score, "fallback": decision.fallback}
+
+    async def _report(self, description: object, nearest: int) -> dict[str, Any]:
+        """The description's adapter got as a request gets it (generated on a miss), how long that took,
+        and the router library's `nearest` closest tasks: what the playground shows.
+
+        The adapter is left in the cache, not leased, so the chat requests that follow find it.
+        Bad descriptions raise the `InvalidDescriptionError` a request would get.
+        """
+        assert self.cache is not None
+        normal = self.generator.normalize(description)
+        name = self.generator.name_of(normal)
+        start = time.perf_counter()
+        lease = self.cache.lease_by_name(name)  # a hit, or None: nothing counted, so `acquire` counts the miss
+        found = lease is not None
+        if lease is None:
+            lease = await self.cache.acquire(description)
+        milliseconds = (time.perf_counter() - start) * 1000
+        lease.release()
+        tasks: list[tuple[str, float]] = []
+        if self.router is not None and nearest > 0:
+            text = normal if isinstance(normal, str) else " ".join(part for part, _ in normal.parts)
+            tasks = await asyncio.to_thread(self.router.nearest_tasks, text, nearest)
+        return {
+            "name": lease.name,
+            "generated": not found and lease.name == name,  # another name: a semantic-cache reuse, nothing made
+            "milliseconds": milliseconds,
+            "nearest_tasks": [{"task": task, "score": score} for task, score in tasks],
+        }

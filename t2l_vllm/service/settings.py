@@ -18,7 +18,7 @@ from ..router import RouterSettings
 
 @dataclass(frozen=True)
 class ServiceSettings:
-    """The hypernetwork to serve, and the bounds of its generator, cache and router."""
+    """The hypernetwork to serve, the bounds of its generator, cache and router, and what API servers add."""
 
     hypernet: str
     adapter_dir: str | None = None  # parent of the service's private folder; None: /dev/shm or the temp dir
@@ -26,6 +26,7 @@ class ServiceSettings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     router: RouterSettings | None = None
     preload: tuple[str, ...] = ()  # descriptions generated at start-up and never removed
+    playground: bool = True  # API servers serve GET /t2l/playground and POST /t2l/adapter (the service ignores it)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -41,4 +42,5 @@ class ServiceSettings:
             cache=CacheSettings(**doc.get("cache", {})),
             router=None if router is None else RouterSettings(**router),
             preload=tuple(doc.get("preload", ())),
+            playground=doc.get("playground", cls.playground),
         )

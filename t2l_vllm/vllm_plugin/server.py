@@ -127,6 +127,9 @@ class T2LEndpointPlugin:
             if path not in served_routes():
                 router.add_api_route(path, _refusing_endpoint(route), methods=["POST"], include_in_schema=False)
         app.include_router(router)
+        from .playground import attach_playground  # it builds on this module
+
+        attach_playground(app)
 
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
         settings: ServiceSettings | None = getattr(args, "t2l", None)

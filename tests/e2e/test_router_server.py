@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import httpx
 import pytest
 import yaml
 
@@ -87,6 +88,15 @@ def test_router_decisions_are_counted_by_task_name(routed):
     metrics = routed.metrics()
     assert metrics['t2l_router_decisions_total{task="math"}'] >= 1
     assert not any("Mona" in name or "pears" in name for name in metrics)
+
+
+def test_the_playground_lists_the_library_tasks_nearest_to_a_description(routed):
+    response = httpx.post(f"{routed.url}/t2l/adapter", json={"task_description": "Solve arithmetic word problems step by step."},
+                          headers={"Authorization": f"Bearer {routed.api_key}"}, timeout=120)
+    assert response.status_code == 200, response.text
+    tasks = response.json()["nearest_tasks"]
+    assert [t["task"] for t in tasks] == ["math", "french"]  # the whole two-task library, best first
+    assert tasks[0]["score"] > tasks[1]["score"]
 
 
 @pytest.mark.parametrize(
