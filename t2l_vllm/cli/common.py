@@ -1,4 +1,4 @@
-"""Options shared by several commands; defaults come from the settings dataclasses."""
+"""Options shared by several commands; defaults and help come from the settings dataclasses."""
 
 from __future__ import annotations
 
@@ -7,8 +7,16 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..generator import DTYPES, AdapterGenerator, GeneratorSettings
+from .settings_args import add_setting, settings_from
 
-_DEFAULTS = GeneratorSettings()
+# GeneratorSettings lives in generator.py, whose fields do not carry their help yet; until
+# they do, it is written here, once (the defaults are the dataclass's all the same).
+GENERATOR_HELP = {
+    "max_description_chars": "longest description accepted",
+    "max_delta_norm": "refuse adapters whose weight update norm exceeds this",
+    "device": "device for encoder and hypernetwork: auto, cpu, cuda, cuda:1",
+    "dtype": "auto: float32 on CPU, bfloat16 on GPU",
+}
 
 
 def add_hypernet_option(parser: argparse.ArgumentParser) -> None:
@@ -20,19 +28,15 @@ def add_hypernet_option(parser: argparse.ArgumentParser) -> None:
 def add_generator_options(parser: argparse.ArgumentParser) -> None:
     add_hypernet_option(parser)
     group = parser.add_argument_group("adapter generation")
-    group.add_argument("--max-description-chars", type=int, default=_DEFAULTS.max_description_chars, help="longest description accepted (default: %(default)s)")
-    group.add_argument("--max-delta-norm", type=float, default=_DEFAULTS.max_delta_norm, help="refuse adapters whose weight update norm exceeds this (default: %(default)s)")
-    group.add_argument("--hypernet-device", default=_DEFAULTS.device, help="device for encoder and hypernetwork: auto, cpu, cuda, cuda:1 (default: %(default)s)")
-    group.add_argument("--hypernet-dtype", default=_DEFAULTS.dtype, choices=["auto", *DTYPES], help="auto: float32 on CPU, bfloat16 on GPU")
+    add_setting(group, GeneratorSettings, "max_description_chars", help=GENERATOR_HELP["max_description_chars"])
+    add_setting(group, GeneratorSettings, "max_delta_norm", help=GENERATOR_HELP["max_delta_norm"])
+    add_setting(group, GeneratorSettings, "device", "--hypernet-device", help=GENERATOR_HELP["device"])
+    add_setting(group, GeneratorSettings, "dtype", "--hypernet-dtype", choices=["auto", *DTYPES], help=GENERATOR_HELP["dtype"])
 
 
-def generator_settings(args: argparse.Namespace) -> GeneratorSettings:
-    return GeneratorSettings(
-        max_description_chars=args.max_description_chars,
-        max_delta_norm=args.max_delta_norm,
-        device=args.hypernet_device,
-        dtype=args.hypernet_dtype,
-    )
+def generator_settings(args: argparse.Namespace, base: GeneratorSettings | None = None) -> GeneratorSettings:
+    """`base` (default: GeneratorSettings()) with the generation flags the user gave on top."""
+    return settings_from(args, GeneratorSettings, base)
 
 
 def hypernet_dir(args: argparse.Namespace) -> Path:

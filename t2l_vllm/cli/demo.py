@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         max_model_len=args.max_model_len,
         max_loras=4,
         dtype="float32" if on_cpu else "auto",
+        use_tqdm_on_load=args.verbose,
     )
     toy = args.model is None and args.hypernet is None
     prompts = TOY_PROMPTS if toy else [(d, q, None, None) for d, q in GENERAL_PROMPTS]
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         conversations = [[{"role": "user", "content": query}] for _, query, _, _ in prompts]
         descriptions = [d for d, _, _, _ in prompts]
         start = time.perf_counter()
-        outputs = engine.chat(conversations, descriptions, greedy(args.max_tokens))
+        outputs = engine.chat(conversations, descriptions, greedy(args.max_tokens), use_tqdm=args.verbose)
         seconds = time.perf_counter() - start
         print(f"\nbase model: {engine.model}\nhypernetwork: {engine.fingerprint[:16]}\n")
         right = 0

@@ -1,12 +1,18 @@
-"""`t2l-vllm generate`: one PEFT adapter folder per description, from one batched pass."""
+"""`t2l-vllm generate`: one PEFT adapter folder per description, from batched passes."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from ..cache import CacheSettings
 from ..errors import ConfigError
+from ..progress import progress
 from .common import add_generator_options, load_generator, read_description_file
+
+# Descriptions per hypernetwork pass: the server's default batch, so memory stays bounded for a long --file.
+BATCH = CacheSettings().max_batch_size
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,9 +36,14 @@ def read_descriptions(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     descriptions = read_descriptions(args)
     generator = load_generator(args)
-    adapters = generator.generate(descriptions)
+    for description in descriptions:  # a bad description stops the command before any folder is written
+        generator.normalize(description)
     out = Path(args.output)
-    for adapter in adapters:
-        folder = adapter.save_peft(out / adapter.name)
-        print(f"{adapter.name}\t{folder}")
+    with progress(len(descriptions), "generating adapters", "adapter") as bar:
+        for start in range(0, len(descriptions), BATCH):
+            batch = descriptions[start : start + BATCH]
+            for adapter in generator.generate(batch):
+                folder = adapter.save_peft(out / adapter.name)
+                bar.write(f"{adapter.name}\t{folder}", file=sys.stdout)
+            bar.update(len(batch))
     return 0

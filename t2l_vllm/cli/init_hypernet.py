@@ -4,34 +4,33 @@ from __future__ import annotations
 
 import argparse
 
-from ..encoder import DEFAULT_ENCODER, encoder_settings_for
+from ..encoder import encoder_settings_for
 from ..hypernet.checkpoint import save_checkpoint
-from ..hypernet.config import VARIANTS, HypernetConfig, LoraSettings
+from ..hypernet.config import EncoderSettings, HypernetConfig, LoraSettings
 from ..hypernet.model import build_hypernet, count_parameters
 from ..hypernet.shapes import load_base_shapes
+from .settings_args import add_setting, settings_from
 
-_CONFIG = HypernetConfig.__dataclass_fields__
 _LORA = LoraSettings()
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init-hypernet", help="write an untrained hypernetwork for a base model", description=__doc__)
     p.add_argument("--model", required=True, help="base model: local folder, config.json, or hub id (only config.json is read)")
-    p.add_argument("--variant", choices=VARIANTS, default=_CONFIG["variant"].default, help="L, M or S (default: %(default)s)")
-    p.add_argument("--latent-size", type=int, default=_CONFIG["latent_size"].default, help="default: %(default)s")
-    p.add_argument("--head-in-size", type=int, default=_CONFIG["head_in_size"].default, help="default: %(default)s")
-    p.add_argument("--rank", type=int, default=_LORA.rank, help="LoRA rank (default: %(default)s)")
-    p.add_argument("--alpha", type=float, default=_LORA.alpha, help="LoRA alpha (default: %(default)s)")
+    for name in ("variant", "latent_size", "head_in_size"):
+        add_setting(p, HypernetConfig, name)
+    add_setting(p, LoraSettings, "rank")
+    add_setting(p, LoraSettings, "alpha")
     p.add_argument("--no-rslora", action="store_true", help="scale by alpha/r instead of alpha/sqrt(r)")
     p.add_argument(
         "--target-modules",
         nargs="+",
         help=f"projections to adapt (default: {' '.join(_LORA.target_modules)}, or qkv_proj where the base fuses them, as Phi-3 does)",
     )
-    p.add_argument("--encoder", default=DEFAULT_ENCODER, help="sentence-transformers model (default: %(default)s)")
-    p.add_argument("--position-encoding", choices=["rotary", "learned"], default="rotary", help="S variant only")
-    p.add_argument("--head-init", choices=["hyperinit", "random"], default="hyperinit", help="hyperinit: start from delta-W = 0 (default)")
-    p.add_argument("--seed", type=int, default=0)
+    add_setting(p, EncoderSettings, "model", "--encoder")
+    add_setting(p, HypernetConfig, "position_encoding")
+    add_setting(p, HypernetConfig, "head_init")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights (default: %(default)s)")
     p.add_argument("-o", "--output", required=True, help="folder to write the checkpoint to")
     p.set_defaults(run=run)
 
@@ -39,16 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     base = load_base_shapes(args.model)
     targets = tuple(args.target_modules or base.architecture.default_targets)
-    config = HypernetConfig(
-        base=base,
-        variant=args.variant,
-        latent_size=args.latent_size,
-        head_in_size=args.head_in_size,
-        lora=LoraSettings(rank=args.rank, alpha=args.alpha, use_rslora=not args.no_rslora, target_modules=targets),
-        encoder=encoder_settings_for(args.encoder),
-        position_encoding=args.position_encoding,
-        head_init=args.head_init,
-    )
+    encoder = encoder_settings_for(settings_from(args, EncoderSettings).model)
+    lora = settings_from(args, LoraSettings, use_rslora=not args.no_rslora, target_modules=targets)
+    config = settings_from(args, HypernetConfig, base=base, lora=lora, encoder=encoder)
     model = build_hypernet(config, seed=args.seed)
     digest = save_checkpoint(model, args.output)
     print(

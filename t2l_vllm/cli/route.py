@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..router import FALLBACKS, SCORINGS, EmbeddingRouter, RouterSettings, TaskLibrary, evaluate, fit_threshold, load_labelled
-
-_DEFAULTS = RouterSettings()
+from ..router import EmbeddingRouter, RouterSettings, TaskLibrary, evaluate, fit_threshold, load_labelled
+from .settings_args import add_setting, settings_from
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,27 +35,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def add_router_options(parser: argparse.ArgumentParser, prefix: str = "router-") -> None:
+def add_router_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, prefix: str = "router-") -> None:
     """Options shared by `route` and `serve --router` (where they carry a `router-` prefix)."""
-    parser.add_argument(f"--{prefix}threshold", type=float, help="override the library's threshold")
-    parser.add_argument(f"--{prefix}fallback", choices=FALLBACKS, help="override the library's fallback")
-    parser.add_argument(f"--{prefix}scoring", choices=SCORINGS, default=_DEFAULTS.scoring, help="task score: cosine to the task centroid, or mean of the top-k entries (default: %(default)s)")
-    parser.add_argument(f"--{prefix}top-k", type=int, default=_DEFAULTS.top_k, help="entries averaged per task with topk scoring (default: %(default)s)")
+    add_setting(parser, RouterSettings, "threshold", f"--{prefix}threshold", type=float)
+    add_setting(parser, RouterSettings, "fallback", f"--{prefix}fallback")
+    add_setting(parser, RouterSettings, "scoring", f"--{prefix}scoring")
+    add_setting(parser, RouterSettings, "top_k", f"--{prefix}top-k")
 
 
-def router_settings(args: argparse.Namespace, library: str, prefix: str = "router_") -> RouterSettings:
-    return RouterSettings(
-        library=library,
-        threshold=getattr(args, f"{prefix}threshold"),
-        fallback=getattr(args, f"{prefix}fallback"),
-        scoring=getattr(args, f"{prefix}scoring"),
-        top_k=getattr(args, f"{prefix}top_k"),
-    )
+def router_settings(args: argparse.Namespace, library: str, base: RouterSettings | None = None) -> RouterSettings:
+    """`base` (default: RouterSettings()) for `library`, with the router flags the user gave on top."""
+    return settings_from(args, RouterSettings, base, library=library)
 
 
 def run(args: argparse.Namespace) -> int:
     library = TaskLibrary.load(args.library)
-    router = EmbeddingRouter(library, router_settings(args, args.library, prefix=""))
+    router = EmbeddingRouter(library, router_settings(args, args.library))
     if args.action == "query":
         for decision, query in zip(router.route(args.queries), args.queries):
             print(json.dumps({"query": query, "task": decision.label, "score": round(decision.score, 4), "description": decision.description}))

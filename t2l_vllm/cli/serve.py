@@ -3,7 +3,9 @@
 Every option not listed here is vLLM's own (`--port`, `--api-key`, `--max-loras`,
 `--max-cpu-loras`, `--tensor-parallel-size`, `--gpu-memory-utilization`, ...)
 and is passed to vLLM unchanged. LoRA is switched on, with `--max-lora-rank` at
-least the hypernetwork's rank.
+least the hypernetwork's rank. With `$T2L_VLLM_CONFIG` naming a settings file
+(the one way to configure a plain `vllm serve` with this plugin), its settings
+are the defaults and the flags given here override them.
 """
 
 from __future__ import annotations
@@ -17,12 +19,23 @@ from ..errors import ConfigError, InvalidDescriptionError
 from ..hypernet.checkpoint import load_checkpoint
 from ..hypernet.config import HypernetConfig
 from ..hypernet.shapes import check_shapes_fit, load_base_shapes
-from ..router import TaskLibrary
-from ..service.settings import ServiceSettings
+from ..paths import CONFIG_ENV, settings_file
+from ..router import RouterSettings, TaskLibrary
+from ..service.settings import ServiceSettings, load_settings_file
 from .common import add_generator_options, generator_settings, read_description_file
+from .output import quiet_vllm_options
 from .route import add_router_options, router_settings
+from .settings_args import add_setting, settings_from
 
-_CACHE = CacheSettings()
+# CacheSettings lives in cache.py, whose fields do not carry their help yet; until they do, it is
+# written here, once (the defaults are the dataclass's all the same).
+CACHE_HELP = {
+    "max_entries": "adapters kept ready",
+    "max_bytes": "their total size bound in MiB",
+    "max_batch_size": "most descriptions in one hypernetwork pass",
+    "max_wait_ms": "how long a pass waits for more descriptions",
+    "semantic_threshold": "reuse a cached adapter whose description embeds within this cosine of a new one",
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,16 +45,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="base model: local folder or hub id (default: the hypernetwork's base model)")
     add_generator_options(p)
     group = p.add_argument_group("adapter cache and batching")
-    group.add_argument("--adapter-dir", help="folder for the generated PEFT folders vLLM loads (default: a new folder on /dev/shm)")
-    group.add_argument("--adapter-cache-entries", type=int, default=_CACHE.max_entries, help="adapters kept ready (default: %(default)s)")
-    group.add_argument("--adapter-cache-mib", type=float, default=_CACHE.max_bytes / 2**20, help="their total size bound in MiB (default: %(default)s)")
-    group.add_argument("--hypernet-batch-size", type=int, default=_CACHE.max_batch_size, help="most descriptions in one hypernetwork pass (default: %(default)s)")
-    group.add_argument("--semantic-cache-threshold", type=float, default=None, help="reuse a cached adapter whose description embeds within this cosine of a new one (default: off)")
-    group.add_argument("--hypernet-batch-wait-ms", type=float, default=_CACHE.max_wait_ms, help="how long a pass waits for more descriptions (default: %(default)s)")
-    group.add_argument("--preload", metavar="FILE", help="descriptions (one a line) generated at start-up and kept for the server's life; "
-                       "their adapters' names are printed and listed in /v1/models, so clients such as `vllm bench serve --lora-modules` can name them")
+    add_setting(group, ServiceSettings, "adapter_dir")
+    add_setting(group, CacheSettings, "max_entries", "--adapter-cache-entries", help=CACHE_HELP["max_entries"])
+    add_setting(group, CacheSettings, "max_bytes", "--adapter-cache-mib", type=float, scale=2**20, help=CACHE_HELP["max_bytes"])
+    add_setting(group, CacheSettings, "max_batch_size", "--hypernet-batch-size", help=CACHE_HELP["max_batch_size"])
+    add_setting(group, CacheSettings, "semantic_threshold", "--semantic-cache-threshold", type=float, help=CACHE_HELP["semantic_threshold"])
+    add_setting(group, CacheSettings, "max_wait_ms", "--hypernet-batch-wait-ms", help=CACHE_HELP["max_wait_ms"])
+    group.add_argument("--preload", metavar="FILE", help="a file of descriptions, one a line: " + ServiceSettings.__dataclass_fields__["preload"].metadata["help"]
+                       + ", so clients such as `vllm bench serve --lora-modules` can name them")
     routing = p.add_argument_group("automatic adaptation for requests without a task_description")
-    routing.add_argument("--router", metavar="LIBRARY", help="task library YAML (`starter`: the one shipped with t2l_vllm)")
+    routing.add_argument("--router", metavar="LIBRARY", help=RouterSettings.__dataclass_fields__["library"].metadata["help"] + " (default: off)")
     add_router_options(routing)
     p.add_argument("--playground", action=argparse.BooleanOptionalAction, default=ServiceSettings.playground,
                    help="serve the playground page at GET /t2l/playground, behind --api-key like every route (default: on)")
@@ -52,11 +65,22 @@ def run(args: argparse.Namespace) -> int:
     from ..vllm_plugin.launch import serve
     from ..vllm_plugin.offline import resolve_model_and_hypernet
 
-    model, hypernet = resolve_model_and_hypernet(args.model, args.hypernet)
-    settings = service_settings(args, hypernet)
+    base = settings_file_settings()
+    model, hypernet = resolve_model_and_hypernet(args.model, args.hypernet or (base.hypernet if base else None))
+    settings = service_settings(args, hypernet, base)
     config = check_before_vllm_starts(settings, model)
-    serve(model, config.lora.rank, settings, args.unknown_options)
+    serve(model, config.lora.rank, settings, [*args.unknown_options, *quiet_vllm_options(args.verbose, args.unknown_options)])
     return 0
+
+
+def settings_file_settings() -> ServiceSettings | None:
+    """The settings in the file `$T2L_VLLM_CONFIG` names (the same file a plain `vllm serve` reads), or None."""
+    path = settings_file()
+    if path is None:
+        return None
+    settings = load_settings_file(path)
+    print(f"t2l_vllm: settings from {CONFIG_ENV}={path}; flags given here override them", flush=True)
+    return settings
 
 
 def check_before_vllm_starts(settings: ServiceSettings, model: str) -> HypernetConfig:
@@ -77,20 +101,19 @@ def check_before_vllm_starts(settings: ServiceSettings, model: str) -> HypernetC
     return config
 
 
-def service_settings(args: argparse.Namespace, hypernet: str) -> ServiceSettings:
-    """The adapter service's settings from the command line; each dataclass checks its own values."""
-    return ServiceSettings(
+def service_settings(args: argparse.Namespace, hypernet: str, base: ServiceSettings | None = None) -> ServiceSettings:
+    """The adapter service's settings: the flags the user gave, over `base` (the settings file), over
+    the dataclasses' defaults. Each dataclass checks its own values."""
+    base = base or ServiceSettings(hypernet)
+    generator = generator_settings(args, base.generator)
+    library = args.router or (base.router.library if base.router else None)
+    router = router_settings(args, library, base.router) if library else None
+    return replace(
+        settings_from(args, ServiceSettings, base),
         hypernet=hypernet,
-        adapter_dir=args.adapter_dir,
-        generator=generator_settings(args),
-        cache=CacheSettings(
-            max_entries=args.adapter_cache_entries,
-            max_bytes=int(args.adapter_cache_mib * 2**20),
-            max_batch_size=args.hypernet_batch_size,
-            max_wait_ms=args.hypernet_batch_wait_ms,
-            semantic_threshold=args.semantic_cache_threshold,
-        ),
-        router=replace(router_settings(args, args.router), max_description_chars=args.max_description_chars) if args.router else None,
-        preload=tuple(read_description_file(args.preload, "--preload")) if args.preload else (),
+        generator=generator,
+        cache=settings_from(args, CacheSettings, base.cache),
+        router=replace(router, max_description_chars=generator.max_description_chars) if router else None,
+        preload=tuple(read_description_file(args.preload, "--preload")) if args.preload else base.preload,
         playground=args.playground,
     )

@@ -16,29 +16,13 @@ with `--checkpoint-every` and continue from one with `--resume`.
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 
 from ..errors import ConfigError
 from ..hypernet.config import LoraSettings
 from ..train.recon import ReconSettings
 from ..train.sft import SFTSettings
 from ..train.toy_base import ToyBaseSettings
-
-_LORA = LoraSettings()
-
-
-def add_settings_arguments(parser: argparse.ArgumentParser, settings_class: type) -> None:
-    """One `--flag` per field of a settings dataclass, its default read from there (a bool: a switch)."""
-    for f in fields(settings_class):
-        flag = f"--{f.name.replace('_', '-')}"
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, action="store_true", default=f.default)
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default, help="default: %(default)s")
-
-
-def settings_from(args: argparse.Namespace, settings_class: type):
-    return settings_class(**{f.name: getattr(args, f.name) for f in fields(settings_class)})
+from .settings_args import add_setting, add_settings_arguments, settings_from
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -48,10 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sft.add_argument("--hypernet", help="initial hypernetwork (from `init-hypernet`; default: the embedded default)")
     lora = kinds.add_parser("lora", help="train a plain LoRA (task-specific or multi-task baseline)")
     lora.add_argument("--task", help="train on this task's records only")
-    lora.add_argument("--rank", type=int, default=_LORA.rank)
-    lora.add_argument("--alpha", type=float, default=_LORA.alpha)
-    lora.add_argument("--no-rslora", action="store_true")
-    lora.add_argument("--target-modules", nargs="+", default=list(_LORA.target_modules))
+    for name in ("rank", "alpha", "target_modules"):
+        add_setting(lora, LoraSettings, name)
+    lora.add_argument("--no-rslora", action="store_true", help="scale by alpha/r instead of alpha/sqrt(r)")
     for parser in (sft, lora):
         parser.add_argument("--data", required=True, help="training records (JSONL)")
         parser.add_argument("--eval", help="evaluation records (JSONL)")
@@ -147,7 +130,7 @@ def _run_supervised(args: argparse.Namespace) -> int:
             eval_records = [r for r in eval_records if r.task == args.task]
             if not records:
                 raise ConfigError(f"no record in `{args.data}` has task `{args.task}`.")
-        lora = LoraSettings(rank=args.rank, alpha=args.alpha, use_rslora=not args.no_rslora, target_modules=tuple(args.target_modules))
+        lora = settings_from(args, LoraSettings, use_rslora=not args.no_rslora)
         source = SingleLoRA(load_base_shapes(model), lora, seed=settings.seed).to(device)
     base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).to(device)
     tokenizer = AutoTokenizer.from_pretrained(model)
@@ -174,11 +157,12 @@ def _run_recon(args: argparse.Namespace) -> int:
     device = _device(args.device)
     initial, _ = load_checkpoint(args.hypernet)
     hypernet = initial
-    if args.zscore and not initial.config.output.zscore:
+    settings = settings_from(args, ReconSettings)
+    if settings.zscore and not initial.config.output.zscore:
         hypernet = build_hypernet(with_zscore(initial.config))
         hypernet.load_state_dict(initial.state_dict(), strict=False)  # the statistics buffers are new
     hypernet = hypernet.to(device)
-    trainer = ReconTrainer(hypernet, TaskEncoder(hypernet.config.encoder, device=device), targets, settings_from(args, ReconSettings))
+    trainer = ReconTrainer(hypernet, TaskEncoder(hypernet.config.encoder, device=device), targets, settings)
     if args.resume:
         trainer.resume(args.resume)
     losses = trainer.train(args.output, log=print)

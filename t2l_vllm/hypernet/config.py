@@ -14,6 +14,9 @@ from ..errors import ConfigError
 from .shapes import DEFAULT_TARGETS, MODULE_FEATURES, BaseModelShapes
 
 VARIANTS = ("L", "M", "S")
+POSITION_ENCODINGS = ("rotary", "learned")
+HEAD_INITS = ("hyperinit", "random")
+DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 # Ranks vLLM accepts for `--max-lora-rank`; an adapter of another rank cannot be served.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -22,11 +25,11 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 class LoraSettings:
     """The adapters a hypernetwork writes (the reference: r=8, alpha=16, rsLoRA, q/v)."""
 
-    rank: int = 8
-    alpha: float = 16.0
-    use_rslora: bool = True
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    rank: int = field(default=8, metadata={"help": "LoRA rank r of every generated adapter"})
+    alpha: float = field(default=16.0, metadata={"help": "LoRA alpha"})
+    use_rslora: bool = field(default=True, metadata={"help": "scale B @ A by alpha/sqrt(r) (rsLoRA) instead of alpha/r"})
+    dropout: float = field(default=0.05, metadata={"help": "LoRA dropout written into the adapter config"})
+    target_modules: tuple[str, ...] = field(default=DEFAULT_TARGETS, metadata={"help": "projections to adapt"})
 
     def __post_init__(self) -> None:
         if self.rank <= 0:
@@ -62,12 +65,12 @@ class EncoderSettings:
     "sqrt_dim" L2-normalises and multiplies by sqrt(dim), "unit" L2-normalises only.
     """
 
-    model: str = "sentence-transformers/all-MiniLM-L6-v2"
-    dim: int = 384
-    pooling: Literal["cls", "mean", "model"] = "model"
-    add_full_stop: bool = True
-    scale: Literal["sqrt_dim", "unit", "none"] = "sqrt_dim"
-    trust_remote_code: bool = False
+    model: str = field(default=DEFAULT_ENCODER, metadata={"help": "sentence-transformers model, by name or path"})
+    dim: int = field(default=384, metadata={"help": "the model's embedding size"})
+    pooling: Literal["cls", "mean", "model"] = field(default="model", metadata={"help": "cls, mean, or the model's own pooling"})
+    add_full_stop: bool = field(default=True, metadata={"help": "append '.' to a description ending in a letter"})
+    scale: Literal["sqrt_dim", "unit", "none"] = field(default="sqrt_dim", metadata={"help": "L2-normalise times sqrt(dim), L2-normalise, or leave"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "let sentence-transformers run the model's own code"})
 
     def __post_init__(self) -> None:
         if self.dim <= 0:
@@ -97,15 +100,19 @@ class HypernetConfig:
     """Everything that defines a Text-to-LoRA hypernetwork, saved as `config.json`."""
 
     base: BaseModelShapes
-    variant: Literal["L", "M", "S"] = "M"
-    latent_size: int = 128
-    head_in_size: int = 512
+    variant: Literal["L", "M", "S"] = field(default="M", metadata={"help": "L, M or S (the paper's sizes)", "choices": VARIANTS})
+    latent_size: int = field(default=128, metadata={"help": "width of the hypernetwork's latent layers"})
+    head_in_size: int = field(default=512, metadata={"help": "width of the input to the output heads"})
     lora: LoraSettings = field(default_factory=LoraSettings)
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
-    position_encoding: Literal["rotary", "learned"] = "rotary"
-    head_init: Literal["hyperinit", "random"] = "hyperinit"
+    position_encoding: Literal["rotary", "learned"] = field(
+        default="rotary", metadata={"help": "how layer positions are encoded (S variant only)", "choices": POSITION_ENCODINGS}
+    )
+    head_init: Literal["hyperinit", "random"] = field(
+        default="hyperinit", metadata={"help": "hyperinit: start from delta-W = 0", "choices": HEAD_INITS}
+    )
     output: OutputTransform = field(default_factory=OutputTransform)
-    dropout: float = 0.05
+    dropout: float = field(default=0.05, metadata={"help": "dropout inside the hypernetwork"})
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -116,9 +123,9 @@ class HypernetConfig:
             raise ConfigError(f"rotary positions need an even `latent_size`, got {self.latent_size}.")
         if self.head_in_size <= 0:
             raise ConfigError(f"`head_in_size` must be positive, got {self.head_in_size}.")
-        if self.position_encoding not in ("rotary", "learned"):
+        if self.position_encoding not in POSITION_ENCODINGS:
             raise ConfigError(f"`position_encoding` must be rotary or learned, got {self.position_encoding!r}.")
-        if self.head_init not in ("hyperinit", "random"):
+        if self.head_init not in HEAD_INITS:
             raise ConfigError(f"`head_init` must be hyperinit or random, got {self.head_init!r}.")
         for module in self.lora.target_modules:
             self.base.module_shape(module)

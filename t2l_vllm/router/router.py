@@ -10,7 +10,7 @@ or `base` (no adapter).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -43,14 +43,18 @@ class RouteDecision:
 class RouterSettings:
     """How the router is built; `None` overrides keep the library's own values."""
 
-    library: str = "starter"
-    threshold: float | None = None
-    fallback: Fallback | None = None
-    encoder: str = DEFAULT_ENCODER
-    scoring: Scoring = "centroid"
-    top_k: int = 3
-    shortlist: int = 64
-    max_description_chars: int = DEFAULT_MAX_DESCRIPTION_CHARS
+    library: str = field(default="starter", metadata={"help": "task library YAML (`starter`: the one shipped with t2l_vllm)"})
+    threshold: float | None = field(default=None, metadata={"help": "override the library's threshold"})
+    fallback: Fallback | None = field(default=None, metadata={"help": "override the library's fallback", "choices": FALLBACKS})
+    encoder: str = field(default=DEFAULT_ENCODER, metadata={"help": "sentence-transformers model that embeds queries and tasks"})
+    scoring: Scoring = field(
+        default="centroid", metadata={"help": "task score: cosine to the task centroid, or mean of the top-k entries", "choices": SCORINGS}
+    )
+    top_k: int = field(default=3, metadata={"help": "entries averaged per task with topk scoring"})
+    shortlist: int = field(default=64, metadata={"help": "tasks the centroids shortlist for topk scoring of a large library"})
+    max_description_chars: int = field(
+        default=DEFAULT_MAX_DESCRIPTION_CHARS, metadata={"help": "a query used as its own description is cut to this length"}
+    )
 
     def __post_init__(self) -> None:
         if self.fallback is not None and self.fallback not in FALLBACKS:

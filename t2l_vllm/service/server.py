@@ -35,6 +35,7 @@ from ..cache import AdapterCache, Lease
 from ..errors import ConfigError, T2LError
 from ..generator import AdapterGenerator
 from ..metrics import T2LMetrics
+from ..progress import progress
 from ..router import EmbeddingRouter
 from .fault_injection import with_test_faults
 from .protocol import MAX_LINE_BYTES, alive_lock_path, encode, error_body, lock_file, read_message, remove_socket_lock, socket_lock
@@ -172,7 +173,16 @@ class AdapterService:
     async def _preload(self) -> None:
         """Generates the preloaded descriptions (batched passes) and pins them for the service's life."""
         assert self.cache is not None
-        results = await asyncio.gather(*(self.cache.acquire(d) for d in self.settings.preload), return_exceptions=True)
+        cache = self.cache
+        with progress(len(self.settings.preload), "t2l_vllm: preloading adapters", "adapter") as bar:
+
+            async def acquire(description: str) -> Lease:
+                try:
+                    return await cache.acquire(description)
+                finally:
+                    bar.update(1)
+
+            results = await asyncio.gather(*(acquire(d) for d in self.settings.preload), return_exceptions=True)
         self._preloaded = [r for r in results if isinstance(r, Lease)]
         failed = [(i, r) for i, r in enumerate(results) if not isinstance(r, Lease)]
         if failed:

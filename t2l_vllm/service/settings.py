@@ -3,15 +3,21 @@
 vLLM hands its parsed options (with these settings on them) to every API server
 process it spawns, and an API server hands them to the service it starts, as JSON
 on the service's standard input. Defaults live on the dataclasses they belong to.
+The same settings, written as YAML, are the file `$T2L_VLLM_CONFIG` names: how a
+plain `vllm serve` learns its hypernetwork, and the base `t2l-vllm serve` starts from.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..cache import CacheSettings
+from ..errors import ConfigError
 from ..generator import GeneratorSettings
 from ..router import RouterSettings
 
@@ -20,12 +26,17 @@ from ..router import RouterSettings
 class ServiceSettings:
     """The hypernetwork to serve, the bounds of its generator, cache and router, and what API servers add."""
 
-    hypernet: str
-    adapter_dir: str | None = None  # parent of the service's private folder; None: /dev/shm or the temp dir
+    hypernet: str = field(metadata={"help": "hypernetwork checkpoint folder"})
+    adapter_dir: str | None = field(
+        default=None,
+        metadata={"help": "folder for the generated PEFT folders vLLM loads; none: a new folder on /dev/shm (or the temp dir)"},
+    )
     generator: GeneratorSettings = field(default_factory=GeneratorSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
-    router: RouterSettings | None = None
-    preload: tuple[str, ...] = ()  # descriptions generated at start-up and never removed
+    router: RouterSettings | None = field(default=None, metadata={"help": "route requests without a task_description; none: off"})
+    preload: tuple[str, ...] = field(
+        default=(), metadata={"help": "descriptions generated at start-up and kept for the server's life, listed in /v1/models"}
+    )
     playground: bool = True  # API servers serve GET /t2l/playground and POST /t2l/adapter (the service ignores it)
 
     def to_json(self) -> str:
@@ -33,14 +44,63 @@ class ServiceSettings:
 
     @classmethod
     def from_json(cls, text: str) -> "ServiceSettings":
-        doc: dict[str, Any] = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> "ServiceSettings":
+        """The settings a mapping such as `asdict(settings)` describes, missing keys at their defaults.
+
+        Raises `ConfigError` naming an unknown key (a typo would otherwise be ignored)
+        or a value that its class refuses.
+        """
+        _check_keys(doc, cls, "")
+        for key, nested in (("generator", GeneratorSettings), ("cache", CacheSettings), ("router", RouterSettings)):
+            if doc.get(key) is not None:
+                _check_keys(doc[key], nested, f"{key}.")
         router = doc.get("router")
-        return cls(
-            hypernet=doc["hypernet"],
-            adapter_dir=doc.get("adapter_dir"),
-            generator=GeneratorSettings(**doc.get("generator", {})),
-            cache=CacheSettings(**doc.get("cache", {})),
-            router=None if router is None else RouterSettings(**router),
-            preload=tuple(doc.get("preload", ())),
-            playground=doc.get("playground", cls.playground),
-        )
+        try:
+            return cls(
+                hypernet=doc["hypernet"],
+                adapter_dir=doc.get("adapter_dir"),
+                generator=GeneratorSettings(**doc.get("generator") or {}),
+                cache=CacheSettings(**doc.get("cache") or {}),
+                router=None if router is None else RouterSettings(**router),
+                preload=tuple(doc.get("preload") or ()),
+                playground=doc.get("playground", cls.playground),
+            )
+        except KeyError as err:
+            raise ConfigError(f"t2l_vllm settings: `{err.args[0]}` is missing.") from None
+        except TypeError as err:  # a value of the wrong kind, e.g. a mapping where a number goes
+            raise ConfigError(f"t2l_vllm settings: {err}") from None
+
+
+def load_settings_file(path: str | Path) -> ServiceSettings:
+    """The settings in a YAML (or JSON) file laid out as `ServiceSettings`: the one way to configure
+    a plain `vllm serve`, and the base that `t2l-vllm serve`'s flags override.
+
+    Keys left out keep their defaults; without `hypernet` it is the embedded default.
+    Relative paths are taken from the server's working directory, as flags are.
+    Raises `ConfigError` naming the file.
+    """
+    try:
+        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read the t2l_vllm settings file `{path}`: {err}") from None
+    doc = {} if doc is None else doc
+    if isinstance(doc, dict) and doc.get("hypernet") is None:
+        from ..default_model import default_paths
+
+        doc = {**doc, "hypernet": str(default_paths().hypernet)}
+    try:
+        return ServiceSettings.from_dict(doc)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def _check_keys(doc: object, settings_class: type, prefix: str) -> None:
+    if not isinstance(doc, dict):
+        raise ConfigError(f"t2l_vllm settings: `{prefix.rstrip('.') or 'the document'}` must be a mapping, got {type(doc).__name__}.")
+    known = {f.name for f in fields(settings_class)}
+    unknown = sorted(str(key) for key in doc if key not in known)
+    if unknown:
+        raise ConfigError(f"t2l_vllm settings: unknown key `{prefix}{unknown[0]}`; known: {', '.join(sorted(known))}.")

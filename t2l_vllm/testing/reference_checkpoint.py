@@ -17,11 +17,12 @@ from pathlib import Path
 import torch
 import yaml
 
+from ..encoder import ENCODER_PRESETS, GTE_LARGE
 from ..hypernet.shapes import ModuleShape
 
-# The reference's gte-large-en-v1.5 task embedding size and encoder, as its runs record them.
-EMBEDDING_DIM = 1024
-ENCODER = "Alibaba-NLP/gte-large-en-v1.5"
+# The reference's task encoder and its embedding size, as its runs record them.
+ENCODER = GTE_LARGE
+EMBEDDING_DIM = ENCODER_PRESETS[GTE_LARGE].dim
 
 
 def write_reference_checkpoint(

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from ..errors import ConfigError, EngineDiedError
 from ..service.settings import ServiceSettings
 from .engine_exits import EngineExits
-from .server import PLUGIN_NAME
+from .configured import PLUGIN_NAME
 
 
 def serve(model: str, lora_rank: int, settings: ServiceSettings, vllm_options: Sequence[str]) -> None:

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import sys
 from argparse import Namespace
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from ..metrics import RequestMetrics
 from ..router import query_of_request
 from ..service.client import AdapterClient, service_socket_path, stored_adapter, wait_until_stopped
 from ..service.settings import ServiceSettings
+from .configured import NOT_CONFIGURED, PLUGIN_NAME, plugin_settings
 from .engine_exits import EngineExits
 from .lora_registry import ServedLoRAs
 
@@ -55,7 +57,6 @@ ADAPTER_HEADER = "x-t2l-adapter"
 SOURCE_HEADER = "x-t2l-source"
 TASK_HEADER = "x-t2l-task"
 SCORE_HEADER = "x-t2l-score"
-PLUGIN_NAME = "t2l_vllm"
 
 
 @dataclass
@@ -132,9 +133,9 @@ class T2LEndpointPlugin:
         attach_playground(app)
 
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
-        settings: ServiceSettings | None = getattr(args, "t2l", None)
+        settings: ServiceSettings | None = plugin_settings(args)  # `t2l-vllm serve`'s, or the $T2L_VLLM_CONFIG file's
         if engine_client is None or settings is None:
-            logger.warning("t2l_vllm endpoint plugin loaded without `t2l-vllm serve`; task_description is ignored.")
+            print(f"t2l_vllm: {NOT_CONFIGURED}; requests carrying `{DESCRIPTION_FIELD}` are refused with a 400.", file=sys.stderr, flush=True)
             return
         engine_exits: EngineExits | None = getattr(args, "t2l_engine_exits", None)
         if engine_exits is not None:
@@ -214,6 +215,8 @@ def _endpoint(route: _Route) -> Callable[[Request], Awaitable[Response]]:
         description = body.pop(DESCRIPTION_FIELD, None)
         if has_description and description is None:
             return _refuse(t2l, HTTPStatus.BAD_REQUEST, f"`{DESCRIPTION_FIELD}` is null; give a string or leave the field out.", DESCRIPTION_FIELD)
+        if has_description and t2l is None:
+            return _refuse(t2l, HTTPStatus.BAD_REQUEST, f"`{DESCRIPTION_FIELD}` is not served: {NOT_CONFIGURED}.", DESCRIPTION_FIELD)
         if has_description and t2l is not None and (problem := _check_model(t2l, body.get("model"))) is not None:
             return _refuse(t2l, *problem)
         try:  # the whole body is checked before any adapter is made for it
