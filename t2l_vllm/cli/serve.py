@@ -56,8 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     routing = p.add_argument_group("automatic adaptation for requests without a task_description")
     routing.add_argument("--router", metavar="LIBRARY", help=RouterSettings.__dataclass_fields__["library"].metadata["help"] + " (default: off)")
     add_router_options(routing)
-    p.add_argument("--playground", action=argparse.BooleanOptionalAction, default=ServiceSettings.playground,
-                   help="serve the playground page at GET /t2l/playground, behind --api-key like every route (default: on)")
+    add_setting(p, ServiceSettings, "playground")
     p.set_defaults(run=run, passes_unknown_options=True)
 
 
@@ -115,5 +114,4 @@ def service_settings(args: argparse.Namespace, hypernet: str, base: ServiceSetti
         cache=settings_from(args, CacheSettings, base.cache),
         router=replace(router, max_description_chars=generator.max_description_chars) if router else None,
         preload=tuple(read_description_file(args.preload, "--preload")) if args.preload else base.preload,
-        playground=args.playground,
     )

@@ -37,7 +37,9 @@ class ServiceSettings:
     preload: tuple[str, ...] = field(
         default=(), metadata={"help": "descriptions generated at start-up and kept for the server's life, listed in /v1/models"}
     )
-    playground: bool = True  # API servers serve GET /t2l/playground and POST /t2l/adapter (the service ignores it)
+    playground: bool = field(  # read by the API servers; the service itself ignores it
+        default=True, metadata={"help": "serve the playground page at GET /t2l/playground (and POST /t2l/adapter), behind --api-key like every route"}
+    )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -27,6 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from ..errors import T2LError
 from ..service.settings import ServiceSettings
+from .configured import plugin_settings
 from .server import DESCRIPTION_FIELD, T2LState, _answer_to, _has_api_key, _refuse, openai_error
 
 PAGE_PATH = "/t2l/playground"
@@ -41,11 +42,12 @@ PAGE_HEADERS = {
 
 
 def attach_playground(app: FastAPI) -> None:
-    """Adds the playground's routes unless `--no-playground` (or no `t2l-vllm serve`) says otherwise.
+    """Adds the playground's routes unless `--no-playground` (or `playground: false`, or no t2l settings) says otherwise.
 
     vLLM puts the parsed options on `app.state.args` before endpoint plugins attach their routes.
     """
-    settings: ServiceSettings | None = getattr(getattr(app.state, "args", None), "t2l", None)
+    args = getattr(app.state, "args", None)
+    settings: ServiceSettings | None = plugin_settings(args) if args is not None else None
     if settings is None or not settings.playground:
         return
     router = APIRouter()

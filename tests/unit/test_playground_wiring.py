@@ -14,18 +14,21 @@ from t2l_vllm.service.settings import ServiceSettings
 PLAYGROUND_ROUTES = {("GET", "/t2l/playground"), ("POST", "/t2l/adapter")}
 
 
-def serve_settings(*options: str) -> ServiceSettings:
+def serve_settings(*options: str, base: ServiceSettings | None = None) -> ServiceSettings:
     from t2l_vllm.cli import build_parser
     from t2l_vllm.cli.serve import service_settings
 
     args, _ = build_parser().parse_known_args(["serve", *options])
-    return service_settings(args, "hypernet")
+    return service_settings(args, "hypernet", base)
 
 
 def test_the_playground_is_on_by_default_and_no_playground_turns_it_off():
     assert serve_settings().playground is True
     assert serve_settings("--no-playground").playground is False
     assert ServiceSettings.from_json(serve_settings("--no-playground").to_json()).playground is False
+    # a settings file's `playground: false` holds unless a flag says otherwise
+    assert serve_settings(base=ServiceSettings("h", playground=False)).playground is False
+    assert serve_settings("--playground", base=ServiceSettings("h", playground=False)).playground is True
 
 
 def playground_routes(monkeypatch, settings: ServiceSettings | None) -> set[tuple[str, str]]:
