@@ -10,6 +10,7 @@ still reach it. The root defaults to tmpfs (/dev/shm) where available.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .adapters import LoRAAdapter
-from .descriptions import adapter_int_id
+from .descriptions import adapter_int_id, adapter_name
 from .errors import AdapterStoreError, T2LError
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,36 @@ class AdapterStore:
             self._check_id_is_free(int_id, adapter.name)
         try:
             return self._write(adapter, int_id)
+        except OSError as err:
+            raise self._write_error(err) from err
+
+    def put_folder(self, folder: str | Path) -> StoredAdapter:
+        """Copies a trained PEFT adapter's folder in, named by the sha256 of its files, so it is
+        delivered, counted and removed like a generated one and the user's folder is never touched."""
+        folder = Path(folder)
+        digest = hashlib.sha256(b"peft-folder\0")
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        for path in files:
+            digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
+        name = adapter_name(digest.hexdigest())
+        int_id = adapter_int_id(name)
+        with self._lock:
+            stored = self._stored.get(name)
+            if stored is not None:
+                return stored
+            self._check_id_is_free(int_id, name)
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self.root))
+            try:
+                shutil.copytree(folder, tmp, dirs_exist_ok=True)
+                with self._lock:
+                    os.rename(tmp, self.root / name)
+                    stored = StoredAdapter(name, self.root / name, int_id, sum(p.stat().st_size for p in files))
+                    self._stored[name] = stored
+                    self._names_by_id[int_id] = name
+                    return stored
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         except OSError as err:
             raise self._write_error(err) from err
 

@@ -163,6 +163,14 @@ class AdapterCache:
         self._pin(stored.name)
         return Lease(stored, self._unpin)
 
+    def keep_trained(self, folder: str) -> Lease:
+        """A trained PEFT adapter copied into the store and pinned: the caller holds the lease for
+        as long as the adapter must stay (a router task's adapter: the service's life)."""
+        stored = self.store.put_folder(folder)
+        self._insert(stored)
+        self._pin(stored.name)
+        return Lease(stored, self._unpin)
+
     async def acquire(self, description: object) -> Lease:
         """A pinned adapter for the description; raises a `T2LError` for bad input."""
         text = self.generator.normalize(description)

@@ -28,6 +28,7 @@ class Task:
     name: str
     descriptions: tuple[str, ...]
     examples: tuple[str, ...]
+    adapter: str | None = None  # a trained PEFT adapter's folder: routed queries are served by it, not a generated one
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class TaskLibrary:
             if name in seen:
                 raise fail(f"{where} appears twice; task names must be unique.")
             seen.add(name)
-            extra = set(raw) - {"name", "descriptions", "examples"}
+            extra = set(raw) - {"name", "descriptions", "examples", "adapter"}
             if extra:
                 raise fail(f"{where} has unknown field(s) {sorted(extra)}.")
             lists = {}
@@ -98,8 +99,12 @@ class TaskLibrary:
                     if not value.strip():
                         raise fail(f"{where}: {key}[{j}] is empty.")
                 lists[key] = tuple(v.strip() for v in values)
-            tasks.append(Task(name, lists["descriptions"], lists["examples"]))
+            tasks.append(Task(name, lists["descriptions"], lists["examples"], _adapter_folder(raw.get("adapter"), path, fail, where)))
         return cls(tuple(tasks), None if threshold is None else float(threshold), fallback, path)
+
+    def trained(self) -> dict[str, str]:
+        """Task name -> trained adapter folder, for the tasks that name one."""
+        return {task.name: task.adapter for task in self.tasks if task.adapter is not None}
 
     def entries(self) -> tuple[list[str], list[int]]:
         """Every description and example, with the index of the task it belongs to: what the index embeds."""
@@ -126,3 +131,21 @@ class TaskLibrary:
         target = Path(out) if out else source
         target.write_text(text, encoding="utf-8")
         return target
+
+
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def _adapter_folder(value: Any, library_path: str, fail, where: str) -> str | None:
+    """A task's `adapter:` as an absolute folder (relative to the library file), checked to hold a PEFT LoRA."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise fail(f"{where}: `adapter` must be the path of a PEFT adapter folder.")
+    folder = Path(value).expanduser()
+    if not folder.is_absolute():
+        folder = Path(library_path).parent / folder
+    missing = [name for name in PEFT_FILES if not (folder / name).is_file()]
+    if missing:
+        raise fail(f"{where}: `adapter` {folder} is not a PEFT adapter folder (missing {', '.join(missing)}).")
+    return str(folder.resolve())

@@ -32,6 +32,7 @@ class RouteDecision:
     description: str | None  # None: serve with the base model
     score: float
     fallback: Fallback | None = None
+    adapter: str | None = None  # the name of the task's trained adapter, which serves it instead of a generated one
 
     @property
     def label(self) -> str:

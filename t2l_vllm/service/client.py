@@ -107,7 +107,7 @@ class AdapterClient:
 
     async def route(self, query: str) -> RouteDecision:
         body = await self._call({"op": "route", "query": query})
-        return RouteDecision(body["task"], body["description"], body["score"], body["fallback"])
+        return RouteDecision(body["task"], body["description"], body["score"], body["fallback"], body.get("adapter"))
 
     async def report(self, description: object, nearest: int) -> AdapterReport:
         """The description's adapter, made now or found in the cache, and the router's nearest tasks

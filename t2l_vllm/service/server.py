@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import shutil
@@ -103,6 +104,7 @@ class AdapterService:
         self._socket_inode: int | None = None
         self.cache: AdapterCache | None = None
         self._preloaded: list[Lease] = []  # held by the service itself: never released
+        self._trained: dict[str, Lease] = {}  # router task -> its trained adapter, held like the preloaded
 
     def hello(self) -> dict[str, Any]:
         config = self.generator.config
@@ -140,6 +142,7 @@ class AdapterService:
         server = None
         try:
             await self._preload()
+            self._keep_trained()
             server = await asyncio.start_unix_server(self._serve_client, path=socket_path, limit=MAX_LINE_BYTES)
             os.chmod(socket_path, 0o600)
             self._socket_inode = os.stat(socket_path).st_ino
@@ -188,6 +191,23 @@ class AdapterService:
         if failed:
             i, err = failed[0]
             raise ConfigError(f"preloaded description {i + 1} of {len(results)} was refused: {err}")
+
+    def _keep_trained(self) -> None:
+        """Copies in and pins the trained adapters the router library names, one per task.
+
+        vLLM is started with `--max-lora-rank` = the hypernetwork's rank, so a trained
+        adapter of a higher rank could never load: refused here, at start-up.
+        """
+        assert self.cache is not None
+        if self.router is None:
+            return
+        rank = self.generator.config.lora.rank
+        for task, folder in self.router.library.trained().items():
+            config = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8"))
+            if int(config.get("r", 0)) > rank:
+                raise ConfigError(f"router task `{task}`: its adapter {folder} has rank {config.get('r')}, above the "
+                                  f"hypernetwork's {rank}, which is vLLM's --max-lora-rank here; train it with rank <= {rank}.")
+            self._trained[task] = self.cache.keep_trained(folder)
 
     async def _stop_if_idle(self) -> None:
         """Stops once the last client has gone, unless another connected meanwhile."""
@@ -272,7 +292,9 @@ class AdapterService:
             raise T2LError("this deployment has no router (`--router`).")
         decision = (await asyncio.to_thread(self.router.route, [query]))[0]
         self.metrics.router_decisions.labels(task=decision.label).inc()
-        return {"task": decision.task, "description": decision.description, "score": decision.score, "fallback": decision.fallback}
+        trained = self._trained.get(decision.task) if decision.task is not None else None
+        return {"task": decision.task, "description": decision.description, "score": decision.score, "fallback": decision.fallback,
+                "adapter": None if trained is None else trained.name}
 
     async def _report(self, description: object, nearest: int) -> dict[str, Any]:
         """The description's adapter got as a request gets it (generated on a miss), how long that took,

@@ -302,6 +302,7 @@ class _Choice:
     source: str  # request | router | none
     task: str | None = None
     score: float | None = None
+    adapter: str | None = None  # a trained adapter's name chosen by the router (else the description decides)
 
     def headers(self) -> dict[str, str]:
         headers = {SOURCE_HEADER: self.source}
@@ -313,7 +314,8 @@ class _Choice:
 
 
 async def _route(t2l: T2LState, body: dict) -> tuple[str | None, _Choice]:
-    """The router's description for a request without one (None: leave the request as it is).
+    """The router's description for a request without one (None: leave the request as it is), or
+    the name of the chosen task's trained adapter (`_Choice.adapter`).
 
     Only requests for the base model are routed; one that names a LoRA adapter or an
     unknown model goes to vLLM unchanged, which serves or refuses it as usual.
@@ -324,13 +326,19 @@ async def _route(t2l: T2LState, body: dict) -> tuple[str | None, _Choice]:
     if query is None or not query.strip():
         return None, _Choice("none")
     decision = await t2l.adapters.route(query)
+    if decision.adapter is not None:
+        return None, _Choice("router", decision.label, decision.score, decision.adapter)
     return decision.description, _Choice("router", decision.label, decision.score)
 
 
 async def _lease(t2l: T2LState, description: str | None, model: object, choice: _Choice) -> tuple[Lease | None, _Choice]:
     """The lease a request runs under (its description's adapter, or a generated adapter it
     names), entered in vLLM's registry; None for the base model or another LoRA."""
-    if description is not None:
+    if choice.adapter is not None:  # the router's task has a trained adapter, kept by the service for its life
+        lease = await t2l.adapters.lease_by_name(choice.adapter)
+        if lease is None:
+            raise T2LError(f"the trained adapter `{choice.adapter}` of router task `{choice.task}` is no longer kept.")
+    elif description is not None:
         try:
             lease = await t2l.adapters.acquire(description)
         except InvalidDescriptionError:

@@ -25,13 +25,26 @@ MATH_QUERY = "If I have 10 pears and eat 3 of them, how many pears are left?"
 OFF_TOPIC = "Who painted the Mona Lisa?"
 
 
+SHOUT = {"name": "shout", "descriptions": ["Convert the text to uppercase."],
+         "examples": ["Write this in capital letters: hello world", "Make this text upper case: good morning", "Shout it: see you soon"]}
+SHOUT_QUERY = "Put this in capital letters: good night"
+
+
 @pytest.fixture(scope="module")
-def routed(tmp_path_factory, start_server, generator):
+def routed(tmp_path_factory, start_server, generator, default_paths):
+    """A server whose library has two generated tasks and one served by a LoRA trained with `t2l-vllm train lora`,
+    which is also registered the ordinary vLLM way (`trained-shout`) to compare answers against."""
+    from t2l_vllm.train.toy_world import make_examples, write_jsonl
+
     work = tmp_path_factory.mktemp("routed")
+    write_jsonl(work / "upper.jsonl", make_examples(["uppercase"], 64, seed=5))
+    subprocess.run([sys.executable, "-m", "t2l_vllm", "train", "lora", "--model", str(default_paths.base_model), "--data", str(work / "upper.jsonl"),
+                    "--steps", "20", "--batch-size", "8", "-o", str(work / "shout")], check=True, capture_output=True, timeout=600)
     library = work / "library.yaml"
-    library.write_text(yaml.safe_dump(LIBRARY))
+    library.write_text(yaml.safe_dump({**LIBRARY, "tasks": [*LIBRARY["tasks"], {**SHOUT, "adapter": "shout"}]}))  # relative to the library
     native = generator.generate(["A LoRA registered the ordinary vLLM way."])[0].save_peft(work / "native")
-    with start_server(work, ["--router", str(library), "--lora-modules", f"native-lora={native}"]) as server:
+    options = ["--router", str(library), "--lora-modules", f"native-lora={native}", f"trained-shout={work / 'shout'}"]
+    with start_server(work, options) as server:
         yield server
 
 
@@ -95,8 +108,26 @@ def test_the_playground_lists_the_library_tasks_nearest_to_a_description(routed)
                           headers={"Authorization": f"Bearer {routed.api_key}"}, timeout=120)
     assert response.status_code == 200, response.text
     tasks = response.json()["nearest_tasks"]
-    assert [t["task"] for t in tasks] == ["math", "french"]  # the whole two-task library, best first
-    assert tasks[0]["score"] > tasks[1]["score"]
+    assert tasks[0]["task"] == "math" and {t["task"] for t in tasks} == {"math", "french", "shout"}  # the whole library, best first
+    assert tasks[0]["score"] > tasks[1]["score"] >= tasks[2]["score"]
+
+
+def test_a_task_with_a_trained_adapter_is_served_by_exactly_that_adapter(routed, generator):
+    """Fetch or generate: routed queries for `shout` get the trained LoRA's answers, named as such;
+    other tasks keep generating, and a request's own description still wins."""
+    answer, headers = ask(routed, SHOUT_QUERY)
+    assert headers["x-t2l-source"] == "router" and headers["x-t2l-task"] == "shout"
+    assert headers["x-t2l-adapter"].startswith("t2l-") and headers["x-t2l-adapter"] != generator.name_for(SHOUT["descriptions"][0])
+    reply = routed.client().chat.completions.create(model="trained-shout", messages=[{"role": "user", "content": SHOUT_QUERY}],
+                                                    max_tokens=8, temperature=0, extra_body={"ignore_eos": True})
+    assert answer == reply.choices[0].message.content
+    again, second = ask(routed, "Make these words upper case: big red dog")
+    assert second["x-t2l-task"] == "shout" and second["x-t2l-adapter"] == headers["x-t2l-adapter"]
+    _, own = ask(routed, SHOUT_QUERY, task_description="Reverse the text.")
+    assert own["x-t2l-source"] == "request" and own["x-t2l-adapter"] == generator.name_for("Reverse the text.")
+    _, math = ask(routed, MATH_QUERY)
+    assert math["x-t2l-adapter"] == generator.name_for("Solve arithmetic word problems step by step.")
+    assert routed.metrics()['t2l_router_decisions_total{task="shout"}'] >= 2
 
 
 @pytest.mark.parametrize(
@@ -104,6 +135,7 @@ def test_the_playground_lists_the_library_tasks_nearest_to_a_description(routed)
     [
         ("tasks:\n  - name: math\n    descriptions: [\"d\"]\n", "task `math` needs `examples`"),
         ("tasks: [unclosed\n", "not valid YAML"),
+        ("tasks:\n  - {name: t, descriptions: [d], examples: [e], adapter: nowhere}\n", "is not a PEFT adapter folder"),
     ],
 )
 def test_a_bad_library_stops_start_up_with_a_clear_error(tmp_path, library, fragment):

@@ -90,3 +90,20 @@ def test_store_folders_are_private_to_their_owner(tmp_path, generator):
     assert store.root.stat().st_mode & 0o777 == 0o700
     assert stored.path.stat().st_mode & 0o777 == 0o700
     store.close()
+
+
+def test_a_trained_folder_is_copied_in_under_a_name_from_its_content(tmp_path, generator):
+    trained = generator.generate(["A LoRA someone trained."])[0].save_peft(tmp_path / "trained")
+    before = {p.name: p.read_bytes() for p in trained.iterdir()}
+    store = AdapterStore(tmp_path / "store")
+    try:
+        stored = store.put_folder(trained)
+        assert stored.path.parent == store.root and stored.path != trained
+        assert {p.name: p.read_bytes() for p in stored.path.iterdir()} == before
+        assert store.put_folder(trained) == stored  # the same content is the same adapter
+        other = generator.generate(["Another LoRA someone trained."])[0].save_peft(tmp_path / "other")
+        assert store.put_folder(other).name != stored.name
+        store.remove(stored.name)
+        assert {p.name: p.read_bytes() for p in trained.iterdir()} == before  # the user's folder is never touched
+    finally:
+        store.close()

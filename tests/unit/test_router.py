@@ -211,3 +211,17 @@ def test_nearest_tasks_are_ranked_by_cosine_and_name_the_closest_first():
     nearest = router.nearest_tasks("Translate English sentences into German.", 3)
     assert len(nearest) == 3 and nearest[0][0] == "translation_en_de"
     assert [score for _, score in nearest] == sorted((score for _, score in nearest), reverse=True)
+
+
+def test_a_task_may_name_a_trained_adapter_folder_relative_to_its_library(tmp_path, generator):
+    from t2l_vllm.router.library import TaskLibrary
+
+    generator.generate(["A trained LoRA."])[0].save_peft(tmp_path / "loras" / "shout")
+    path = tmp_path / "library.yaml"
+    path.write_text("tasks:\n  - {name: shout, descriptions: [Uppercase.], examples: [HELLO], adapter: loras/shout}\n"
+                    "  - {name: other, descriptions: [Other.], examples: [x]}\n")
+    library = TaskLibrary.load(path)
+    assert library.trained() == {"shout": str((tmp_path / "loras" / "shout").resolve())}
+    (tmp_path / "loras" / "shout" / "adapter_model.safetensors").unlink()
+    with pytest.raises(RouterConfigError, match="not a PEFT adapter folder .missing adapter_model.safetensors"):
+        TaskLibrary.load(path)
