@@ -3,8 +3,8 @@
 Starting from the toy world's trained base model (`t2l-vllm train base`; the
 shipped one by default), this trains and measures, with exact-match accuracy:
 
-- base, no cue: `<s>input\\n`, the prompt every adapter arm sees;
-- base with the task's cue in the prompt (what the adapters must put back);
+- base, no cue: `<s>input\\n`, the prompt every arm sees;
+- base with the task's cue (`toy_base.ToyCues`: what the adapters must put back);
 - task-specific LoRAs (one per task, held-out tasks included as an oracle);
 - a multi-task LoRA on all training tasks;
 - T2L by reconstruction of the training tasks' LoRAs (M variant);
@@ -56,7 +56,7 @@ from t2l_vllm.train.data import load_sft_records
 from t2l_vllm.train.recon import ReconSettings, ReconTrainer, load_recon_library
 from t2l_vllm.train.sft import SFTSettings, SFTTrainer
 from t2l_vllm.train.sources import HypernetSource, SingleLoRA
-from t2l_vllm.train.toy_base import greedy_answers, prompt_text
+from t2l_vllm.train.toy_base import ToyCues, greedy_answers, prompt_text
 from t2l_vllm.train.toy_world import (
     HELDOUT_TASKS, TASKS, TRAIN_TASKS, make_examples, random_input, split_descriptions, telling_inputs, write_jsonl,
 )
@@ -111,6 +111,7 @@ class Bench:
         self.base_dir, self.out, self.budget = base_dir, out, budget
         self.model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        self.cues = ToyCues.load(base_dir)
         self.shapes = load_base_shapes(base_dir)
         rng = random.Random(seed + 1000)
         # training tasks: random inputs; held-out tasks: inputs whose answer no training task gives
@@ -136,14 +137,16 @@ class Bench:
         self._embeddings: dict[str, torch.Tensor] = {}  # the encoder is frozen: each text is embedded once
 
     # --- scoring -------------------------------------------------------------------
-    def answers(self, rows: Sequence[tuple[str, str]], loras: Weights | None, tagged: bool = False) -> list[str]:
-        """Greedy answers to (task, input) rows; row n uses adapter n of `loras` (if given)."""
-        prompts = [prompt_text(task if tagged else None, text) for task, text in rows]
-        return greedy_answers(self.model, self.tokenizer, prompts, max_new_tokens=28, loras=loras, scaling=LORA.scaling)
+    @torch.no_grad()
+    def answers(self, rows: Sequence[tuple[str, str]], loras: Weights | None, cued: bool = False) -> list[str]:
+        """Greedy answers to (task, input) rows; row n uses adapter n of `loras` (if given), or its task's cue."""
+        cues = self.cues([task for task, _ in rows]) if cued else None
+        return greedy_answers(self.model, self.tokenizer, [prompt_text(text) for _, text in rows], max_new_tokens=28,
+                              loras=loras, scaling=LORA.scaling, cues=cues)
 
-    def score(self, rows: Sequence[tuple[str, str]], loras: Weights | None, tagged: bool = False) -> float:
+    def score(self, rows: Sequence[tuple[str, str]], loras: Weights | None, cued: bool = False) -> float:
         """Exact match of the answers to the rows' own tasks."""
-        return exact(self.answers(rows, loras, tagged), rows, [task for task, _ in rows])
+        return exact(self.answers(rows, loras, cued), rows, [task for task, _ in rows])
 
     def task_rows(self, tasks: Sequence[str]) -> list[tuple[str, str]]:
         return [(t, x) for t in tasks for x in self.inputs[t]]
@@ -227,13 +230,13 @@ def run(bench: Bench) -> dict:
     heldout_records = load_sft_records(bench.data / "heldout_tasks.jsonl")
     train_rows, heldout_rows = bench.task_rows(TRAIN_TASKS), bench.task_rows(HELDOUT_TASKS)
 
-    def untuned(tagged: bool) -> dict[str, float]:
-        train, heldout = bench.score(train_rows, None, tagged=tagged), bench.score(heldout_rows, None, tagged=tagged)
+    def untuned(cued: bool) -> dict[str, float]:
+        train, heldout = bench.score(train_rows, None, cued=cued), bench.score(heldout_rows, None, cued=cued)
         return {COLUMNS[0]: train, COLUMNS[1]: train, COLUMNS[2]: heldout, COLUMNS[3]: heldout}
 
     print("scoring the base model", flush=True)
     table["base, no cue"] = untuned(False)
-    table["base, task cue in the prompt"] = untuned(True)
+    table["base with the task's cue"] = untuned(True)
 
     print("task-specific LoRAs", flush=True)
     task_loras, timings["task-specific LoRAs"] = {}, 0.0

@@ -24,7 +24,8 @@ TOY_PROMPTS = [
     ("Capital letters everywhere, please.", "good day", "uppercase", "a held-out description"),
     ("Spell the whole input backwards, last character first.", "stressed", "reverse", "a description written for the demo"),
     ("Give just the first letter of every word.", "text to lora", "first_letters", "a description written for the demo"),
-    ("Reverse the order of the words.", "one two three", "reverse_words", "a task held out of training"),
+    ("Every word loses everything except its first 3 letters.", "hello wonderful world", "keep_first_3", "a task held out of training"),
+    ("The last 3 letters of every word should become capitals.", "hello world", "upper_last_3", "a task held out of training"),
     (None, "hello world", None, "no description: the base model"),
 ]
 GENERAL_PROMPTS = [

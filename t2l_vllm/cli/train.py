@@ -50,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     recon.add_argument("--resume", metavar="CHECKPOINT")
     recon.add_argument("--device", default="auto")
     add_settings_arguments(recon, ReconSettings)
-    base = kinds.add_parser("base", help="train the toy world's tiny base model from scratch (task cues in the prompt)")
+    base = kinds.add_parser("base", help="train the toy world's tiny base model from scratch, the task given by a cue")
     base.add_argument("-o", "--output", required=True)
     base.add_argument("--resume", metavar="CHECKPOINT")
     add_settings_arguments(base, ToyBaseSettings)
@@ -73,8 +73,8 @@ def _run_base(args: argparse.Namespace) -> int:
     from ..train.toy_base import train_toy_base
 
     report = train_toy_base(args.output, settings_from(args, ToyBaseSettings), resume=args.resume)
-    print(f"{report['steps']} steps; mean exact match {report['mean_with_tag']:.3f} with the task tag, "
-          f"{report['mean_without_tag']:.3f} without; wrote {args.output}")
+    print(f"{report['steps']} steps; mean exact match {report['mean_with_cue']:.3f} with the task's cue, "
+          f"{report['mean_without_cue']:.3f} without; wrote {args.output}")
     return 0
 
 

@@ -19,9 +19,10 @@ Three kinds of task, 48 in all:
   alternate_case).
 
 Each task is named to the base model by a cue of two parts (`ToyTask.cue`):
-(operation, none), (family, k) or (first, then). The base model has one tag
-token per task whose embedding is the sum of its parts' embeddings
-(`toy_base`), so a task is a combination of parts other tasks share.
+(operation, none), (family, k) or (first, then). The base model is given a
+task as the sum of its two parts' learnt vectors, added to its first layer's
+attention value at `<s>` (`toy_base`), so a task is a combination of parts
+other tasks share, and an adapter can write the cue of any combination.
 
 The split (`HELDOUT_TASKS`, fixed in the data file) holds out one k of each
 family and two compositions: 8 tasks, each a new combination of parts that

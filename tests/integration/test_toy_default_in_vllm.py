@@ -36,7 +36,7 @@ def test_vllm_answers_equal_transformers_with_the_same_adapters(vllm_answers, ge
     adapters = generator.generate([d for _, d, _ in CASES])
     modules = adapters[0].lora.target_modules
     weights = {m: tuple(torch.stack([a.matrices(m)[i] for a in adapters]) for i in (0, 1)) for m in modules}
-    expected = greedy_answers(model, tokenizer, [prompt_text(None, x) for _, _, x in CASES], max_new_tokens=32,
+    expected = greedy_answers(model, tokenizer, [prompt_text(x) for _, _, x in CASES], max_new_tokens=32,
                               loras=weights, scaling=adapters[0].lora.scaling)
     assert vllm_answers == expected
 

@@ -1,4 +1,4 @@
-"""The toy-world base model's tokenizer, structured cue and training loop (seconds of training: mechanics only)."""
+"""The toy-world base model: tokenizer, structured cue, training loop (seconds of training: mechanics only)."""
 
 from __future__ import annotations
 
@@ -6,49 +6,69 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from t2l_vllm.train.toy_base import PARTS_FILE, REPORT_FILE, ToyBaseSettings, ToyBaseTrainer, build_toy_tokenizer, encode, tag, train_toy_base
+from t2l_vllm.errors import CheckpointError
+from t2l_vllm.train.toy_base import (
+    PARTS_FILE, REPORT_FILE, ToyBaseSettings, ToyBaseTrainer, ToyCues, build_toy_tokenizer, cued, encode, greedy_answers,
+    prompt_text, train_toy_base,
+)
 from t2l_vllm.train.toy_world import CUE_PARTS, HELDOUT_TASKS, TASKS
 
 TINY = dict(hidden_size=64, num_heads=1, intermediate_size=64, num_layers=1, batch_size=4, eval_examples=4)
 
 
-def test_each_task_tag_is_one_token_and_chat_gives_the_bare_input():
+def test_the_prompt_is_the_bare_input_and_the_answer_is_the_output():
     tokenizer = build_toy_tokenizer()
-    for task in TASKS:
-        assert len(tokenizer(tag(task), add_special_tokens=False).input_ids) == 1
     prompt = tokenizer.apply_chat_template([{"role": "system", "content": "ignored"}, {"role": "user", "content": "ab cd"}],
                                            tokenize=False, add_generation_prompt=True)
-    assert prompt == "<s>ab cd\n"
-    ids, labels = encode(tokenizer, "reverse", "ab cd", "dc ba")
+    assert prompt == "<s>ab cd\n" == tokenizer.bos_token + prompt_text("ab cd")
+    ids, labels = encode(tokenizer, "ab cd", "dc ba")
     answer = [i for i, l in zip(ids, labels) if l != -100]
     assert tokenizer.decode(answer, skip_special_tokens=True) == "dc ba" and answer[-1] == tokenizer.eos_token_id
+    assert len(tokenizer) == 259  # bytes and three special tokens: nothing in the text names a task
+
+
+def test_a_cue_is_the_sum_of_its_two_parts_shared_with_training_tasks():
+    cues = ToyCues(8)
+    for task in (*HELDOUT_TASKS, "reverse", "capitalize_words"):
+        first, second = (CUE_PARTS.index(part) for part in TASKS[task].cue)
+        torch.testing.assert_close(cues([task])[0], cues.parts[first] + cues.parts[second])
+    assert TASKS["keep_first_3"].cue == ("keep_first", "k3") and TASKS["capitalize_words"].cue == ("upper_first", "k1")
+
+
+def test_greedy_decoding_with_a_cue_equals_full_cued_forwards():
+    """The cue is added once, to the prompt's `<s>` (left-padded), and stays in the KV cache while decoding."""
+    trainer = ToyBaseTrainer(ToyBaseSettings(steps=1, **{**TINY, "num_layers": 2}))
+    model, tokenizer = trainer.model.eval(), trainer.tokenizer
+    with torch.no_grad():
+        trainer.cues.parts.normal_(0, 2.0)  # a cue strong enough to change the answer
+        prompts, tasks = [prompt_text("ab"), prompt_text("hello world")], ["reverse", "uppercase"]
+        answers = greedy_answers(model, tokenizer, prompts, max_new_tokens=4, cues=trainer.cues(tasks))
+        assert answers != greedy_answers(model, tokenizer, prompts, max_new_tokens=4)
+        for prompt, task, answer in zip(prompts, tasks, answers):
+            ids = torch.tensor([[tokenizer.bos_token_id, *tokenizer(prompt, add_special_tokens=False).input_ids]])
+            for _ in range(4):
+                with cued(model, trainer.cues([task]), torch.zeros(1, dtype=torch.long), ids.shape[1]):
+                    ids = torch.cat([ids, model(ids).logits[:, -1:].argmax(-1)], 1)
+            expected = ids[0, -4:].tolist()
+            if tokenizer.eos_token_id in expected:
+                expected = expected[: expected.index(tokenizer.eos_token_id)]
+            assert answer == tokenizer.decode(expected, skip_special_tokens=True)
 
 
 def test_training_runs_saves_and_reports(tmp_path):
     report = train_toy_base(tmp_path / "base", ToyBaseSettings(steps=4, log_every=2, **TINY), log=lambda _: None)
-    assert report["steps"] == 4 and set(report["exact_match_with_tag"]) == set(TASKS)
+    assert report["steps"] == 4 and set(report["exact_match_with_cue"]) == set(TASKS)
     assert [h["step"] for h in report["history"]] == [2, 4]
     assert json.loads((tmp_path / "base" / REPORT_FILE).read_text())["steps"] == 4
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "base")
     assert model.config.head_dim == 64 and len(tokenizer) == model.config.vocab_size
-
-
-def test_a_saved_tag_embedding_is_the_sum_of_its_cue_parts(tmp_path):
-    """A held-out task's cue is made of parts that training tasks' cues share."""
-    train_toy_base(tmp_path / "base", ToyBaseSettings(steps=2, log_every=0, **TINY), log=lambda _: None)
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
-    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "base")
-    parts = load_file(str(tmp_path / "base" / PARTS_FILE))["parts"]
-    embeddings = model.get_input_embeddings().weight
-    for task in (*HELDOUT_TASKS, "reverse", "capitalize_words"):
-        first, second = (CUE_PARTS.index(part) for part in TASKS[task].cue)
-        row = embeddings[tokenizer.convert_tokens_to_ids(tag(task))]
-        torch.testing.assert_close(row, parts[first] + parts[second])
-    assert TASKS["keep_first_3"].cue == ("keep_first", "k3") and TASKS["capitalize_words"].cue == ("upper_first", "k1")
+    assert ToyCues.load(tmp_path / "base").parts.shape == (len(CUE_PARTS), 64)
+    (tmp_path / "base" / PARTS_FILE).unlink()
+    with pytest.raises(CheckpointError, match=PARTS_FILE):
+        ToyCues.load(tmp_path / "base")
 
 
 def test_training_resumes_exactly_from_a_checkpoint(tmp_path):
@@ -62,6 +82,7 @@ def test_training_resumes_exactly_from_a_checkpoint(tmp_path):
     assert resumed.train(tmp_path / "resumed", steps=2) == pytest.approx(losses[2:], abs=1e-6)
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+    torch.testing.assert_close(straight.cues.parts, resumed.cues.parts, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("args, fragment", [

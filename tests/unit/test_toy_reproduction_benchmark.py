@@ -21,7 +21,7 @@ def test_a_tiny_run_writes_every_arm_column_and_the_plot_and_leaks_nothing(tmp_p
     report = json.loads((tmp_path / "table.json").read_text())
     table = report["table"]
     assert set(table) == {
-        "base, no cue", "base, task cue in the prompt", "task-specific LoRAs (one per task)", "multi-task LoRA",
+        "base, no cue", "base with the task's cue", "task-specific LoRAs (one per task)", "multi-task LoRA",
         "T2L recon (M)", "T2L SFT (L)", "T2L SFT (M)", "T2L SFT (S)",
     }
     for arm, row in table.items():
@@ -31,12 +31,12 @@ def test_a_tiny_run_writes_every_arm_column_and_the_plot_and_leaks_nothing(tmp_p
         assert set(bench.CONTROLS) <= set(table[arm]), arm
         assert set(report["heldout_tasks_by_task"][arm]) == set(HELDOUT_TASKS)
     # the shipped base model knows the tasks when cued, not without the cue
-    assert table["base, task cue in the prompt"][bench.COLUMNS[0]] > table["base, no cue"][bench.COLUMNS[0]] + 0.5
+    assert table["base with the task's cue"][bench.COLUMNS[0]] > table["base, no cue"][bench.COLUMNS[0]] + 0.5
     assert (tmp_path / "adapters.png").stat().st_size > 10_000
     assert (tmp_path / "loras" / "multitask" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "hypernets" / "sft-L" / "model.safetensors").is_file()
 
-    # What the hypernetworks trained on: training tasks only, their seen descriptions only, no cue.
+    # What the hypernetworks trained on: training tasks only, their seen descriptions only (the prompts are bare inputs).
     heldout_text = {d for t in HELDOUT_TASKS for d in TASKS[t].descriptions}
     heldout_wording = {d for t in TRAIN_TASKS for d in split_descriptions(TASKS[t])[1]}
     for name in ("train.jsonl", "recon_library.jsonl"):
@@ -44,4 +44,3 @@ def test_a_tiny_run_writes_every_arm_column_and_the_plot_and_leaks_nothing(tmp_p
         assert {line["task"] for line in lines} == set(TRAIN_TASKS), name
         for line in lines:
             assert heldout_text.isdisjoint(line["descriptions"]) and heldout_wording.isdisjoint(line["descriptions"]), name
-            assert "<t:" not in json.dumps(line), name

@@ -168,8 +168,8 @@ def test_no_held_out_task_or_description_reaches_training_records() -> None:
     heldout_wording = {d for t in TRAIN_TASKS for d in split_descriptions(TASKS[t])[1]}
     assert {r["task"] for r in records} == set(TRAIN_TASKS)
     for r in records:
+        assert set(r) == {"task", "descriptions", "input", "output"}  # no cue: the prompt is the bare input
         assert heldout_text.isdisjoint(r["descriptions"]) and heldout_wording.isdisjoint(r["descriptions"])
-        assert "<t:" not in r["input"] + r["output"] + "".join(r["descriptions"])  # the cue is never in the data
 
 
 def test_description_split_is_fixed_disjoint_and_covers() -> None:
