@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from t2l_vllm.testing.processes import stop_process_group
+
 API_KEY = "t2l-test-key"
 CACHE_ENTRIES = 16
 
@@ -99,13 +101,7 @@ def running_server(work: Path, extra_args: list[str], env: dict[str, str] | None
     try:
         yield Server(url, process, adapter_dir, "tiny", "native-lora", log)
     finally:
-        with contextlib.suppress(ProcessLookupError):  # a test may have stopped the server itself
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if not stop_process_group(process):
             pytest.fail(f"server did not stop on SIGTERM:\n{log.read_text()[-4000:]}")
     left = [p.name for p in adapter_dir.iterdir()] if adapter_dir.exists() else []
     assert not left, f"adapter folders left after shutdown: {left[:5]}"
@@ -129,3 +125,4 @@ def new_port():
 def start_server():
     """`running_server` for tests that need a server with their own options."""
     return running_server
+

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+
+from t2l_vllm.testing.processes import stop_process_group
 
 pytestmark = pytest.mark.server
 
@@ -56,13 +57,7 @@ def plain_vllm(work: Path, port: int, options: list[str], env: dict[str, str]) -
             time.sleep(1)
         yield openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120), log
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process)
 
 
 def test_plain_vllm_with_the_settings_file_serves_generated_adapters(tmp_path, new_port, default_paths):
