@@ -48,11 +48,13 @@ logger = logging.getLogger(__name__)
 class CacheSettings:
     """Bounds of the adapter cache and of the hypernetwork batches."""
 
-    max_entries: int = 256
-    max_bytes: int = 4 * 2**30
-    max_batch_size: int = 32
-    max_wait_ms: float = 5.0
-    semantic_threshold: float | None = None  # cosine; None: off
+    max_entries: int = field(default=256, metadata={"help": "adapters kept ready"})
+    max_bytes: int = field(default=4 * 2**30, metadata={"help": "bound on their total size (bytes here; the CLI flag takes MiB)"})
+    max_batch_size: int = field(default=32, metadata={"help": "most descriptions in one hypernetwork pass"})
+    max_wait_ms: float = field(default=5.0, metadata={"help": "how long a pass that finds the hypernetwork idle waits for more descriptions"})
+    semantic_threshold: float | None = field(
+        default=None, metadata={"help": "reuse a cached adapter whose description embeds within this cosine of a new one (none: off)"}
+    )
     removal_grace_s: float = 1.0
 
     def __post_init__(self) -> None:

@@ -7,7 +7,7 @@ and the server's batcher all call `AdapterGenerator.generate_batch`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -29,10 +29,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class GeneratorSettings:
     """Limits on what the generator accepts and emits."""
 
-    max_description_chars: int = DEFAULT_MAX_DESCRIPTION_CHARS
-    max_delta_norm: float = DEFAULT_MAX_DELTA_NORM
-    device: str = "auto"
-    dtype: str = "auto"
+    max_description_chars: int = field(default=DEFAULT_MAX_DESCRIPTION_CHARS, metadata={"help": "longest description accepted"})
+    max_delta_norm: float = field(default=DEFAULT_MAX_DELTA_NORM, metadata={"help": "refuse adapters whose weight update norm exceeds this"})
+    device: str = field(default="auto", metadata={"help": "device for encoder and hypernetwork: auto, cpu, cuda, cuda:1"})
+    dtype: str = field(default="auto", metadata={"help": "auto: float32 on CPU, bfloat16 on GPU", "choices": ("auto", *DTYPES)})
 
     def __post_init__(self) -> None:
         if self.max_description_chars <= 0:

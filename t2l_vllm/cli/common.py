@@ -6,19 +6,11 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..generator import DTYPES, AdapterGenerator, GeneratorSettings
+from ..generator import AdapterGenerator, GeneratorSettings
 from .settings_args import add_setting, settings_from
 
 # GeneratorSettings lives in generator.py, whose fields do not carry their help yet; until
 # they do, it is written here, once (the defaults are the dataclass's all the same).
-GENERATOR_HELP = {
-    "max_description_chars": "longest description accepted",
-    "max_delta_norm": "refuse adapters whose weight update norm exceeds this",
-    "device": "device for encoder and hypernetwork: auto, cpu, cuda, cuda:1",
-    "dtype": "auto: float32 on CPU, bfloat16 on GPU",
-}
-
-
 def add_hypernet_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--hypernet", metavar="DIR", help="hypernetwork checkpoint folder (default: the embedded default)"
@@ -28,10 +20,10 @@ def add_hypernet_option(parser: argparse.ArgumentParser) -> None:
 def add_generator_options(parser: argparse.ArgumentParser) -> None:
     add_hypernet_option(parser)
     group = parser.add_argument_group("adapter generation")
-    add_setting(group, GeneratorSettings, "max_description_chars", help=GENERATOR_HELP["max_description_chars"])
-    add_setting(group, GeneratorSettings, "max_delta_norm", help=GENERATOR_HELP["max_delta_norm"])
-    add_setting(group, GeneratorSettings, "device", "--hypernet-device", help=GENERATOR_HELP["device"])
-    add_setting(group, GeneratorSettings, "dtype", "--hypernet-dtype", choices=["auto", *DTYPES], help=GENERATOR_HELP["dtype"])
+    add_setting(group, GeneratorSettings, "max_description_chars")
+    add_setting(group, GeneratorSettings, "max_delta_norm")
+    add_setting(group, GeneratorSettings, "device", "--hypernet-device")
+    add_setting(group, GeneratorSettings, "dtype", "--hypernet-dtype")
 
 
 def generator_settings(args: argparse.Namespace, base: GeneratorSettings | None = None) -> GeneratorSettings:

@@ -27,17 +27,6 @@ from .output import quiet_vllm_options
 from .route import add_router_options, router_settings
 from .settings_args import add_setting, settings_from
 
-# CacheSettings lives in cache.py, whose fields do not carry their help yet; until they do, it is
-# written here, once (the defaults are the dataclass's all the same).
-CACHE_HELP = {
-    "max_entries": "adapters kept ready",
-    "max_bytes": "their total size bound in MiB",
-    "max_batch_size": "most descriptions in one hypernetwork pass",
-    "max_wait_ms": "how long a pass waits for more descriptions",
-    "semantic_threshold": "reuse a cached adapter whose description embeds within this cosine of a new one",
-}
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve", help="serve an OpenAI-compatible API with per-request generated adapters", description=__doc__, allow_abbrev=False
@@ -46,11 +35,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_generator_options(p)
     group = p.add_argument_group("adapter cache and batching")
     add_setting(group, ServiceSettings, "adapter_dir")
-    add_setting(group, CacheSettings, "max_entries", "--adapter-cache-entries", help=CACHE_HELP["max_entries"])
-    add_setting(group, CacheSettings, "max_bytes", "--adapter-cache-mib", type=float, scale=2**20, help=CACHE_HELP["max_bytes"])
-    add_setting(group, CacheSettings, "max_batch_size", "--hypernet-batch-size", help=CACHE_HELP["max_batch_size"])
-    add_setting(group, CacheSettings, "semantic_threshold", "--semantic-cache-threshold", type=float, help=CACHE_HELP["semantic_threshold"])
-    add_setting(group, CacheSettings, "max_wait_ms", "--hypernet-batch-wait-ms", help=CACHE_HELP["max_wait_ms"])
+    add_setting(group, CacheSettings, "max_entries", "--adapter-cache-entries")
+    add_setting(group, CacheSettings, "max_bytes", "--adapter-cache-mib", type=float, scale=2**20)
+    add_setting(group, CacheSettings, "max_batch_size", "--hypernet-batch-size")
+    add_setting(group, CacheSettings, "semantic_threshold", "--semantic-cache-threshold", type=float)
+    add_setting(group, CacheSettings, "max_wait_ms", "--hypernet-batch-wait-ms")
     group.add_argument("--preload", metavar="FILE", help="a file of descriptions, one a line: " + ServiceSettings.__dataclass_fields__["preload"].metadata["help"]
                        + ", so clients such as `vllm bench serve --lora-modules` can name them")
     routing = p.add_argument_group("automatic adaptation for requests without a task_description")
