@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,16 +110,7 @@ class AdapterStore:
         Raises `AdapterStoreError` when the filesystem refuses the write (full, read-only):
         nothing of the half-written folder is left, and folders already stored are untouched.
         """
-        int_id = adapter_int_id(adapter.name)
-        with self._lock:
-            stored = self._stored.get(adapter.name)
-            if stored is not None:
-                return stored
-            self._check_id_is_free(int_id, adapter.name)
-        try:
-            return self._write(adapter, int_id)
-        except OSError as err:
-            raise self._write_error(err) from err
+        return self._store(adapter.name, adapter.nbytes, adapter.save_peft)
 
     def put_folder(self, folder: str | Path) -> StoredAdapter:
         """Copies a trained PEFT adapter's folder in, named by the sha256 of its files, so it is
@@ -128,7 +120,12 @@ class AdapterStore:
         files = sorted(p for p in folder.rglob("*") if p.is_file())
         for path in files:
             digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
-        name = adapter_name(digest.hexdigest())
+        nbytes = sum(p.stat().st_size for p in files)
+        return self._store(adapter_name(digest.hexdigest()), nbytes, lambda tmp: shutil.copytree(folder, tmp, dirs_exist_ok=True))
+
+    def _store(self, name: str, nbytes: int, write: Callable[[Path], object]) -> StoredAdapter:
+        """The one way a folder enters the store: `write` fills a private temporary folder, which is
+        renamed into place under the lock unless another thread stored the name meanwhile."""
         int_id = adapter_int_id(name)
         with self._lock:
             stored = self._stored.get(name)
@@ -138,10 +135,14 @@ class AdapterStore:
         try:
             tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self.root))
             try:
-                shutil.copytree(folder, tmp, dirs_exist_ok=True)
+                write(tmp)
                 with self._lock:
+                    stored = self._stored.get(name)
+                    if stored is not None:  # another thread stored it meanwhile
+                        return stored
+                    self._check_id_is_free(int_id, name)
                     os.rename(tmp, self.root / name)
-                    stored = StoredAdapter(name, self.root / name, int_id, sum(p.stat().st_size for p in files))
+                    stored = StoredAdapter(name, self.root / name, int_id, nbytes)
                     self._stored[name] = stored
                     self._names_by_id[int_id] = name
                     return stored
@@ -149,24 +150,6 @@ class AdapterStore:
                 shutil.rmtree(tmp, ignore_errors=True)
         except OSError as err:
             raise self._write_error(err) from err
-
-    def _write(self, adapter: LoRAAdapter, int_id: int) -> StoredAdapter:
-        path = self.root / adapter.name
-        tmp = Path(tempfile.mkdtemp(prefix=f".{adapter.name}-", dir=self.root))
-        try:
-            adapter.save_peft(tmp)
-            with self._lock:
-                stored = self._stored.get(adapter.name)
-                if stored is not None:  # another thread stored it meanwhile
-                    return stored
-                self._check_id_is_free(int_id, adapter.name)
-                os.rename(tmp, path)
-                stored = StoredAdapter(adapter.name, path, int_id, adapter.nbytes)
-                self._stored[adapter.name] = stored
-                self._names_by_id[int_id] = adapter.name
-                return stored
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def _write_error(self, err: OSError) -> AdapterStoreError:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
