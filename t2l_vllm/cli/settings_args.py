@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from dataclasses import MISSING, Field, dataclass, fields, replace
+from dataclasses import MISSING, Field, dataclass, fields, is_dataclass, replace
 from typing import Any, TypeVar
 
 S = TypeVar("S")
@@ -53,7 +53,14 @@ class Setting:
 
     @property
     def help(self) -> str | None:
-        return self.field.metadata.get("help")
+        """The field's help, or that of the field it overrides: a subclass that redeclares a field
+        only to change its default (`SFTSettings.lr`) keeps its parent's help."""
+        for cls in self.settings_class.__mro__:
+            if is_dataclass(cls):
+                f = next((f for f in fields(cls) if f.name == self.name), None)
+                if f is not None and "help" in f.metadata:
+                    return f.metadata["help"]
+        return None
 
 
 def dest(settings_class: type, name: str) -> str:
@@ -67,7 +74,6 @@ def add_setting(
     name: str,
     *flags: str,
     scale: float = 1.0,
-    help: str | None = None,  # noqa: A002 - argparse's own name; only for classes whose fields carry no help yet
     **kwargs: Any,
 ) -> argparse.Action:
     """Adds one flag (`--field-name` unless `flags` name it) for a field of a settings dataclass.
@@ -78,7 +84,7 @@ def add_setting(
     """
     setting = Setting(settings_class, name, scale)
     default = setting.default
-    text = help or setting.help or ""
+    text = setting.help or ""
     if isinstance(default, bool):
         kwargs.setdefault("action", argparse.BooleanOptionalAction)
     elif "action" not in kwargs:

@@ -23,7 +23,7 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,19 +42,18 @@ STATE_FORMAT = "t2l_vllm.trainer_state/1"
 class LoopSettings:
     """The optimisation settings every trainer has; subclasses give their own defaults.
 
-    `log_every` (0: never) logs the mean recent loss and whatever the trainer
-    adds (an eval loss, exact match); `checkpoint_every` (0: never) needs an
-    output folder.
+    The help lives here once: a subclass that redeclares a field only to change its
+    default keeps this help (`cli.settings_args.Setting.help` looks it up).
     """
 
-    steps: int = 1000
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_frac: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
-    log_every: int = 0
-    checkpoint_every: int = 0
+    steps: int = field(default=1000, metadata={"help": "optimisation steps; the schedule warms up, then decays linearly to 0 at the last"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    warmup_frac: float = field(default=0.1, metadata={"help": "fraction of the steps spent warming the learning rate up from 0"})
+    grad_clip: float = field(default=1.0, metadata={"help": "largest gradient norm; larger ones are scaled down to it"})
+    seed: int = field(default=0, metadata={"help": "seed of the weights' initialisation and of every random draw in training"})
+    log_every: int = field(default=0, metadata={"help": "log the mean recent loss (and the trainer's own figures) every N steps; 0: never"})
+    checkpoint_every: int = field(default=0, metadata={"help": "write step-N/ into the output folder every N steps; 0: never"})
 
     def __post_init__(self) -> None:
         if self.steps <= 0:

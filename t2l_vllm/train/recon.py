@@ -21,7 +21,7 @@ LoRA paths are resolved against the manifest's folder.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +60,9 @@ class ReconSettings(LoopSettings):
     warmup_frac: float = 0.1
     grad_clip: float = 1.0
     log_every: int = 100
-    tasks_per_batch: int = 4
-    zscore: bool = False
-    std_floor: float = 1e-6
+    tasks_per_batch: int = field(default=4, metadata={"help": "tasks per step, one description of each"})
+    zscore: bool = field(default=False, metadata={"help": "predict z-scores against the library's per-element mean and std"})
+    std_floor: float = field(default=1e-6, metadata={"help": "smallest std a z-score divides by"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

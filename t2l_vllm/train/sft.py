@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +54,10 @@ class SFTSettings(LoopSettings):
     weight_decay: float = 0.01
     warmup_frac: float = 0.2
     grad_clip: float = 1.0
-    batch_size: int = 8
-    label_smoothing: float = 0.1
-    l2_generated: float = 1e-3
-    max_length: int = 512
+    batch_size: int = field(default=8, metadata={"help": "examples per step, each with the adapter of one of its task's descriptions"})
+    label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing of the training cross-entropy (not of the eval loss)"})
+    l2_generated: float = field(default=1e-3, metadata={"help": "weight of the mean square of the generated A and B in the loss"})
+    max_length: int = field(default=512, metadata={"help": "tokens per example (prompt and answer); longer ones are cut"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

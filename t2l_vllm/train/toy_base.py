@@ -32,7 +32,7 @@ import json
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -61,12 +61,12 @@ class ToyBaseSettings(LoopSettings):
     weight_decay: float = 0.01
     warmup_frac: float = 0.02
     log_every: int = 1000
-    hidden_size: int = 128
-    num_layers: int = 3
-    num_heads: int = 2
-    intermediate_size: int = 256
-    batch_size: int = 64
-    eval_examples: int = 64
+    hidden_size: int = field(default=128, metadata={"help": "width of the toy base model"})
+    num_layers: int = field(default=3, metadata={"help": "decoder layers"})
+    num_heads: int = field(default=2, metadata={"help": "attention heads per layer"})
+    intermediate_size: int = field(default=256, metadata={"help": "width of the MLP inside each layer"})
+    batch_size: int = field(default=64, metadata={"help": "examples per step, tasks drawn uniformly"})
+    eval_examples: int = field(default=64, metadata={"help": "examples per task in the final exact-match report (a quarter of them at each log)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

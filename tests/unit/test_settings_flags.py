@@ -50,8 +50,8 @@ def test_every_derived_flag_has_its_fields_default_and_help():
         assert action.default.default == setting.default, where
         text = action.help % {"default": action.default}
         assert f"default: {action.default}" in text, where
-        if setting.help is not None:
-            assert text.startswith(setting.help), where
+        assert setting.help, f"{where}: its field has no help"
+        assert text.startswith(setting.help), where
 
 
 @pytest.mark.parametrize(
