@@ -143,14 +143,23 @@ class Sampler:
             row[f"{role}.rss_mib"] = round(sum(p.memory_info().rss for p in processes) / 2**20, 1)
             row[f"{role}.fds"] = sum(p.num_fds() for p in processes)
             row[f"{role}.threads"] = sum(p.num_threads() for p in processes)
-        folders = [p for p in self.adapter_dir.glob("t2l_vllm-adapters-*/t2l-*") if p.is_dir()]
-        row["adapter_folders.count"] = len(folders)
-        row["adapter_folders.mib"] = round(sum(f.stat().st_size for d in folders for f in d.iterdir()) / 2**20, 2)
+        sizes = [size for folder in self.adapter_dir.glob("t2l_vllm-adapters-*/t2l-*") if (size := folder_bytes(folder)) is not None]
+        row["adapter_folders.count"] = len(sizes)
+        row["adapter_folders.mib"] = round(sum(sizes) / 2**20, 2)
         text = httpx.get(f"{self.url}/metrics", timeout=30).text
         for name in ("t2l_adapters_resident", "t2l_adapters_retired", "t2l_adapter_pins"):
             row[f"{name}.count"] = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
         row["lora_slots_running.count"] = lora_slots_running(text)
         return row
+
+
+def folder_bytes(folder: Path) -> int | None:
+    """Bytes of the files in `folder`; None when the service removed it while it was being measured."""
+    try:
+        with os.scandir(folder) as entries:
+            return sum(entry.stat().st_size for entry in entries)
+    except FileNotFoundError:
+        return None
 
 
 def lora_slots_running(metrics: str) -> int:

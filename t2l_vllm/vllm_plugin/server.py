@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from argparse import Namespace
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ class T2LState:
     metrics: RequestMetrics
     models: Any  # vLLM's OpenAIServingModels
     routed: bool  # the deployment has a router
+    stopping: threading.Event  # set when vLLM begins shutting this API server's engine client down
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,11 @@ class T2LEndpointPlugin:
         adapters.on_lost(_stop_this_server)
         atexit.register(_disconnect, adapters)
         _publish_service_metrics(adapters.hello)
-        state.t2l = T2LState(adapters, loras, RequestMetrics(), state.openai_serving_models, routed=adapters.hello["router"] is not None)
+        stopping = threading.Event()
+        _notice_shutdown(engine_client, stopping)
+        state.t2l = T2LState(
+            adapters, loras, RequestMetrics(), state.openai_serving_models, routed=adapters.hello["router"] is not None, stopping=stopping,
+        )
         if adapters.started:  # the API server that started the service reports it, once
             _print_start_up(adapters.hello)
 
@@ -196,6 +202,29 @@ def _disconnect(adapters: AdapterClient) -> None:
         wait_until_stopped(adapters.socket_path, timeout_s=30)
 
 
+def _notice_shutdown(engine_client: Any, stopping: threading.Event) -> None:
+    """Sets `stopping` the moment vLLM calls `engine_client.shutdown` (on SIGTERM, SIGINT or a dead engine).
+
+    vLLM drains the requests its engine holds, but its first step stops the
+    tokenizer's thread pool: a request still on its way in (routed, or waiting for
+    its adapter's pass) would reach it and fail with a bare 500. Knowing the moment
+    lets the plugin answer those with a 503 that says to send them again.
+    """
+    shutdown = engine_client.shutdown
+
+    def shutdown_noticed(*args: Any, **kwargs: Any) -> Any:
+        stopping.set()
+        return shutdown(*args, **kwargs)
+
+    engine_client.shutdown = shutdown_noticed
+
+
+SHUTTING_DOWN = (
+    "The server is shutting down: it finishes the requests it has started and starts no new ones. "
+    "Send this request again (to another replica)."
+)
+
+
 def _stop_this_server() -> None:
     """Without its adapter service a server cannot keep its promises: stop it, as vLLM does when its engine dies."""
     logger.error("t2l_vllm: the adapter service has gone; shutting this API server down.")
@@ -225,6 +254,8 @@ def _endpoint(route: _Route) -> Callable[[Request], Awaitable[Response]]:
             raise RequestValidationError(err.errors()) from err
         if t2l is None:
             return await _forward(route, request, raw_request, None, _Choice("none"), None)
+        if t2l.stopping.is_set():  # no pass, no routing for a request that cannot start
+            return _refuse(t2l, HTTPStatus.SERVICE_UNAVAILABLE, SHUTTING_DOWN)
         choice = _Choice("request") if has_description else _Choice("none")
         try:
             if not has_description:
@@ -377,6 +408,8 @@ async def _forward(route: _Route, request: Any, raw_request: Request, lease: Lea
         response = await route.original(request, raw_request)
         if response is None:  # vLLM's with_cancellation: the client went away
             response = Response(status_code=499)
+        elif t2l is not None and t2l.stopping.is_set() and response.status_code == HTTPStatus.INTERNAL_SERVER_ERROR:
+            response = _refuse(t2l, HTTPStatus.SERVICE_UNAVAILABLE, SHUTTING_DOWN)  # it met the stopped tokenizer
         response.headers[ADAPTER_HEADER] = lease.name if lease is not None else "base"
         response.headers.update(choice.headers())
     except BaseException:
