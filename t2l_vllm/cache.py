@@ -227,7 +227,10 @@ class AdapterCache:
         self._update_gauges()
 
     def _evict_least_recent(self) -> None:
-        name, stored = self._resident.popitem(least_recent=True)
+        # Not `popitem`: lru-dict 1.4.1 leaks the (key, value) tuple it returns (one increment too
+        # many; amitdev/lru-dict#64), so every adapter evicted that way would stay in memory.
+        name, stored = self._resident.peek_last_item()
+        del self._resident[name]
         self._resident_bytes -= stored.nbytes
         if self.metrics:
             self.metrics.cache_evictions.inc()
