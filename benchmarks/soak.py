@@ -197,10 +197,12 @@ async def drive(url: str, order: list[int], concurrency: int, max_tokens: int, d
 
 
 def verdicts(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per series: first, peak and last values, growth over the second half (fitted line), and whether it levels off."""
+    """Per series: first, peak and last values, growth over the second half (fitted line), whether it levels
+    off, and the second half's slope per 10,000 requests: a creep well inside the tolerance still shows there."""
     out = {}
     half = samples[len(samples) // 2:]
     t = np.array([s["t_s"] for s in half])
+    requests = np.array([s["requests"] for s in half], dtype=float)
     for key in samples[0]:
         if key in ("t_s", "requests"):
             continue
@@ -208,9 +210,11 @@ def verdicts(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         tail = np.array([s[key] for s in half], dtype=float)
         slope = float(np.polyfit(t, tail, 1)[0]) if len(half) > 2 and np.ptp(t) > 0 else 0.0
         growth = slope * float(np.ptp(t)) if len(half) > 2 else 0.0
+        per_10k = float(np.polyfit(requests, tail, 1)[0]) * 10_000 if len(half) > 2 and np.ptp(requests) > 0 else 0.0
         tolerance = max(0.05 * float(values.max()), FLOORS[key.rsplit(".", 1)[1]])
         out[key] = {"first": float(values[0]), "peak": float(values.max()), "last": float(values[-1]),
-                    "second_half_growth": round(growth, 2), "tolerance": round(tolerance, 2), "levels_off": abs(growth) <= tolerance}
+                    "second_half_growth": round(growth, 2), "tolerance": round(tolerance, 2), "levels_off": abs(growth) <= tolerance,
+                    "per_10k_requests": round(per_10k, 2)}
     return out
 
 
@@ -273,10 +277,10 @@ def main(argv: list[str] | None = None) -> None:
     write_chart(sampler.samples, chart)
     print(f"{len(order):,} requests ({report['workload']['distinct']:,} distinct) in {elapsed:.0f} s, "
           f"{report['requests_per_s']} req/s, statuses {report['statuses']}")
-    print(f"{'series':40} {'first':>9} {'peak':>9} {'last':>9} {'2nd-half growth':>16} {'tolerance':>10}  levels off")
+    print(f"{'series':40} {'first':>9} {'peak':>9} {'last':>9} {'2nd-half growth':>16} {'tolerance':>10} {'per 10k req':>12}  levels off")
     for key, v in judged.items():
-        print(f"{key:40} {v['first']:9.1f} {v['peak']:9.1f} {v['last']:9.1f} {v['second_half_growth']:16.2f} {v['tolerance']:10.2f}  "
-              f"{'yes' if v['levels_off'] else 'NO'}")
+        print(f"{key:40} {v['first']:9.1f} {v['peak']:9.1f} {v['last']:9.1f} {v['second_half_growth']:16.2f} {v['tolerance']:10.2f} "
+              f"{v['per_10k_requests']:12.2f}  {'yes' if v['levels_off'] else 'NO'}")
     print(f"wrote {args.out} and {chart}")
 
 
