@@ -120,7 +120,7 @@ def main() -> None:
         index = synthetic_index(base_entries, base_owners, len(library.tasks), size, settings)
         same_task, same_scores = agreement(index, vectors)
         for batch in args.batches:
-            lookup_ms, lookup_cpu_ms = median_ms(lambda i: index.scores(vectors[batch_of(batch, i)]), args.repeats)
+            lookup_ms, lookup_cpu_ms = median_ms(lambda i, index=index, batch=batch: index.scores(vectors[batch_of(batch, i)]), args.repeats)
             encode, encode_cpu = encode_ms[batch]
             rows.append({
                 "tasks": size, "entries": index.pad, "batch": batch, "search": type(index.centroid_search).__name__,
