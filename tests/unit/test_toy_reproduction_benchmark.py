@@ -44,3 +44,18 @@ def test_a_tiny_run_writes_every_arm_column_and_the_plot_and_leaks_nothing(tmp_p
         assert {line["task"] for line in lines} == set(TRAIN_TASKS), name
         for line in lines:
             assert heldout_text.isdisjoint(line["descriptions"]) and heldout_wording.isdisjoint(line["descriptions"]), name
+
+
+def test_the_sft_curve_scores_one_schedule_at_each_checkpoint(tmp_path, monkeypatch):
+    for name in ("toy_reproduction", "toy_sft_curve"):
+        spec = importlib.util.spec_from_file_location(name, BENCHMARK.with_name(f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+    out = tmp_path / "curve.json"
+    assert module.main(["--steps", "4", "--every", "3", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["step"] for row in rows] == [3, 4]  # the last stretch is cut to the schedule's end
+    for row in rows:
+        assert all(0.0 <= row[c] <= 1.0 for c in ("train tasks, held-out descriptions", "held-out tasks", "held-out tasks, training wordings"))
+        assert set(row["held-out tasks, by task"]) == set(HELDOUT_TASKS)
