@@ -172,16 +172,20 @@ class Bench:
         index = torch.tensor([position[t] for t in texts])
         return {m: (w.A[index], w.B[index]) for m, w in out.items()}
 
+    def described_answers(self, hypernet: TextToLoRA, descriptions: dict[str, Sequence[str]]) -> tuple[list[str], list[tuple[str, str]]]:
+        """The hypernetwork's adapters' answers to each task's inputs under each of its descriptions, and the rows."""
+        rows, texts = self.described_rows(descriptions)
+        return self.answers(rows, self.generated(hypernet, texts)), rows
+
     def score_hypernet(self, hypernet: TextToLoRA) -> tuple[dict[str, float], dict[str, float]]:
         """The table's row for a hypernetwork, and its main held-out column task by task."""
         result, by_task = {}, {}
         described = (self.seen, self.heldout_desc, self.heldout_task, self.heldout_task_seen_wording)
         for column, descs in zip(COLUMNS, described):
-            rows, texts = self.described_rows(descs)
-            answers = self.answers(rows, self.generated(hypernet, texts))
+            answers, rows = self.described_answers(hypernet, descs)
             result[column] = exact(answers, rows, [task for task, _ in rows])
             if column == COLUMNS[2]:
-                by_task = {t: exact(*zip(*[(a, r, t) for a, r in zip(answers, rows) if r[0] == t])) for t in HELDOUT_TASKS}
+                by_task = by_heldout_task(answers, rows)
                 # does a held-out task's adapter do a training task instead? (never right: the inputs tell them apart)
                 result[CONTROLS[4]] = sum(any(a == TASKS[t].fn(x) for t in TRAIN_TASKS) for a, (_, x) in zip(answers, rows)) / len(rows)
         for control, tasks in zip(CONTROLS[:2], (TRAIN_TASKS, HELDOUT_TASKS)):
@@ -194,9 +198,13 @@ class Bench:
         return result, by_task
 
     # --- training ------------------------------------------------------------------
-    def sft(self, source, records, steps: int, lr: float, log_name: str) -> float:
+    def sft_trainer(self, source, records, steps: int, lr: float) -> SFTTrainer:
+        """The benchmark's SFT recipe over `steps` (every arm trained through the base model uses it)."""
         settings = SFTSettings(steps=steps, batch_size=self.budget.batch_size, lr=lr, warmup_frac=0.05, max_length=64)
-        trainer = SFTTrainer(source, self.model, self.tokenizer, records, settings)
+        return SFTTrainer(source, self.model, self.tokenizer, records, settings)
+
+    def sft(self, source, records, steps: int, lr: float, log_name: str) -> float:
+        trainer = self.sft_trainer(source, records, steps, lr)
         start = time.monotonic()
         losses = trainer.train()
         seconds = time.monotonic() - start
@@ -218,6 +226,11 @@ class Bench:
 def exact(answers: Sequence[str], rows: Sequence[tuple[str, str]], goals: Sequence[str]) -> float:
     """Fraction of answers equal to the output of task goals[n] on row n's input."""
     return sum(a == TASKS[goal].fn(text) for a, (_, text), goal in zip(answers, rows, goals)) / len(rows)
+
+
+def by_heldout_task(answers: Sequence[str], rows: Sequence[tuple[str, str]]) -> dict[str, float]:
+    """Exact match per held-out task, over the rows of that task."""
+    return {t: exact(*zip(*[(a, r, t) for a, r in zip(answers, rows) if r[0] == t])) for t in HELDOUT_TASKS}
 
 
 def lora_weights(lora: SingleLoRA, n: int) -> Weights:

@@ -21,13 +21,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from toy_reproduction import COLUMNS, Bench, Budget, exact  # noqa: E402
+from toy_reproduction import COLUMNS, Bench, Budget, by_heldout_task, exact  # noqa: E402
 
 from t2l_vllm.default_model import default_paths  # noqa: E402
 from t2l_vllm.train.data import load_sft_records  # noqa: E402
-from t2l_vllm.train.sft import SFTSettings, SFTTrainer  # noqa: E402
 from t2l_vllm.train.sources import HypernetSource  # noqa: E402
-from t2l_vllm.train.toy_world import HELDOUT_TASKS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,22 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     records = load_sft_records(bench.data / "train.jsonl")
     hypernet = bench.new_hypernet(args.variant)
     source = HypernetSource(hypernet, bench.encoder, [d for r in records for d in r.descriptions])
-    b = bench.budget
-    trainer = SFTTrainer(source, bench.model, bench.tokenizer, records,
-                         SFTSettings(steps=args.steps, batch_size=b.batch_size, lr=args.lr, warmup_frac=0.05, max_length=64))
+    trainer = bench.sft_trainer(source, records, args.steps, args.lr)
     scored = dict(zip(COLUMNS[1:], (bench.heldout_desc, bench.heldout_task, bench.heldout_task_seen_wording)))
     rows, start = [], time.monotonic()
     while trainer.step < args.steps:
         losses = trainer.train(steps=min(args.every, args.steps - trainer.step), log=lambda _: None)
         row = {"step": trainer.step, "train_loss": sum(losses[-50:]) / len(losses[-50:]), "minutes": (time.monotonic() - start) / 60}
         for column, descriptions in scored.items():
-            rows_, texts = bench.described_rows(descriptions)
-            answers = bench.answers(rows_, bench.generated(hypernet, texts))
-            row[column] = exact(answers, rows_, [t for t, _ in rows_])
+            answers, described = bench.described_answers(hypernet, descriptions)
+            row[column] = exact(answers, described, [t for t, _ in described])
             if column == COLUMNS[2]:
-                row["held-out tasks, by task"] = {
-                    t: exact(*zip(*[(a, r, t) for a, r in zip(answers, rows_) if r[0] == t])) for t in HELDOUT_TASKS
-                }
+                row["held-out tasks, by task"] = by_heldout_task(answers, described)
         hypernet.train()
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "held-out tasks, by task"}), flush=True)
