@@ -152,8 +152,9 @@ class WholeFileSafeOpen:
     """`safetensors.safe_open(path, framework="pt")` as vLLM's LoRA loader uses it (a context manager
     with `keys()` and `get_tensor(name)`), reading the file once with `safetensors.torch.load`.
 
-    Adapter files are small (a rank-16 q/v adapter of an 8B model is about 50 MB), so reading
-    them whole costs nothing that mapping them saves; it avoids get_tensor's per-tensor leak.
+    Adapter files are small (a rank-16 q/v adapter of Llama-3.1-8B holds 6.8 M numbers: 14 MB in
+    bfloat16), so reading them whole costs little that mapping them saves; it avoids get_tensor's
+    per-tensor leak.
     """
 
     def __init__(self, filename: str, framework: str = "pt", device: str = "cpu") -> None:
