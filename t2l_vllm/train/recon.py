@@ -11,7 +11,14 @@ optimiser, schedule, random streams, checkpoints and resume are the shared
 With `zscore=True` the heads predict z-scores against per-element statistics of
 the library (the reference's `pred_z_score`): the mean and std of every A and B
 element over the tasks are written into the hypernetwork's frozen buffers and the
-loss is taken in z-space, so small and large elements weigh alike.
+loss is taken in z-space, so small and large elements weigh alike. An element
+that never varies over the library (its std at `std_floor`) is a constant the
+output transform already writes exactly (mean + floor * z), so it is left out of
+the loss: in a library whose adapters touch a few rows (the toy world's cue
+adapters vary in 128 of 12,288 numbers) the |z| of thousands of constants would
+otherwise outweigh the rows that carry the task, and the hypernetwork would
+learn to write the library's mean (measured: 0.03 exact match on training tasks
+against 0.93 with the constants left out).
 
 A library is a manifest (JSONL, or YAML holding a list) of entries
 `{"task": name, "lora": "path/to/peft_folder", "descriptions": [...]}`; relative
@@ -248,29 +255,38 @@ class ReconTrainer(Trainer):
             for m in config.lora.target_modules
         }  # module -> (A (T, L, r, in), B (T, L, out, r))
         super().__init__(hypernet.parameters(), settings, self.device)
+        self._varying: dict[str, torch.Tensor] = {}  # f"{name}_{module}" -> mask of the elements the loss counts (z-space)
         if settings.zscore:
             self._write_statistics()
 
     @torch.no_grad()
     def _write_statistics(self) -> None:
-        """Per-element mean and floored std over the tasks, into the hypernetwork's buffers."""
+        """Per-element mean and floored std over the tasks, into the hypernetwork's buffers, and which elements vary."""
         for m, (A, B) in self._targets.items():
             for name, x in (("A", A), ("B", B)):
+                std = x.std(0)
                 getattr(self.hypernet, f"mean_{name}_{m}").copy_(x.mean(0))
-                getattr(self.hypernet, f"std_{name}_{m}").copy_(x.std(0).clamp_min(self.settings.std_floor))
+                getattr(self.hypernet, f"std_{name}_{m}").copy_(std.clamp_min(self.settings.std_floor))
+                self._varying[f"{name}_{m}"] = std > self.settings.std_floor
+        if not any(mask.any() for mask in self._varying.values()):
+            raise TrainingDataError("every target LoRA is the same: z-score training has nothing to learn.")
 
     def l1(self, generated: dict[str, LoraWeights], tasks: torch.Tensor) -> torch.Tensor:
         """L1 to the tasks' LoRAs: (A + B) / 2 per module, averaged over modules; in z-space with `zscore`.
 
         The model only returns de-normalised A and B, so the z-space distance
         |z - (target - mean) / std| is computed as |A - target| / std, which is the same.
+        In z-space the mean runs over the elements that vary over the library; a
+        matrix with none counts zero.
         """
         total = torch.zeros((), device=self.device)
         for m, w in generated.items():
             for name, pred, target in (("A", w.A, self._targets[m][0][tasks]), ("B", w.B, self._targets[m][1][tasks])):
                 if self.settings.zscore:
-                    std = getattr(self.hypernet, f"std_{name}_{m}") + _STD_EPS
-                    total = total + ((pred - target).abs() / std).mean() / 2
+                    varying = self._varying[f"{name}_{m}"]
+                    if varying.any():
+                        std = getattr(self.hypernet, f"std_{name}_{m}") + _STD_EPS
+                        total = total + ((pred - target).abs() / std)[:, varying].mean() / 2
                 else:
                     total = total + F.l1_loss(pred, target) / 2
         return total / len(generated)

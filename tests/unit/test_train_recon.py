@@ -108,6 +108,43 @@ def test_zscore_writes_library_statistics(encoder, library):
     torch.testing.assert_close(trainer.hypernet.std_A_v_proj, A.std(0))
 
 
+def test_zscore_learns_a_library_that_differs_in_one_column(encoder, tmp_path):
+    """Adapters equal everywhere but one column of one B (the toy world's cue adapters): the constants
+    are written exactly and left out of the loss, and each task's column is learnt."""
+    config = small_config()
+    shared = LoRAAdapter.load_peft(write_lora(tmp_path / "shared", seed=0, config=config))
+    g = torch.Generator().manual_seed(1)
+    lines = []
+    for task, descriptions in TASKS.items():
+        tensors = dict(shared.tensors)
+        B = tensors[peft_key(0, "v_proj", "B")].clone()
+        B[:, 0] = torch.randn(B.shape[0], generator=g)
+        tensors[peft_key(0, "v_proj", "B")] = B
+        LoRAAdapter(name=task, lora=LORA, tensors=tensors).save_peft(tmp_path / task)
+        lines.append(json.dumps({"task": task, "lora": task, "descriptions": descriptions}))
+    (tmp_path / "library.jsonl").write_text("\n".join(lines) + "\n")
+    library = load_recon_library(tmp_path / "library.jsonl")
+    trainer = make_trainer(encoder, library, zscore=True, steps=150, warmup_frac=0.0)
+    trainer.train()
+
+    with torch.no_grad():
+        generated = trainer.hypernet(encoder.encode([t.descriptions[0] for t in library]))
+    columns = torch.stack([t.lora.matrices("v_proj")[1][0, :, 0] for t in library])
+    for i, target in enumerate(library):
+        got = generated["v_proj"].B[i, 0, :, 0]
+        assert int(torch.cdist(got[None], columns).argmin()) == i, target.task
+        torch.testing.assert_close(generated["q_proj"].A[i], target.lora.matrices("q_proj")[0], atol=1e-4, rtol=0)
+
+
+def test_zscore_refuses_a_library_of_identical_adapters(encoder, tmp_path):
+    config = small_config()
+    write_lora(tmp_path / "same", seed=0, config=config)
+    lines = [json.dumps({"task": task, "lora": "same", "descriptions": d}) for task, d in TASKS.items()]
+    (tmp_path / "library.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(TrainingDataError, match="nothing to learn"):
+        make_trainer(encoder, load_recon_library(tmp_path / "library.jsonl"), zscore=True)
+
+
 @pytest.mark.parametrize("zscore", [False, True])
 def test_resume_continues_exactly(encoder, library, tmp_path, zscore):
     config = small_config(dropout=0.05)  # dropout draws random numbers that must be replayed too
