@@ -39,11 +39,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ..adapters import LoRAAdapter, peft_key
 from ..errors import CheckpointError, ConfigError
+from ..hypernet.config import LoraSettings
 from .data import IGNORE, collate
 from .functional_lora import applied_loras, decoder_layers
 from .loop import LoopSettings, Trainer
-from .toy_world import CUE_PARTS, TASKS, random_input
+from .toy_world import CUE_PARTS, TASKS, TEXT_CHARS, random_input
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
 # `<s>` + the last user message + newline: a served request's message is the toy input.
@@ -149,6 +151,43 @@ def cued(model, cues: torch.Tensor, bos_positions: torch.Tensor, width: int) -> 
         yield
     finally:
         handle.remove()
+
+
+def bos_reader(model, tokenizer, chars: str = TEXT_CHARS) -> torch.Tensor:
+    """(hidden,) the row `a` with a . x(`<s>`) = 1 and a . x(t) = 0 for the token of every character in `chars`,
+    where x(t) is what layer 0's v_proj reads at token t (its normed embedding: nothing precedes layer 0).
+
+    A rank-1 LoRA on that v_proj with A = a and B = cue / scaling adds the cue at
+    `<s>` and nothing at any token of a prompt or answer: the adapter a task needs,
+    in closed form (`cue_adapter`). The minimum-norm solution of 64 equations in
+    128 unknowns; raises `ValueError` when it does not exist for this model.
+    """
+    ids = sorted({i for c in chars for i in tokenizer(c, add_special_tokens=False).input_ids})
+    layer0 = decoder_layers(model)[0]
+    with torch.no_grad():
+        x = layer0.input_layernorm(model.get_input_embeddings().weight[[tokenizer.bos_token_id, *ids]]).double()
+    goal = torch.zeros(len(x), 1, dtype=torch.float64)
+    goal[0] = 1.0
+    a = torch.linalg.lstsq(x, goal, driver="gelsd").solution
+    if (x @ a - goal).abs().max() > 1e-6:
+        raise ValueError(f"no row of layer 0's v_proj input reads `<s>` alone among {len(ids)} text tokens")
+    return a.squeeze(1).float()
+
+
+def cue_adapter(name: str, cue: torch.Tensor, reader: torch.Tensor, shapes, lora: LoraSettings) -> LoRAAdapter:
+    """The LoRA that does a task by writing its cue: rank 1 on layer 0's v_proj (A = `reader`, B = cue / scaling),
+    zero in every other module, layer and rank. Shaped by `shapes` and `lora` (which must target v_proj)."""
+    if "v_proj" not in lora.target_modules:
+        raise ConfigError(f"a cue adapter lives in v_proj; the LoRA targets {list(lora.target_modules)}.")
+    tensors = {}
+    for module in lora.target_modules:
+        s = shapes.module_shape(module)
+        for layer in range(shapes.num_layers):
+            A, B = torch.zeros(lora.rank, s.in_features), torch.zeros(s.out_features, lora.rank)
+            if module == "v_proj" and layer == 0:
+                A[0], B[:, 0] = reader, cue.detach() / lora.scaling
+            tensors[peft_key(layer, module, "A")], tensors[peft_key(layer, module, "B")] = A, B
+    return LoRAAdapter(name=name, lora=lora, tensors=tensors, base_model=shapes.name)
 
 
 def build_toy_model(tokenizer, settings: ToyBaseSettings):

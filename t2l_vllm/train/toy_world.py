@@ -55,6 +55,7 @@ MAX_WORDS = 4
 MAX_WORD_LETTERS = 8
 MAX_INPUT_CHARS = 24
 HELDOUT_DESCRIPTIONS = 5
+TEXT_CHARS = string.ascii_letters + string.digits + " \n"  # every character of a prompt (input + newline) or an answer
 NO_PARAMETER = "none"
 SINGLE = "single operation"
 TWO_STEPS = "two steps"

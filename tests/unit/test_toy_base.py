@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from t2l_vllm.errors import CheckpointError
+from t2l_vllm.errors import CheckpointError, ConfigError
 from t2l_vllm.train.toy_base import (
-    PARTS_FILE, REPORT_FILE, ToyBaseSettings, ToyBaseTrainer, ToyCues, build_toy_tokenizer, cued, encode, greedy_answers,
-    prompt_text, train_toy_base,
+    PARTS_FILE, REPORT_FILE, ToyBaseSettings, ToyBaseTrainer, ToyCues, bos_reader, build_toy_tokenizer, cue_adapter, cued,
+    encode, greedy_answers, prompt_text, train_toy_base,
 )
 from t2l_vllm.train.toy_world import CUE_PARTS, HELDOUT_TASKS, TASKS
 
@@ -55,6 +56,34 @@ def test_greedy_decoding_with_a_cue_equals_full_cued_forwards():
             if tokenizer.eos_token_id in expected:
                 expected = expected[: expected.index(tokenizer.eos_token_id)]
             assert answer == tokenizer.decode(expected, skip_special_tokens=True)
+
+
+def test_a_cue_adapter_answers_exactly_as_the_cue_does():
+    """The closed-form adapter of the shipped base: the cued model's answers, on training and held-out tasks."""
+    from t2l_vllm.default_model import default_paths
+    from t2l_vllm.hypernet.config import LoraSettings
+    from t2l_vllm.hypernet.shapes import load_base_shapes
+    from t2l_vllm.train.toy_world import random_input
+
+    base = default_paths().base_model
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(base)
+    cues, lora = ToyCues.load(base), LoraSettings(rank=8, alpha=16.0, use_rslora=True, target_modules=("q_proj", "v_proj"))
+    reader, shapes = bos_reader(model, tokenizer), load_base_shapes(base)
+    rng = random.Random(0)
+    tasks = ["reverse", "shift_forward_2", "upper_last_4", *HELDOUT_TASKS]
+    rows = [(task, random_input(rng)) for task in tasks for _ in range(6)]
+    prompts = [prompt_text(x) for _, x in rows]
+    with torch.no_grad():
+        vectors = cues([t for t, _ in rows])
+        adapters = {t: cue_adapter(t, cues([t])[0], reader, shapes, lora) for t in tasks}
+    weights = {m: tuple(torch.stack([adapters[t].matrices(m)[i] for t, _ in rows]) for i in (0, 1)) for m in lora.target_modules}
+    with_adapter = greedy_answers(model, tokenizer, prompts, loras=weights, scaling=lora.scaling)
+    assert with_adapter == greedy_answers(model, tokenizer, prompts, cues=vectors)
+    assert sum(a == TASKS[t].fn(x) for a, (t, x) in zip(with_adapter, rows)) >= 0.8 * len(rows)
+    A = adapters["reverse"].matrices("v_proj")[0]
+    assert torch.count_nonzero(A) == A.shape[-1]  # one row of one layer: nothing else is touched
+    with pytest.raises(ConfigError, match="v_proj"):
+        cue_adapter("x", vectors[0], reader, shapes, LoraSettings(target_modules=("q_proj",)))
 
 
 def test_training_runs_saves_and_reports(tmp_path):

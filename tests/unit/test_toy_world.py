@@ -17,6 +17,7 @@ from t2l_vllm.train.toy_world import (
     SINGLE,
     TASK_FILE,
     TASKS,
+    TEXT_CHARS,
     TRAIN_TASKS,
     TWO_STEPS,
     make_examples,
@@ -131,6 +132,13 @@ def test_outputs_are_deterministic_short_and_nonempty() -> None:
             out = task.fn(text)
             assert isinstance(out, str) and 0 < len(out) <= 24
             assert task.fn(text) == out
+
+
+def test_prompts_and_answers_are_written_in_the_text_characters() -> None:
+    """`TEXT_CHARS` is what a cue adapter must leave untouched (`toy_base.bos_reader`)."""
+    for text in _inputs(200, seed=3):
+        for task in TASKS.values():
+            assert set(text + "\n" + task.fn(text)) <= set(TEXT_CHARS), task.name
 
 
 def test_every_pair_of_tasks_differs_on_most_inputs() -> None:
