@@ -255,20 +255,20 @@ class ReconTrainer(Trainer):
             for m in config.lora.target_modules
         }  # module -> (A (T, L, r, in), B (T, L, out, r))
         super().__init__(hypernet.parameters(), settings, self.device)
-        self._varying: dict[str, torch.Tensor] = {}  # f"{name}_{module}" -> mask of the elements the loss counts (z-space)
         if settings.zscore:
             self._write_statistics()
 
     @torch.no_grad()
     def _write_statistics(self) -> None:
-        """Per-element mean and floored std over the tasks, into the hypernetwork's buffers, and which elements vary."""
+        """Per-element mean and floored std over the tasks, into the hypernetwork's buffers; refuses a library that never varies."""
+        varies = False
         for m, (A, B) in self._targets.items():
             for name, x in (("A", A), ("B", B)):
                 std = x.std(0)
                 getattr(self.hypernet, f"mean_{name}_{m}").copy_(x.mean(0))
                 getattr(self.hypernet, f"std_{name}_{m}").copy_(std.clamp_min(self.settings.std_floor))
-                self._varying[f"{name}_{m}"] = std > self.settings.std_floor
-        if not any(mask.any() for mask in self._varying.values()):
+                varies = varies or bool((std > self.settings.std_floor).any())
+        if not varies:
             raise TrainingDataError("every target LoRA is the same: z-score training has nothing to learn.")
 
     def l1(self, generated: dict[str, LoraWeights], tasks: torch.Tensor) -> torch.Tensor:
@@ -276,17 +276,17 @@ class ReconTrainer(Trainer):
 
         The model only returns de-normalised A and B, so the z-space distance
         |z - (target - mean) / std| is computed as |A - target| / std, which is the same.
-        In z-space the mean runs over the elements that vary over the library; a
-        matrix with none counts zero.
+        In z-space the mean runs over the elements that vary over the library (std
+        buffer above `std_floor`); a matrix with none counts zero.
         """
         total = torch.zeros((), device=self.device)
         for m, w in generated.items():
             for name, pred, target in (("A", w.A, self._targets[m][0][tasks]), ("B", w.B, self._targets[m][1][tasks])):
                 if self.settings.zscore:
-                    varying = self._varying[f"{name}_{m}"]
+                    std = getattr(self.hypernet, f"std_{name}_{m}")
+                    varying = std > self.settings.std_floor
                     if varying.any():
-                        std = getattr(self.hypernet, f"std_{name}_{m}") + _STD_EPS
-                        total = total + ((pred - target).abs() / std)[:, varying].mean() / 2
+                        total = total + ((pred - target).abs() / (std + _STD_EPS))[:, varying].mean() / 2
                 else:
                     total = total + F.l1_loss(pred, target) / 2
         return total / len(generated)

@@ -159,8 +159,9 @@ def bos_reader(model, tokenizer, chars: str = TEXT_CHARS) -> torch.Tensor:
 
     A rank-1 LoRA on that v_proj with A = a and B = cue / scaling adds the cue at
     `<s>` and nothing at any token of a prompt or answer: the adapter a task needs,
-    in closed form (`cue_adapter`). The minimum-norm solution of 64 equations in
-    128 unknowns; raises `ValueError` when it does not exist for this model.
+    in closed form (`cue_adapter`). The minimum-norm solution of one equation per
+    token in hidden-size unknowns (65 in 128 for the toy base); raises `ValueError`
+    when no exact solution exists for this model.
     """
     ids = sorted({i for c in chars for i in tokenizer(c, add_special_tokens=False).input_ids})
     layer0 = decoder_layers(model)[0]
