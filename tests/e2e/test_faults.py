@@ -109,6 +109,14 @@ def wait_for(condition, what: str, timeout_s: float = 60) -> None:
         time.sleep(0.2)
 
 
+def started(server, payloads: list[dict]) -> tuple[concurrent.futures.Future, ...]:
+    """Sends the requests, each on its own thread, and returns their futures at once."""
+    pool = concurrent.futures.ThreadPoolExecutor(len(payloads))
+    futures = tuple(pool.submit(send, server, p) for p in payloads)
+    pool.shutdown(wait=False)
+    return futures
+
+
 def in_flight(server, payloads: list[dict]) -> tuple[concurrent.futures.Future, ...]:
     """Starts the requests and returns once every streaming one has received its first token."""
     pool = concurrent.futures.ThreadPoolExecutor(len(payloads))
@@ -137,14 +145,20 @@ def test_a_restart_sweeps_what_a_killed_server_left_and_a_killed_engine_fails_re
         service.wait(60)
         assert left.is_dir() and any(left.iterdir()), "a hard kill leaves the service's folder behind"
 
-        with start_server(work, []) as second:
+        # vLLM's "Added request" lines (INFO, with --enable-log-requests) tell when a request reached the engine.
+        with start_server(work, ["--enable-log-requests"], env={"VLLM_LOGGING_LEVEL": "INFO"}, cli_options=("-v",)) as second:
             assert not left.exists(), "the restart in the same --adapter-dir swept the dead service's folder"
             cached = ["Served while the engine dies: repeat the prompt.", "Also served while the engine dies: shout."]
-            assert all(complete(second, d).status_code == 200 for d in cached)  # ready, so every request starts at once
-            service = service_process(second)
+            assert all(complete(second, d).status_code == 200 for d in cached)
+            service, engine = service_process(second), engine_core(second)
+            # Frozen, the engine finishes nothing: the tiny model makes 400 tokens in a fraction of a
+            # second, so a request seen streaming could otherwise be complete before the kill.
+            engine.suspend()
+            added = second.log.read_text().count("Added request")
             payloads = [body(second, d, LONG, stream) for d in (*cached, None) for stream in (True, False)]
-            futures = in_flight(second, payloads)
-            engine_core(second).kill()
+            futures = started(second, payloads)
+            wait_for(lambda: second.log.read_text().count("Added request") == added + len(payloads), "every request reaching the engine")
+            engine.kill()
             done, pending = concurrent.futures.wait(futures, timeout=90)
             assert not pending, "a request in flight hung after the engine died"
             outcomes = [f.result() for f in futures]
