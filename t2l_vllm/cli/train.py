@@ -3,7 +3,7 @@
     train sft   --data TRAIN.jsonl [--eval EVAL.jsonl] [--hypernet INIT] -o OUT   T2L end to end (SFT)
     train lora  --data TRAIN.jsonl --model BASE [--task NAME] -o OUT              a plain LoRA baseline
     train recon --library MANIFEST --hypernet INIT -o OUT                         T2L by reconstruction
-    train base  -o OUT [--steps N]                                                the toy world's tiny base model
+    train base  -o OUT [--steps N] [--init-from BASE]                             the toy world's tiny base model
 
 Records are JSONL: {"task", "descriptions": [...], "input" or "messages", "output"}.
 `train lora` trains one LoRA on every record (the multi-task baseline) or on one
@@ -53,6 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     base = kinds.add_parser("base", help="train the toy world's tiny base model from scratch, the task given by a cue")
     base.add_argument("-o", "--output", required=True)
     base.add_argument("--resume", metavar="CHECKPOINT")
+    base.add_argument("--init-from", metavar="BASE", help="start from a trained toy base model (fine-tuning: a fresh schedule)")
     add_settings_arguments(base, ToyBaseSettings)
     p.set_defaults(run=run)
 
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_base(args: argparse.Namespace) -> int:
     from ..train.toy_base import train_toy_base
 
-    report = train_toy_base(args.output, settings_from(args, ToyBaseSettings), resume=args.resume)
+    report = train_toy_base(args.output, settings_from(args, ToyBaseSettings), resume=args.resume, init_from=args.init_from)
     print(f"{report['steps']} steps; mean exact match {report['mean_with_cue']:.3f} with the task's cue, "
           f"{report['mean_without_cue']:.3f} without; wrote {args.output}")
     return 0

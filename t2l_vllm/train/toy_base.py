@@ -69,12 +69,22 @@ class ToyBaseSettings(LoopSettings):
     intermediate_size: int = field(default=256, metadata={"help": "width of the MLP inside each layer"})
     batch_size: int = field(default=64, metadata={"help": "examples per step, tasks drawn uniformly"})
     eval_examples: int = field(default=64, metadata={"help": "examples per task in the final exact-match report (a quarter of them at each log)"})
+    cue_mix: float = field(default=0.0, metadata={
+        "help": "largest share of another task's cue mixed into an example's cue (drawn uniformly up to it; 0: none); "
+                "the model learns to do the task whose cue dominates, as an adapter's imprecise cue needs"})
+    cue_mix_fraction: float = field(default=0.7, metadata={"help": "fraction of examples whose cue is mixed (with `cue-mix` > 0)"})
+    freeze_cues: bool = field(default=False, metadata={
+        "help": "keep the cue vectors as they are (fine-tuning a trained model with --init-from: adapters written for its cues still apply)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "batch_size", "eval_examples"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"`{name.replace('_', '-')}` must be positive, got {getattr(self, name)}.")
+        if not 0.0 <= self.cue_mix < 0.5:  # at 0.5 and above the other task's cue dominates: the target would be wrong
+            raise ConfigError(f"`cue-mix` must be in [0, 0.5), got {self.cue_mix}.")
+        if not 0.0 <= self.cue_mix_fraction <= 1.0:
+            raise ConfigError(f"`cue-mix-fraction` must be in [0, 1], got {self.cue_mix_fraction}.")
 
 
 def build_toy_tokenizer():
@@ -276,6 +286,7 @@ class ToyBaseTrainer(Trainer):
     def __init__(self, settings: ToyBaseSettings = ToyBaseSettings()) -> None:
         self.tokenizer = build_toy_tokenizer()
         self.model, self.cues = build_toy_model(self.tokenizer, settings)
+        self.cues.requires_grad_(not settings.freeze_cues)
         super().__init__([*self.model.parameters(), *self.cues.parameters()], settings, torch.device("cpu"))
         self.tasks = list(TASKS)
         self.history: list[dict] = []
@@ -289,9 +300,26 @@ class ToyBaseTrainer(Trainer):
             tasks.append(task)
             examples.append(encode(self.tokenizer, text, TASKS[task].fn(text)))
         batch = collate(examples, self.tokenizer.pad_token_id)  # right-padded: every `<s>` at position 0
-        with cued(self.model, self.cues(tasks), torch.zeros(len(tasks), dtype=torch.long), batch["input_ids"].shape[1]):
+        with cued(self.model, self.mixed_cues(tasks), torch.zeros(len(tasks), dtype=torch.long), batch["input_ids"].shape[1]):
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE)
+
+    def mixed_cues(self, tasks: Sequence[str]) -> torch.Tensor:
+        """The cues of `tasks`, each of a `cue_mix_fraction` of them moved a share drawn from [0, `cue_mix`)
+        toward the cue of another task (drawn at random).
+
+        A generated adapter writes its task's cue imprecisely, often leaning toward a
+        neighbouring task's; a model trained only on exact cues answers such a cue with
+        neither task (measured on the shipped base: a cue a third of the way to another
+        task's gives the right answer half of the time).
+        """
+        cues = self.cues(tasks)
+        s, rng = self.settings, self.rng.python
+        if s.cue_mix == 0:
+            return cues
+        others = self.cues([rng.choice([o for o in self.tasks if o != t]) for t in tasks])
+        shares = torch.tensor([rng.uniform(0, s.cue_mix) if rng.random() < s.cue_mix_fraction else 0.0 for _ in tasks])
+        return cues + shares[:, None] * (others - cues)
 
     def log_line(self, recent_loss: float) -> str:
         scores = exact_match(self.model, self.tokenizer, self.tasks, max(1, self.settings.eval_examples // 4), seed=self.step, cues=self.cues)
@@ -308,7 +336,11 @@ class ToyBaseTrainer(Trainer):
     def load_weights(self, folder: Path) -> None:
         from transformers import AutoModelForCausalLM
 
-        self.model.load_state_dict(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict())
+        try:
+            weights = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict()
+            self.model.load_state_dict(weights)
+        except (OSError, RuntimeError) as err:  # no model there, or one of another size than the settings'
+            raise CheckpointError(f"cannot load the toy base model in `{folder}` into one of these settings: {err}") from err
         self.cues.load_state_dict(ToyCues.load(folder).state_dict())
 
     def state_extra(self) -> dict:
@@ -327,12 +359,21 @@ def family_means(scores: Mapping[str, float]) -> dict[str, float]:
 
 
 def train_toy_base(
-    output: str | Path, settings: ToyBaseSettings = ToyBaseSettings(), resume: str | Path | None = None, log: Callable[[str], None] = print
+    output: str | Path, settings: ToyBaseSettings = ToyBaseSettings(), resume: str | Path | None = None,
+    init_from: str | Path | None = None, log: Callable[[str], None] = print,
 ) -> dict:
-    """Trains (or resumes) the toy base model, saves it to `output` with a report of its exact match."""
+    """Trains (or resumes) the toy base model, saves it to `output` with a report of its exact match.
+
+    `init_from`: a trained toy base model to start from (its weights and cues, a fresh
+    schedule), to fine-tune it, e.g. with `cue_mix`.
+    """
+    if resume and init_from:
+        raise ConfigError("give `resume` (continue a run) or `init_from` (start a new run from a trained model), not both.")
     trainer = ToyBaseTrainer(settings)
     if resume:
         trainer.resume(resume)
+    if init_from:
+        trainer.load_weights(Path(init_from))
     output = Path(output)
     trainer.train(output, log=log)
     model, tokenizer, tasks = trainer.model, trainer.tokenizer, trainer.tasks
@@ -340,6 +381,7 @@ def train_toy_base(
     without = exact_match(model, tokenizer, tasks, settings.eval_examples, seed=10_000)
     report = {
         "steps": trainer.step,
+        "init_from": str(init_from) if init_from else None,
         "parameters": sum(p.numel() for p in model.parameters()),
         "settings": asdict(settings),
         "cue_parts": {task: list(TASKS[task].cue) for task in tasks},

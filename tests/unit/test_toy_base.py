@@ -114,10 +114,46 @@ def test_training_resumes_exactly_from_a_checkpoint(tmp_path):
     torch.testing.assert_close(straight.cues.parts, resumed.cues.parts, rtol=0, atol=1e-6)
 
 
+def test_mixed_cues_lean_a_drawn_share_toward_another_tasks_cue():
+    exact = ToyBaseTrainer(ToyBaseSettings(steps=1, **TINY))
+    tasks = ["reverse", "keep_first_3", "uppercase"] * 20
+    torch.testing.assert_close(exact.mixed_cues(tasks), exact.cues(tasks))  # cue_mix 0: the cues themselves
+    trainer = ToyBaseTrainer(ToyBaseSettings(steps=1, cue_mix=0.4, cue_mix_fraction=0.5, **TINY))
+    with torch.no_grad():
+        trainer.cues.parts.normal_()
+        mixed, cues = trainer.mixed_cues(tasks), trainer.cues(tasks)
+        every = trainer.cues(trainer.tasks)
+    shares = []
+    for task, m, c in zip(tasks, mixed, cues):
+        toward = every - c  # (tasks, value): the way to every task's cue
+        share = (toward @ (m - c)) / toward.pow(2).sum(1).clamp_min(1e-12)
+        fits = [(s.item(), o) for s, o, t in zip(share, trainer.tasks, toward) if torch.allclose(c + s * t, m, atol=1e-5) and o != task]
+        assert torch.equal(m, c) or fits, f"a mixed cue of {task} off every segment toward another task's cue"
+        shares.append(max(s for s, _ in fits) if fits and not torch.equal(m, c) else 0.0)
+    assert all(0.0 <= s < 0.4 for s in shares)
+    assert 10 <= sum(s > 0 for s in shares) <= 50  # about half of the 60 are mixed
+
+
+def test_fine_tuning_from_a_trained_model_keeps_its_frozen_cues(tmp_path):
+    train_toy_base(tmp_path / "first", ToyBaseSettings(steps=2, **TINY), log=lambda _: None)
+    settings = ToyBaseSettings(steps=2, cue_mix=0.3, freeze_cues=True, **TINY)
+    report = train_toy_base(tmp_path / "tuned", settings, init_from=tmp_path / "first", log=lambda _: None)
+    assert report["init_from"] == str(tmp_path / "first") and report["steps"] == 2
+    torch.testing.assert_close(ToyCues.load(tmp_path / "tuned").parts, ToyCues.load(tmp_path / "first").parts, rtol=0, atol=0)
+    first, tuned = (AutoModelForCausalLM.from_pretrained(tmp_path / name).state_dict() for name in ("first", "tuned"))
+    assert any(not torch.equal(first[k], tuned[k]) for k in first)  # the model itself was trained
+    with pytest.raises(ConfigError, match="not both"):
+        train_toy_base(tmp_path / "x", settings, resume=tmp_path / "tuned", init_from=tmp_path / "first")
+    with pytest.raises(CheckpointError, match="cannot load the toy base model"):
+        train_toy_base(tmp_path / "x", ToyBaseSettings(steps=2, **{**TINY, "hidden_size": 128}), init_from=tmp_path / "first")
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--steps", "0"], "`steps` must be positive, got 0"),
     (["--hidden-size", "-1"], "`hidden-size` must be positive"),
     (["--lr", "0"], "`lr` must be positive"),
+    (["--cue-mix", "0.5"], "`cue-mix` must be in [0, 0.5)"),
+    (["--cue-mix-fraction", "1.5"], "`cue-mix-fraction` must be in [0, 1]"),
 ])
 def test_bad_settings_stop_before_training_with_a_clear_error(tmp_path, capsys, args, fragment):
     from t2l_vllm.cli import main
