@@ -22,12 +22,12 @@ def test_a_tiny_run_writes_every_arm_column_and_the_plot_and_leaks_nothing(tmp_p
     table = report["table"]
     assert set(table) == {
         "base, no cue", "base with the task's cue", "task-specific LoRAs (one per task)", "multi-task LoRA",
-        "T2L recon (M)", "T2L SFT (L)", "T2L SFT (M)", "T2L SFT (S)",
+        "T2L recon (M)", "T2L recon (L), cue adapters", "T2L SFT (L)", "T2L SFT (M)", "T2L SFT (S)",
     }
     for arm, row in table.items():
         assert set(bench.COLUMNS) <= set(row), arm
         assert all(0.0 <= v <= 1.0 for v in row.values()), (arm, row)
-    for arm in ("T2L recon (M)", "T2L SFT (L)", "T2L SFT (M)", "T2L SFT (S)"):
+    for arm in ("T2L recon (M)", "T2L recon (L), cue adapters", "T2L SFT (L)", "T2L SFT (M)", "T2L SFT (S)"):
         assert set(bench.CONTROLS) <= set(table[arm]), arm
         assert set(report["heldout_tasks_by_task"][arm]) == set(HELDOUT_TASKS)
     # the shipped base model knows the tasks when cued, not without the cue
@@ -35,11 +35,12 @@ def test_a_tiny_run_writes_every_arm_column_and_the_plot_and_leaks_nothing(tmp_p
     assert (tmp_path / "adapters.png").stat().st_size > 10_000
     assert (tmp_path / "loras" / "multitask" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "hypernets" / "sft-L" / "model.safetensors").is_file()
+    assert {p.name for p in (tmp_path / "cue_loras").iterdir()} == set(TRAIN_TASKS)  # no held-out task's cue
 
     # What the hypernetworks trained on: training tasks only, their seen descriptions only (the prompts are bare inputs).
     heldout_text = {d for t in HELDOUT_TASKS for d in TASKS[t].descriptions}
     heldout_wording = {d for t in TRAIN_TASKS for d in split_descriptions(TASKS[t])[1]}
-    for name in ("train.jsonl", "recon_library.jsonl"):
+    for name in ("train.jsonl", "recon_library.jsonl", "cue_library.jsonl"):
         lines = [json.loads(line) for line in (tmp_path / "data" / name).read_text().splitlines()]
         assert {line["task"] for line in lines} == set(TRAIN_TASKS), name
         for line in lines:
