@@ -236,17 +236,15 @@ class Bench:
     def recon(self, variant: str, library: str, zscore: bool) -> tuple[TextToLoRA, float]:
         """A hypernetwork fitted to `data/<library>`; returns it and its training seconds."""
         start = time.monotonic()
-        config = HypernetConfig(base=self.shapes, variant=variant, lora=LORA, encoder=EncoderSettings())
-        hypernet = build_hypernet(with_zscore(config) if zscore else config, seed=0)
-        b = self.budget
+        hypernet, b = self.new_hypernet(variant, zscore), self.budget
         settings = ReconSettings(steps=b.recon_steps, lr=b.recon_lr, tasks_per_batch=b.recon_tasks_per_batch, zscore=zscore,
                                  log_every=max(1, b.recon_steps // 5))
         ReconTrainer(hypernet, self.encoder, load_recon_library(self.data / library), settings).train()
         return hypernet, time.monotonic() - start
 
-    def new_hypernet(self, variant: str) -> TextToLoRA:
+    def new_hypernet(self, variant: str, zscore: bool = False) -> TextToLoRA:
         config = HypernetConfig(base=self.shapes, variant=variant, lora=LORA, encoder=EncoderSettings())
-        return build_hypernet(config, seed=0)
+        return build_hypernet(with_zscore(config) if zscore else config, seed=0)
 
 
 def exact(answers: Sequence[str], rows: Sequence[tuple[str, str]], goals: Sequence[str]) -> float:

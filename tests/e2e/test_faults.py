@@ -109,21 +109,20 @@ def wait_for(condition, what: str, timeout_s: float = 60) -> None:
         time.sleep(0.2)
 
 
-def started(server, payloads: list[dict]) -> tuple[concurrent.futures.Future, ...]:
-    """Sends the requests, each on its own thread, and returns their futures at once."""
+def started(server, payloads: list[dict], first_chunks: list[threading.Event] | None = None) -> tuple[concurrent.futures.Future, ...]:
+    """Sends the requests, each on its own thread, and returns their futures at once (`send` sets
+    request n's first-chunk event, if given)."""
     pool = concurrent.futures.ThreadPoolExecutor(len(payloads))
-    futures = tuple(pool.submit(send, server, p) for p in payloads)
+    futures = tuple(pool.submit(send, server, p, e) for p, e in zip(payloads, first_chunks or [None] * len(payloads)))
     pool.shutdown(wait=False)
     return futures
 
 
 def in_flight(server, payloads: list[dict]) -> tuple[concurrent.futures.Future, ...]:
     """Starts the requests and returns once every streaming one has received its first token."""
-    pool = concurrent.futures.ThreadPoolExecutor(len(payloads))
-    started = [threading.Event() for _ in payloads]
-    futures = tuple(pool.submit(send, server, p, e) for p, e in zip(payloads, started))
-    pool.shutdown(wait=False)
-    for payload, event in zip(payloads, started):
+    first_chunks = [threading.Event() for _ in payloads]
+    futures = started(server, payloads, first_chunks)
+    for payload, event in zip(payloads, first_chunks):
         if payload["stream"]:
             assert event.wait(120), "a streaming request never started"
     return futures
