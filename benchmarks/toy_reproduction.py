@@ -242,9 +242,9 @@ class Bench:
         ReconTrainer(hypernet, self.encoder, load_recon_library(self.data / library), settings).train()
         return hypernet, time.monotonic() - start
 
-    def new_hypernet(self, variant: str, zscore: bool = False) -> TextToLoRA:
+    def new_hypernet(self, variant: str, zscore: bool = False, seed: int = 0) -> TextToLoRA:
         config = HypernetConfig(base=self.shapes, variant=variant, lora=LORA, encoder=EncoderSettings())
-        return build_hypernet(with_zscore(config) if zscore else config, seed=0)
+        return build_hypernet(with_zscore(config) if zscore else config, seed=seed)
 
 
 def exact(answers: Sequence[str], rows: Sequence[tuple[str, str]], goals: Sequence[str]) -> float:

@@ -1,0 +1,61 @@
+"""The cue probe runs end to end at a tiny scale, and its "T2L trunk" is the hypernetwork's own computation."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from t2l_vllm.train.toy_world import HELDOUT_TASKS
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture()
+def probe(monkeypatch):
+    for name in ("toy_reproduction", "toy_cue_probe"):
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return module
+
+
+def test_a_tiny_run_writes_every_arm_with_the_spread_over_seeds(tmp_path, probe):
+    args = ["--out", str(tmp_path), "--steps", "3", "--seeds", "2", "--eval-inputs", "2", "--eval-descriptions", "1"]
+    assert probe.main(args) == 0
+    arms = json.loads((tmp_path / "table.json").read_text())["arms"]
+    assert set(arms) == {"shallow MLP", "T2L trunk", "T2L trunk, mixup"}
+    for arm, row in arms.items():
+        for column in probe.COLUMNS:
+            error, exact = row[column]["relative cue error"], row[column]["exact match"]
+            assert 0.0 < error["min"] <= error["mean"] <= error["max"], (arm, column)
+            assert 0.0 <= exact["min"] <= exact["mean"] <= exact["max"] <= 1.0, (arm, column)
+        assert set(row["held-out tasks, exact match by task"]) == set(HELDOUT_TASKS)
+
+
+def test_the_trunk_arm_computes_what_the_hypernetwork_does_for_layer_0_v_proj(tmp_path, probe):
+    bench = probe.Bench(str(_base()), tmp_path, probe.Budget(examples_per_task=8))
+    cue_size = bench.cues.parts.shape[1]
+    trunk = probe.T2LTrunk(bench, cue_size, seed=0).eval()
+    hypernet = trunk.hypernet
+    head = hypernet.heads["v_proj"]
+    in_features = hypernet.shapes["v_proj"].in_features
+    with torch.no_grad():
+        head.weight.normal_(0, 0.02)  # any head: the hyperinit one has zero weights
+        rank_0_of_B = slice(hypernet.rank * in_features, hypernet.rank * in_features + cue_size)
+        trunk.head.weight.copy_(head.weight[rank_0_of_B])
+        trunk.head.bias.copy_(head.bias[rank_0_of_B])
+        embeddings = bench.encoder.encode(["Shift every letter 3 places forward.", "Reverse the order of the words."])
+        expected = hypernet(embeddings)["v_proj"].B[:, 0, :, 0]  # layer 0, rank 0: where a cue adapter writes
+        assert torch.allclose(trunk(embeddings), expected, atol=1e-5)
+
+
+def _base() -> Path:
+    from t2l_vllm.default_model import default_paths
+
+    return default_paths().base_model
