@@ -13,7 +13,9 @@ task), with three regressors:
   with a linear head onto the cue;
 - the same trunk trained with mixup: pairs of training embeddings and their
   cues interpolated with a Beta(0.2, 0.2) weight, which asks the map to be
-  linear between tasks, as an additive cue is.
+  linear between tasks, as an additive cue is;
+- the same trunk without its two residual blocks (`HypernetConfig.residual_blocks`
+  = 0; this arm asks whether depth is what fits the tasks as clusters).
 
 For each: the relative error of the predicted cue (|predicted - cue| / |cue|),
 and the base model's exact match with the predicted cue in place of the task's,
@@ -59,11 +61,11 @@ def shallow_mlp(dim: int, cue_size: int) -> nn.Module:
 class T2LTrunk(nn.Module):
     """The L hypernetwork's path from a task embedding to the head input of layer 0's v_proj (where a cue
     adapter lives: task projection joined with the layer and module embeddings, mixer, two residual
-    blocks, head input), then a linear head onto the cue."""
+    blocks, head input), then a linear head onto the cue. `changes`: other `HypernetConfig` fields."""
 
-    def __init__(self, bench: Bench, cue_size: int, seed: int) -> None:
+    def __init__(self, bench: Bench, cue_size: int, seed: int, **changes) -> None:
         super().__init__()
-        self.hypernet = bench.new_hypernet("L", seed=seed)
+        self.hypernet = bench.new_hypernet("L", seed=seed, **changes)
         self.v_proj = self.hypernet.modules_order.index("v_proj")
         self.head = nn.Linear(self.hypernet.config.head_in_size, cue_size)
 
@@ -132,6 +134,7 @@ def run(bench: Bench, steps: int, seeds: int) -> dict:
         "shallow MLP": (lambda seed: shallow_mlp(dim, cue_size), False),
         "T2L trunk": (lambda seed: T2LTrunk(bench, cue_size, seed), False),
         "T2L trunk, mixup": (lambda seed: T2LTrunk(bench, cue_size, seed), True),
+        "T2L trunk, no residual blocks": (lambda seed: T2LTrunk(bench, cue_size, seed, residual_blocks=0), False),
     }
     results = {}
     for name, (build, mixup) in arms.items():
@@ -142,7 +145,7 @@ def run(bench: Bench, steps: int, seeds: int) -> dict:
             fit(net, x, z, steps, mixup, seed)
             runs.append(measure(bench, predictor(net)))
         results[name] = summary(runs)
-        print(f"{name:18s}", "  ".join(f"{c}: error {results[name][c]['relative cue error']['mean']:.3f}, "
+        print(f"{name:30s}", "  ".join(f"{c}: error {results[name][c]['relative cue error']['mean']:.3f}, "
                                         f"exact match {results[name][c]['exact match']['mean']:.3f}" for c in COLUMNS), flush=True)
     return results
 

@@ -242,8 +242,9 @@ class Bench:
         ReconTrainer(hypernet, self.encoder, load_recon_library(self.data / library), settings).train()
         return hypernet, time.monotonic() - start
 
-    def new_hypernet(self, variant: str, zscore: bool = False, seed: int = 0) -> TextToLoRA:
-        config = HypernetConfig(base=self.shapes, variant=variant, lora=LORA, encoder=EncoderSettings())
+    def new_hypernet(self, variant: str, zscore: bool = False, seed: int = 0, **changes) -> TextToLoRA:
+        """A fresh hypernetwork for the base at the benchmark's LoRA settings; `changes` are other `HypernetConfig` fields."""
+        config = HypernetConfig(base=self.shapes, variant=variant, lora=LORA, encoder=EncoderSettings(), **changes)
         return build_hypernet(with_zscore(config) if zscore else config, seed=seed)
 
 

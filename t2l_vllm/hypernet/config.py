@@ -16,6 +16,8 @@ from .shapes import DEFAULT_TARGETS, MODULE_FEATURES, BaseModelShapes
 VARIANTS = ("L", "M", "S")
 POSITION_ENCODINGS = ("rotary", "learned")
 HEAD_INITS = ("hyperinit", "random")
+ADDED_FIELDS = ("residual_blocks",)  # HypernetConfig fields newer than the checkpoint format (see `to_dict`)
+RESIDUAL_BLOCKS = (0, 1, 2)  # block1 (before the variant decoder), block2 (inside it); the reference has both
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 # Ranks vLLM accepts for `--max-lora-rank`; an adapter of another rank cannot be served.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -113,6 +115,9 @@ class HypernetConfig:
     )
     output: OutputTransform = field(default_factory=OutputTransform)
     dropout: float = field(default=0.05, metadata={"help": "dropout inside the hypernetwork"})
+    residual_blocks: int = field(default=2, metadata={
+        "help": "residual blocks in the trunk: 2 as the reference; with a few dozen training tasks, 0 writes "
+                "adapters for unseen tasks better (benchmarks/toy_cue_probe.py)", "choices": RESIDUAL_BLOCKS})
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -127,13 +132,20 @@ class HypernetConfig:
             raise ConfigError(f"`position_encoding` must be rotary or learned, got {self.position_encoding!r}.")
         if self.head_init not in HEAD_INITS:
             raise ConfigError(f"`head_init` must be hyperinit or random, got {self.head_init!r}.")
+        if self.residual_blocks not in RESIDUAL_BLOCKS:
+            raise ConfigError(f"`residual_blocks` must be one of {RESIDUAL_BLOCKS}, got {self.residual_blocks!r}.")
         for module in self.lora.target_modules:
             self.base.module_shape(module)
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as saved and fingerprinted. A field added after the first checkpoint format is
+        written only when it differs from its default, so older checkpoints keep their fingerprints."""
         data = asdict(self)
         data["base"] = self.base.to_dict()
         data["lora"]["target_modules"] = list(self.lora.target_modules)
+        for name in ADDED_FIELDS:
+            if data[name] == HypernetConfig.__dataclass_fields__[name].default:
+                del data[name]
         return data
 
     @classmethod

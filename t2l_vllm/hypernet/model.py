@@ -17,6 +17,9 @@ M: one head per module emits r*max(in,out); a learned A-or-B embedding is added
    before block2 and the head runs twice, truncating to in (A) or out (B).
 S: like M, but the head emits one rank row (max(in,out)) at a time; the rank
    position enters through rotary or learned position embeddings.
+
+`residual_blocks` below 2 leaves block2, then block1, out (an identity in their
+place): a shallower trunk that fits a small task set less as clusters.
 """
 
 from __future__ import annotations
@@ -96,8 +99,8 @@ class TextToLoRA(nn.Module):
         self.mixer = nn.Sequential(
             nn.Dropout(p), nn.Linear(d, 4 * d), nn.SiLU(), nn.Dropout(p), nn.Linear(4 * d, d), nn.SiLU(), nn.Dropout(p)
         )
-        self.block1 = ResidualBlock(d, p)
-        self.block2 = ResidualBlock(d, p)
+        self.block1 = ResidualBlock(d, p) if config.residual_blocks >= 1 else nn.Identity()
+        self.block2 = ResidualBlock(d, p) if config.residual_blocks >= 2 else nn.Identity()
         self.to_head = nn.Sequential(
             nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.SiLU(), nn.Dropout(p), nn.Linear(4 * d, config.head_in_size), nn.SiLU()
         )

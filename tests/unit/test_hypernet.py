@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from t2l_vllm.cli import main as cli
+from t2l_vllm.errors import ConfigError
+from t2l_vllm.hypernet.checkpoint import load_checkpoint, save_checkpoint
 from t2l_vllm.hypernet.config import EncoderSettings, HypernetConfig, LoraSettings
 from t2l_vllm.hypernet.model import build_hypernet
 from t2l_vllm.hypernet.shapes import BaseModelShapes
@@ -74,6 +76,38 @@ def test_shapes_of_generated_matrices(variant):
     assert out["q_proj"].B.shape == (2, 3, 64, 8)
     assert out["v_proj"].A.shape == (2, 3, 8, 64)
     assert out["v_proj"].B.shape == (2, 3, 32, 8)  # 2 kv heads x head_dim 16
+
+
+@pytest.mark.parametrize("variant,position", [("L", "rotary"), ("M", "rotary"), ("S", "rotary"), ("S", "learned")])
+def test_fewer_residual_blocks_drop_their_weights_and_still_write_every_matrix(tmp_path, variant, position):
+    full = build_hypernet(small_config(variant, position_encoding=position), seed=0)
+    for blocks, missing in ((1, ("block2.",)), (0, ("block1.", "block2."))):
+        model = build_hypernet(small_config(variant, position_encoding=position, residual_blocks=blocks), seed=0)
+        keys = set(model.state_dict())
+        assert not any(k.startswith(missing) for k in keys)
+        assert keys == {k for k in full.state_dict() if not k.startswith(missing)}
+        out = model(torch.randn(2, 32))
+        assert out["v_proj"].A.shape == (2, 3, 8, 64) and out["v_proj"].B.shape == (2, 3, 32, 8)
+        save_checkpoint(model, tmp_path / f"{variant}{blocks}")  # the option survives a checkpoint
+        loaded, _ = load_checkpoint(tmp_path / f"{variant}{blocks}")
+        assert loaded.config.residual_blocks == blocks
+        torch.testing.assert_close(loaded(torch.ones(1, 32))["q_proj"].B, model(torch.ones(1, 32))["q_proj"].B)
+
+
+def test_the_reference_depth_is_not_written_so_older_checkpoints_keep_their_fingerprint():
+    from t2l_vllm.default_model import ASSETS
+
+    assert "residual_blocks" not in small_config("L").to_dict()
+    shallow = small_config("L", residual_blocks=0)
+    assert HypernetConfig.from_dict(shallow.to_dict()) == shallow
+    # the shipped hypernetwork was saved before the option: it still loads, fingerprint checked
+    model, digest = load_checkpoint(ASSETS / "hypernet")
+    assert model.config.residual_blocks == 2 and digest == json.loads((ASSETS / "hypernet" / "config.json").read_text())["fingerprint"]
+
+
+def test_a_residual_block_count_outside_0_to_2_is_refused():
+    with pytest.raises(ConfigError, match="residual_blocks"):
+        small_config("L", residual_blocks=3)
 
 
 def test_hyperinit_starts_from_peft_default_lora():

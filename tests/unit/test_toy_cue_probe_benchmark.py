@@ -29,7 +29,7 @@ def test_a_tiny_run_writes_every_arm_with_the_spread_over_seeds(tmp_path, probe)
     args = ["--out", str(tmp_path), "--steps", "3", "--seeds", "2", "--eval-inputs", "2", "--eval-descriptions", "1"]
     assert probe.main(args) == 0
     arms = json.loads((tmp_path / "table.json").read_text())["arms"]
-    assert set(arms) == {"shallow MLP", "T2L trunk", "T2L trunk, mixup"}
+    assert set(arms) == {"shallow MLP", "T2L trunk", "T2L trunk, mixup", "T2L trunk, no residual blocks"}
     for arm, row in arms.items():
         for column in probe.COLUMNS:
             error, exact = row[column]["relative cue error"], row[column]["exact match"]
