@@ -46,7 +46,7 @@ from t2l_vllm.train.toy_base import greedy_answers, prompt_text
 from t2l_vllm.train.toy_world import HELDOUT_TASKS, TASKS, TRAIN_TASKS, split_descriptions
 
 sys.path.insert(0, str(Path(__file__).parent))
-from toy_reproduction import Bench, Budget, by_heldout_task, exact  # noqa: E402
+from toy_reproduction import Bench, Budget, add_bench_options, by_heldout_task, exact, parse_bench_options  # noqa: E402
 
 MIXUP_ALPHA = 0.2
 BATCH = 32
@@ -163,20 +163,11 @@ def summary(runs: Sequence[dict]) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", help="toy base model folder (default: the embedded default's base model)")
+    add_bench_options(parser)
     parser.add_argument("--out", default="benchmarks/results/toy_cue_probe", help="folder for table.json")
     parser.add_argument("--steps", type=int, default=3000, help="training steps of every regressor (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=3, help="runs of every arm (default: %(default)s)")
-    parser.add_argument("--eval-inputs", type=int, default=Budget.eval_inputs, help="inputs per task and description (default: %(default)s)")
-    parser.add_argument("--eval-descriptions", type=int, default=Budget.eval_descriptions, help="descriptions per task (default: %(default)s)")
-    args = parser.parse_args(argv)
-    for name in ("steps", "seeds", "eval_inputs", "eval_descriptions"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.base is None:
-        from t2l_vllm.default_model import default_paths
-
-        args.base = str(default_paths().base_model)
+    args = parse_bench_options(parser, argv, positive=("steps", "seeds"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()

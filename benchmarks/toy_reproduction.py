@@ -377,22 +377,34 @@ def print_table(table: dict[str, dict[str, float]]) -> None:
         print(f"| {arm} | " + " | ".join(f"{row[c]:.3f}" if c in row else "" for c in columns) + " |")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_bench_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every benchmark built on `Bench`: the base model and the size of the evaluation."""
     parser.add_argument("--base", help="toy base model folder (default: the embedded default's base model)")
-    parser.add_argument("--out", default="benchmarks/results/toy_reproduction", help="folder for the table, plot and trained weights")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiplies every step count (default: %(default)s)")
     parser.add_argument("--eval-inputs", type=int, default=Budget.eval_inputs, help="inputs per task and description (default: %(default)s)")
     parser.add_argument("--eval-descriptions", type=int, default=Budget.eval_descriptions, help="descriptions per task (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
+
+
+def parse_bench_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None, positive: Sequence[str]) -> argparse.Namespace:
+    """`argv` parsed; a value of `positive` or of the evaluation's size that is not positive is refused,
+    and a missing `--base` becomes the embedded default's."""
     args = parser.parse_args(argv)
-    for name in ("scale", "eval_inputs", "eval_descriptions"):
+    for name in (*positive, "eval_inputs", "eval_descriptions"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.base is None:
         from t2l_vllm.default_model import default_paths
 
         args.base = str(default_paths().base_model)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_bench_options(parser)
+    parser.add_argument("--out", default="benchmarks/results/toy_reproduction", help="folder for the table, plot and trained weights")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies every step count (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parse_bench_options(parser, argv, positive=("scale",))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
