@@ -113,22 +113,12 @@ def measure(bench: Bench, predict: Callable[[Sequence[str]], torch.Tensor]) -> d
 
 
 def run(bench: Bench, steps: int, seeds: int) -> dict:
-    texts = [d for t in TRAIN_TASKS for d in split_descriptions(TASKS[t])[0]]
-    tasks = [t for t in TRAIN_TASKS for _ in split_descriptions(TASKS[t])[0]]
-    embeddings = dict(zip(texts, bench.encoder.encode(texts)))
+    pairs = [(t, d) for t in TRAIN_TASKS for d in split_descriptions(TASKS[t])[0]]
     with torch.no_grad():
-        cues = bench.cues(tasks)
+        cues = bench.cues([t for t, _ in pairs])
     mean, std = cues.mean(0), cues.std(0) + 1e-6
-    x, z = torch.stack([embeddings[d] for d in texts]), (cues - mean) / std
+    x, z = bench.embed([d for _, d in pairs]), (cues - mean) / std
     dim, cue_size = x.shape[1], cues.shape[1]
-
-    def predictor(net: nn.Module) -> Callable[[Sequence[str]], torch.Tensor]:
-        def predict(descriptions: Sequence[str]) -> torch.Tensor:
-            new = sorted(set(descriptions) - embeddings.keys())
-            if new:
-                embeddings.update(zip(new, bench.encoder.encode(new)))
-            return net(torch.stack([embeddings[d] for d in descriptions])) * std + mean
-        return predict
 
     arms = {
         "shallow MLP": (lambda seed: shallow_mlp(dim, cue_size), False),
@@ -143,7 +133,7 @@ def run(bench: Bench, steps: int, seeds: int) -> dict:
             torch.manual_seed(seed)
             net = build(seed)
             fit(net, x, z, steps, mixup, seed)
-            runs.append(measure(bench, predictor(net)))
+            runs.append(measure(bench, lambda descriptions: net(bench.embed(descriptions)) * std + mean))
         results[name] = summary(runs)
         print(f"{name:30s}", "  ".join(f"{c}: error {results[name][c]['relative cue error']['mean']:.3f}, "
                                         f"exact match {results[name][c]['exact match']['mean']:.3f}" for c in COLUMNS), flush=True)

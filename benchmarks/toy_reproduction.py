@@ -168,15 +168,19 @@ class Bench:
                 texts += [d] * len(self.inputs[task])
         return rows, texts
 
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        """(N, encoder dim) embeddings of `texts`, each text encoded once per benchmark (the encoder is frozen)."""
+        new = sorted(set(texts) - self._embeddings.keys())
+        if new:
+            self._embeddings |= dict(zip(new, self.encoder.encode(new)))
+        return torch.stack([self._embeddings[text] for text in texts])
+
     @torch.no_grad()
     def generated(self, hypernet: TextToLoRA, texts: Sequence[str]) -> Weights:
         hypernet.eval()
         unique = sorted(set(texts))
-        new = [text for text in unique if text not in self._embeddings]
-        if new:
-            self._embeddings |= dict(zip(new, self.encoder.encode(new)))
         position = {text: i for i, text in enumerate(unique)}
-        out = hypernet(torch.stack([self._embeddings[text] for text in unique]))
+        out = hypernet(self.embed(unique))
         index = torch.tensor([position[t] for t in texts])
         return {m: (w.A[index], w.B[index]) for m, w in out.items()}
 
