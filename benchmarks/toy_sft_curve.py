@@ -5,9 +5,11 @@ benchmark's `Bench`: training tasks, their seen descriptions, no cue) over a sin
 `--steps` schedule, and every `--every` steps scores it on the reproduction's
 evaluation rows: training tasks with held-out descriptions, held-out tasks, and
 held-out tasks in training wordings (exact match, per held-out task too). Writes
-one JSON row per checkpoint to `--out`.
+one JSON row per checkpoint to `--out`. `--residual-blocks` and `--shared-a` are
+the hypernetwork's own options (`HypernetConfig`); `--base` another toy base.
 
     python benchmarks/toy_sft_curve.py [--variant L --steps 12000 --every 3000 --lr 1e-4 --out FILE]
+        [--base DIR] [--residual-blocks 0|1|2] [--shared-a] [--seed N]
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from toy_reproduction import COLUMNS, Bench, Budget, by_heldout_task, exact  # noqa: E402
+from toy_reproduction import COLUMNS, Bench, Budget, add_bench_options, by_heldout_task, exact, parse_bench_options  # noqa: E402
 
-from t2l_vllm.default_model import default_paths  # noqa: E402
+from t2l_vllm.cli.settings_args import add_setting, given  # noqa: E402
+from t2l_vllm.hypernet.config import HypernetConfig  # noqa: E402
 from t2l_vllm.train.data import load_sft_records  # noqa: E402
 from t2l_vllm.train.sources import HypernetSource  # noqa: E402
 
@@ -35,14 +38,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=int, default=3_000, help="score every N steps (default: %(default)s)")
     p.add_argument("--lr", type=float, default=Budget.sft_lr, help="peak learning rate (default: the benchmark's, %(default)s)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "toy_sft_curve.json")
-    args = p.parse_args(argv)
-    if args.steps <= 0 or args.every <= 0:
-        p.error("--steps and --every must be positive")
-    torch.manual_seed(0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the hypernetwork's initial weights (default: %(default)s)")
+    add_bench_options(p)
+    add_setting(p, HypernetConfig, "residual_blocks")
+    add_setting(p, HypernetConfig, "shared_a")
+    args = parse_bench_options(p, argv, positive=("steps", "every"))
+    hypernet_options = given(args, HypernetConfig)
+    torch.manual_seed(args.seed)
     work = args.out.parent / "toy_sft_curve"
-    bench = Bench(str(default_paths().base_model), work, Budget(), seed=0)
+    budget = Budget(eval_inputs=args.eval_inputs, eval_descriptions=args.eval_descriptions)
+    bench = Bench(args.base, work, budget, seed=0)
     records = load_sft_records(bench.data / "train.jsonl")
-    hypernet = bench.new_hypernet(args.variant)
+    hypernet = bench.new_hypernet(args.variant, seed=args.seed, **hypernet_options)
     source = HypernetSource(hypernet, bench.encoder, [d for r in records for d in r.descriptions])
     trainer = bench.sft_trainer(source, records, args.steps, args.lr)
     scored = dict(zip(COLUMNS[1:], (bench.heldout_desc, bench.heldout_task, bench.heldout_task_seen_wording)))
@@ -60,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in row.items() if k != "held-out tasks, by task"}), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": " ".join(["python", "benchmarks/toy_sft_curve.py", *(argv or sys.argv[1:])]),
-                                    "variant": args.variant, "lr": args.lr, "rows": rows}, indent=1) + "\n")
+                                    "variant": args.variant, "lr": args.lr, "base": args.base, "seed": args.seed,
+                                    "hypernet_options": hypernet_options, "rows": rows}, indent=1) + "\n")
     return 0
 
 
