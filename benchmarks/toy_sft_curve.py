@@ -5,11 +5,11 @@ benchmark's `Bench`: training tasks, their seen descriptions, no cue) over a sin
 `--steps` schedule, and every `--every` steps scores it on the reproduction's
 evaluation rows: training tasks with held-out descriptions, held-out tasks, and
 held-out tasks in training wordings (exact match, per held-out task too). Writes
-one JSON row per checkpoint to `--out`. `--residual-blocks` and `--shared-a` are
-the hypernetwork's own options (`HypernetConfig`); `--base` another toy base.
+one JSON row per checkpoint to `--out`. `--residual-blocks` is the hypernetwork's
+own option (`HypernetConfig`); `--base` another toy base.
 
     python benchmarks/toy_sft_curve.py [--variant L --steps 12000 --every 3000 --lr 1e-4 --out FILE]
-        [--base DIR] [--residual-blocks 0|1|2] [--shared-a] [--seed N]
+        [--base DIR] [--residual-blocks 0|1|2] [--seed N]
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the hypernetwork's initial weights (default: %(default)s)")
     add_bench_options(p)
     add_setting(p, HypernetConfig, "residual_blocks")
-    add_setting(p, HypernetConfig, "shared_a")
     args = parse_bench_options(p, argv, positive=("steps", "every"))
     hypernet_options = given(args, HypernetConfig)
     torch.manual_seed(args.seed)

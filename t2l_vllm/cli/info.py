@@ -23,8 +23,7 @@ def run(args: argparse.Namespace) -> int:
         c.base.num_layers * c.lora.rank * (s.in_features + s.out_features) for s in model.shapes.values()
     )
     print(f"hypernetwork  {folder}")
-    print(f"variant       {c.variant} (latent {c.latent_size}, head input {c.head_in_size}, {c.residual_blocks} residual blocks"
-          f"{', A shared by every task' if c.shared_a else ''})")
+    print(f"variant       {c.variant} (latent {c.latent_size}, head input {c.head_in_size}, {c.residual_blocks} residual blocks)")
     print(f"parameters    {count_parameters(model):,} ({count_parameters(model) / 1e6:.1f}M)")
     print(f"fingerprint   {digest}")
     print(f"encoder       {c.encoder.model} ({c.encoder.dim}-d, pooling {c.encoder.pooling}, scale {c.encoder.scale})")

@@ -17,7 +17,7 @@ _LORA = LoraSettings()
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init-hypernet", help="write an untrained hypernetwork for a base model", description=__doc__)
     p.add_argument("--model", required=True, help="base model: local folder, config.json, or hub id (only config.json is read)")
-    for name in ("variant", "latent_size", "head_in_size", "residual_blocks", "shared_a"):
+    for name in ("variant", "latent_size", "head_in_size", "residual_blocks"):
         add_setting(p, HypernetConfig, name)
     add_setting(p, LoraSettings, "rank")
     add_setting(p, LoraSettings, "alpha")

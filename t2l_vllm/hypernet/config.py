@@ -16,7 +16,7 @@ from .shapes import DEFAULT_TARGETS, MODULE_FEATURES, BaseModelShapes
 VARIANTS = ("L", "M", "S")
 POSITION_ENCODINGS = ("rotary", "learned")
 HEAD_INITS = ("hyperinit", "random")
-ADDED_FIELDS = ("residual_blocks", "shared_a")  # HypernetConfig fields newer than the checkpoint format (see `to_dict`)
+ADDED_FIELDS = ("residual_blocks",)  # HypernetConfig fields newer than the checkpoint format (see `to_dict`)
 RESIDUAL_BLOCKS = (0, 1, 2)  # block1 (before the variant decoder), block2 (inside it); the reference has both
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 # Ranks vLLM accepts for `--max-lora-rank`; an adapter of another rank cannot be served.
@@ -118,9 +118,6 @@ class HypernetConfig:
     residual_blocks: int = field(default=2, metadata={
         "help": "residual blocks in the trunk: 2 as the reference; with a few dozen training tasks, 0 writes "
                 "adapters for unseen tasks better (benchmarks/toy_cue_probe.py)", "choices": RESIDUAL_BLOCKS})
-    shared_a: bool = field(default=False, metadata={
-        "help": "one learned A per module and layer for every task, the heads writing B only (the reference writes "
-                "both): each adapter is then linear in the trunk's output, so a new task's falls between known ones"})
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:

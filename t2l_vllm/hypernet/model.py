@@ -20,12 +20,6 @@ S: like M, but the head emits one rank row (max(in,out)) at a time; the rank
 
 `residual_blocks` below 2 leaves block2, then block1, out (an identity in their
 place): a shallower trunk that fits a small task set less as clusters.
-
-`shared_a` makes A one learned matrix per module and layer, the same for every
-task, and the heads write B only. delta-W = B A is bilinear: when both factors
-follow the task, an unseen task's A and B are each interpolated and their
-product is not the interpolation of the products (nor is the scale split
-between A and B fixed). With A shared, delta-W is linear in the head's output.
 """
 
 from __future__ import annotations
@@ -113,18 +107,14 @@ class TextToLoRA(nn.Module):
         self.heads = nn.ModuleDict(
             {m: nn.Linear(config.head_in_size, self.head_out_features(m)) for m in self.modules_order}
         )
-        if config.shared_a:  # set by `reset_heads`, as the heads' biases are
-            self.shared_A = nn.ParameterDict({
-                m: nn.Parameter(torch.zeros(config.base.num_layers, self.rank, s.in_features)) for m, s in self.shapes.items()
-            })
         self._register_output_statistics()
 
     # --- variant interface -------------------------------------------------
     def head_out_features(self, module: str) -> int:
         raise NotImplementedError
 
-    def _decode(self, h: Tensor, module: str) -> tuple[Tensor | None, Tensor]:
-        """Trunk features (T, d) -> A (T, r, in) and B (T, r, out) for one module; A is None with `shared_a`."""
+    def _decode(self, h: Tensor, module: str) -> tuple[Tensor, Tensor]:
+        """Trunk features (T, d) -> A (T, r, in) and B (T, r, out) for one module."""
         raise NotImplementedError
 
     def _hyperinit_bias(self, module: str, generator: torch.Generator | None) -> Tensor:
@@ -151,23 +141,15 @@ class TextToLoRA(nn.Module):
         so that every description yields PEFT's default LoRA (A random, B zero), so
         training starts from delta-W = 0. "random": small random weights, so that an
         untrained hypernetwork already gives different adapters for different texts.
-        With `shared_a`, the shared A is PEFT's initial A and the heads (B only)
-        start from zero bias either way.
         """
         generator = torch.Generator().manual_seed(seed)
         for module, head in self.heads.items():
             if self.config.head_init == "hyperinit":
                 head.weight.zero_()
-            else:
-                head.weight.normal_(0.0, 0.02, generator=generator)
-            if self.config.head_init == "hyperinit" and not self.config.shared_a:
                 head.bias.copy_(self._hyperinit_bias(module, generator).reshape(-1))
             else:
+                head.weight.normal_(0.0, 0.02, generator=generator)
                 head.bias.zero_()
-        if self.config.shared_a:
-            for module, A in self.shared_A.items():
-                in_features = self.shapes[module].in_features
-                A.copy_(torch.stack([peft_default_A(self.rank, in_features, in_features, generator) for _ in range(A.shape[0])]))
 
     def embed_inputs(self, task_emb: Tensor) -> Tensor:
         """(N, E) task embeddings -> (N, modules, layers, d) trunk inputs."""
@@ -192,7 +174,7 @@ class TextToLoRA(nn.Module):
         out: dict[str, LoraWeights] = {}
         for i, module in enumerate(self.modules_order):
             A, B = self._decode(h[:, i].reshape(n * n_lay, -1), module)  # (N*L, r, in), (N*L, r, out)
-            A = self.shared_A[module].expand(n, -1, -1, -1) if A is None else A.reshape(n, n_lay, self.rank, -1)
+            A = A.reshape(n, n_lay, self.rank, -1)
             B = B.reshape(n, n_lay, self.rank, -1).transpose(-1, -2)  # (N, L, out, r)
             out[module] = self._to_raw(module, A, B)
         return out
@@ -217,14 +199,13 @@ class TextToLoRA_L(TextToLoRA):
 
     def head_out_features(self, module: str) -> int:
         s = self.shapes[module]
-        return self.rank * (s.out_features + (0 if self.config.shared_a else s.in_features))
+        return self.rank * (s.in_features + s.out_features)
 
-    def _decode(self, h: Tensor, module: str) -> tuple[Tensor | None, Tensor]:
+    def _decode(self, h: Tensor, module: str) -> tuple[Tensor, Tensor]:
         s = self.shapes[module]
-        out = self.heads[module](self.to_head(self.block2(h)))  # (T, r*(in+out)), or (T, r*out) with shared_a
-        B = out[:, -self.rank * s.out_features :].reshape(-1, self.rank, s.out_features)
-        A = None if self.config.shared_a else out[:, : self.rank * s.in_features].reshape(-1, self.rank, s.in_features)
-        return A, B
+        out = self.heads[module](self.to_head(self.block2(h)))  # (T, r*(in+out))
+        A, B = out.split([self.rank * s.in_features, self.rank * s.out_features], dim=-1)
+        return A.reshape(-1, self.rank, s.in_features), B.reshape(-1, self.rank, s.out_features)
 
     def _hyperinit_bias(self, module: str, generator: torch.Generator | None) -> Tensor:
         s = self.shapes[module]
@@ -247,11 +228,11 @@ class _SharedHead(TextToLoRA):
         s = self.shapes[module]
         return max(s.in_features, s.out_features)
 
-    def _decode(self, h: Tensor, module: str) -> tuple[Tensor | None, Tensor]:
+    def _decode(self, h: Tensor, module: str) -> tuple[Tensor, Tensor]:
         s = self.shapes[module]
-        emb = self.matrix_emb_norm(self.matrix_emb[module])  # (2, d): row 0 for A, row 1 for B
-        A = None if self.config.shared_a else self._rows(self.block2(h + emb[0]), module)[..., : s.in_features]
-        return A, self._rows(self.block2(h + emb[1]), module)[..., : s.out_features]
+        emb = self.matrix_emb_norm(self.matrix_emb[module])  # (2, d)
+        rows = [self._rows(self.block2(h + emb[i]), module) for i in range(2)]  # (T, r, width) each
+        return rows[0][..., : s.in_features], rows[1][..., : s.out_features]
 
     def _rows(self, h: Tensor, module: str) -> Tensor:
         raise NotImplementedError
