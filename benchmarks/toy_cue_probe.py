@@ -46,7 +46,7 @@ from t2l_vllm.train.toy_base import greedy_answers, prompt_text
 from t2l_vllm.train.toy_world import HELDOUT_TASKS, TASKS, TRAIN_TASKS, split_descriptions
 
 sys.path.insert(0, str(Path(__file__).parent))
-from toy_reproduction import Bench, Budget, add_bench_options, by_heldout_task, exact, parse_bench_options  # noqa: E402
+from toy_reproduction import Bench, add_bench_options, by_heldout_task, exact, options_budget, parse_bench_options  # noqa: E402
 
 MIXUP_ALPHA = 0.2
 BATCH = 32
@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    bench = Bench(args.base, out, Budget(eval_inputs=args.eval_inputs, eval_descriptions=args.eval_descriptions))
+    bench = Bench(args.base, out, options_budget(args))
     report = {"base": args.base, "steps": args.steps, "seeds": args.seeds, "arms": run(bench, args.steps, args.seeds)}
     report["total_seconds"] = time.monotonic() - start
     (out / "table.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -402,6 +402,11 @@ def parse_bench_options(parser: argparse.ArgumentParser, argv: Sequence[str] | N
     return args
 
 
+def options_budget(args: argparse.Namespace) -> Budget:
+    """The benchmark's budget at the evaluation size that `parse_bench_options` read."""
+    return Budget(eval_inputs=args.eval_inputs, eval_descriptions=args.eval_descriptions)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_bench_options(parser)
@@ -413,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     start = time.monotonic()
-    budget = Budget(eval_inputs=args.eval_inputs, eval_descriptions=args.eval_descriptions).scaled(args.scale)
+    budget = options_budget(args).scaled(args.scale)
     bench = Bench(args.base, out, budget, seed=args.seed)
     report = run(bench)
     report["total_seconds"] = time.monotonic() - start

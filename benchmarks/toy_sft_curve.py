@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from toy_reproduction import COLUMNS, Bench, Budget, add_bench_options, by_heldout_task, exact, parse_bench_options  # noqa: E402
+from toy_reproduction import COLUMNS, Bench, Budget, add_bench_options, by_heldout_task, exact, options_budget, parse_bench_options  # noqa: E402
 
 from t2l_vllm.cli.settings_args import add_setting, given  # noqa: E402
 from t2l_vllm.hypernet.config import HypernetConfig  # noqa: E402
@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     hypernet_options = given(args, HypernetConfig)
     torch.manual_seed(args.seed)
     work = args.out.parent / "toy_sft_curve"
-    budget = Budget(eval_inputs=args.eval_inputs, eval_descriptions=args.eval_descriptions)
-    bench = Bench(args.base, work, budget, seed=0)
+    bench = Bench(args.base, work, options_budget(args), seed=0)
     records = load_sft_records(bench.data / "train.jsonl")
     hypernet = bench.new_hypernet(args.variant, seed=args.seed, **hypernet_options)
     source = HypernetSource(hypernet, bench.encoder, [d for r in records for d in r.descriptions])
