@@ -116,8 +116,8 @@ class HypernetConfig:
     output: OutputTransform = field(default_factory=OutputTransform)
     dropout: float = field(default=0.05, metadata={"help": "dropout inside the hypernetwork"})
     residual_blocks: int = field(default=2, metadata={
-        "help": "residual blocks in the trunk: 2 as the reference; with a few dozen training tasks, 0 writes "
-                "adapters for unseen tasks better (benchmarks/toy_cue_probe.py)", "choices": RESIDUAL_BLOCKS})
+        "help": "residual blocks in the trunk: 2 as the reference; with a few dozen training tasks, 0 reconstructs "
+                "adapters for unseen tasks better (benchmarks/toy_cue_probe.py; not shown for SFT)", "choices": RESIDUAL_BLOCKS})
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
