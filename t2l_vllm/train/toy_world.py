@@ -6,14 +6,14 @@ accuracy is exact match and needs no judge. The tasks and their descriptions
 live in `assets/toy_tasks.yaml`; the hypernetwork sees only descriptions, never
 a task's name, so the names are internal keys.
 
-Three kinds of task, 48 in all:
+Three kinds of task, 60 in all:
 
 - 14 standalone operations (reverse, uppercase, sort_words, ...), with 22
   hand-written descriptions each: the original toy world, whose 15th task,
   capitalize_words, is now `upper_first` with k = 1;
-- 26 members of 6 families with a parameter k (shift letters k places forward
-  or backward, keep the first or last k letters of each word, capitalise the
-  first or last k letters of each word);
+- 38 members of 6 families with a parameter k (shift letters k = 1..7 places
+  forward or backward, keep the first or last k = 1..6 letters of each word,
+  capitalise the first or last k = 1..6 letters of each word);
 - 8 two-step compositions: an operation that reorders (reverse, sort_words,
   reverse_words, reverse_each_word), then one that changes case (uppercase,
   alternate_case).
@@ -24,10 +24,10 @@ task as the sum of its two parts' learnt vectors, added to its first layer's
 attention value at `<s>` (`toy_base`), so a task is a combination of parts
 other tasks share, and an adapter can write the cue of any combination.
 
-The split (`HELDOUT_TASKS`, fixed in the data file) holds out one k of each
-family and two compositions: 8 tasks, each a new combination of parts that
-training tasks use, so a hypernetwork can reach one only by composing what it
-learnt. The base model learns every task (it is the "pretrained model" whose
+The split (`HELDOUT_TASKS`, fixed in the data file) holds out one k from the
+inside of each family's range and two compositions: 8 tasks, each a new
+combination of parts that training tasks use, so a hypernetwork can reach one
+only by composing what it learnt. The base model learns every task (it is the "pretrained model" whose
 skills an adapter elicits); the hypernetwork's training data holds only
 training tasks and the descriptions rendered from the first 17 templates
 (`split_descriptions`), so no held-out task's description or cue reaches it,

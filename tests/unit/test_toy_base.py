@@ -7,6 +7,7 @@ import random
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from t2l_vllm.errors import CheckpointError, ConfigError
@@ -132,6 +133,26 @@ def test_mixed_cues_lean_a_drawn_share_toward_another_tasks_cue():
         shares.append(max(s for s, _ in fits) if fits and not torch.equal(m, c) else 0.0)
     assert all(0.0 <= s < 0.4 for s in shares)
     assert 10 <= sum(s > 0 for s in shares) <= 50  # about half of the 60 are mixed
+
+
+def test_fine_tuning_grows_a_base_model_of_a_smaller_world(tmp_path):
+    """A base model saved with fewer cue parts (written here: a stand-in for an older, smaller world) starts a
+    wider world's run: its parts are copied by name, the missing ones start fresh and are reported."""
+    train_toy_base(tmp_path / "first", ToyBaseSettings(steps=2, **TINY), log=lambda _: None)
+    saved = ToyCues.saved_parts(tmp_path / "first")
+    smaller = {name: vector for name, vector in saved.items() if name != "k6"}
+    save_file({"parts": torch.stack(list(smaller.values()))}, str(tmp_path / "first" / PARTS_FILE), metadata={"parts": json.dumps(list(smaller))})
+    with pytest.raises(CheckpointError, match="another toy world"):
+        ToyCues.load(tmp_path / "first")
+    report = train_toy_base(tmp_path / "grown", ToyBaseSettings(steps=2, freeze_cues=True, **TINY), init_from=tmp_path / "first",
+                            log=lambda _: None)
+    assert report["new_cue_parts"] == ["k6"]
+    grown = ToyCues.saved_parts(tmp_path / "grown")
+    assert all(torch.equal(grown[name], vector) for name, vector in smaller.items()) and not torch.equal(grown["k6"], saved["k6"])
+    foreign = {**saved, "k99": saved["k6"]}
+    save_file({"parts": torch.stack(list(foreign.values()))}, str(tmp_path / "first" / PARTS_FILE), metadata={"parts": json.dumps(list(foreign))})
+    with pytest.raises(CheckpointError, match="does not have"):
+        train_toy_base(tmp_path / "x", ToyBaseSettings(steps=2, **TINY), init_from=tmp_path / "first", log=lambda _: None)
 
 
 def test_fine_tuning_from_a_trained_model_keeps_its_frozen_cues(tmp_path):

@@ -169,6 +169,19 @@ def test_every_held_out_task_is_a_new_combination_of_parts_seen_in_training() ->
     assert families == {task.family for task in TASKS.values()} - {SINGLE}  # one k of every family, and compositions
 
 
+def test_every_held_out_k_lies_inside_its_family_between_training_neighbours() -> None:
+    """Interpolation, not extrapolation: k - 1 and k + 1 of the same member, and k of another member, are trained."""
+    members = {TASKS[t].cue[0] for t in TASKS} & {TASKS[t].family for t in TASKS}
+    for task in HELDOUT_TASKS:
+        member, k = TASKS[task].cue
+        if member not in members:
+            continue
+        same = {TASKS[t].cue[1] for t in TRAIN_TASKS if TASKS[t].cue[0] == member}
+        n = int(k.removeprefix("k"))
+        assert {f"k{n - 1}", f"k{n + 1}"} <= same, task
+        assert any(TASKS[t].cue == (other, k) for t in TRAIN_TASKS for other in members - {member}), task
+
+
 def test_no_held_out_task_or_description_reaches_training_records() -> None:
     """What the hypernetwork trains on (SFT records, reconstruction descriptions) holds no held-out text or cue."""
     records = make_examples(TRAIN_TASKS, n=3, seed=0)
