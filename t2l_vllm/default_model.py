@@ -28,7 +28,7 @@ from .paths import cache_dir
 
 logger = logging.getLogger(__name__)
 
-VERSION = "toy-v2"
+VERSION = "toy-v3"
 ASSETS = Path(__file__).parent / "assets" / "toy_default"
 
 

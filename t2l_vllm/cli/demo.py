@@ -4,7 +4,7 @@ With no arguments it runs on the embedded default: the toy world's tiny base
 model, which knows the word tasks but not which one is asked, and the trained
 hypernetwork that writes that into an adapter from a description. The prompts
 mix descriptions the hypernetwork was trained on, descriptions it never saw,
-two written for the demo, and a task held out of its training; each answer is
+two written for the demo, and tasks held out of its training; each answer is
 checked against the task's exact output. `--model/--hypernet` run it on real
 models with general-purpose prompts.
 """
@@ -23,9 +23,11 @@ TOY_PROMPTS = [
     ("Sort the words alphabetically.", "pear apple fig", "sort_words", "a description seen in training"),
     ("Capital letters everywhere, please.", "good day", "uppercase", "a held-out description"),
     ("Spell the whole input backwards, last character first.", "stressed", "reverse", "a description written for the demo"),
-    ("Give just the first letter of every word.", "text to lora", "first_letters", "a description written for the demo"),
-    ("Every word loses everything except its first 3 letters.", "hello wonderful world", "keep_first_3", "a task held out of training"),
-    ("The last 3 letters of every word should become capitals.", "hello world", "upper_last_3", "a task held out of training"),
+    ("Join the first letters of all the words into one word.", "text to lora", "first_letters", "a description written for the demo"),
+    ("Reduce the phrase word by word to the first 4 letters of each.", "hello wonderful world", "keep_first_4", "a task held out of training"),
+    ("The first 5 letters of every word should become capitals.", "hello wonderful world", "upper_first_5", "a task held out of training"),
+    ("Each letter goes 2 places forward in the alphabet, and the spaces do not change.", "hello world", "shift_forward_2",
+     "a task held out of training"),
     (None, "hello world", None, "no description: the base model"),
 ]
 GENERAL_PROMPTS = [

@@ -53,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     base = kinds.add_parser("base", help="train the toy world's tiny base model from scratch, the task given by a cue")
     base.add_argument("-o", "--output", required=True)
     base.add_argument("--resume", metavar="CHECKPOINT")
-    base.add_argument("--init-from", metavar="BASE", help="start from a trained toy base model (fine-tuning: a fresh schedule)")
+    base.add_argument("--init-from", metavar="BASE", help="start from a trained toy base model (fine-tuning: a fresh schedule; cue parts a smaller world lacked start fresh)")
     add_settings_arguments(base, ToyBaseSettings)
     p.set_defaults(run=run)
 

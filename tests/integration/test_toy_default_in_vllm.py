@@ -18,7 +18,7 @@ CASES = [
     ("first_word", TASKS["first_word"].descriptions[-1], "alpha beta gamma"),
     ("reverse", "Spell the whole input backwards, last character first.", "stressed"),
     ("count_words", "How many words are there? Answer with a number.", "one two three"),
-    ("first_letters", "Give just the first letter of every word.", "text to lora"),
+    ("first_letters", "Join the first letters of all the words into one word.", "text to lora"),
 ]
 
 
