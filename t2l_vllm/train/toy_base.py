@@ -148,7 +148,8 @@ class ToyCues(nn.Module):
                 f"`{folder}` holds the cue parts of another toy world (missing: {missing or 'none'}; not in this world: "
                 f"{extra or 'none'}, or in another order); a smaller world's model can be grown with `t2l-vllm train base --init-from`."
             )
-        return cls(len(next(iter(saved.values()))), torch.stack(list(saved.values())))
+        parts = torch.stack(list(saved.values()))
+        return cls(parts.shape[1], parts)
 
     def grow_from(self, folder: str | Path) -> list[str]:
         """Copies the parts saved beside a toy base model of a smaller world into this one's, by name, and returns
@@ -373,7 +374,7 @@ class ToyBaseTrainer(Trainer):
         try:
             weights = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict()
             self.model.load_state_dict(weights)
-        except (OSError, RuntimeError) as err:  # no model there, or one of another size than the settings'
+        except (OSError, RuntimeError, ValueError) as err:  # no model there (or not a model), or one of another size than the settings'
             raise CheckpointError(f"cannot load the toy base model in `{folder}` into one of these settings: {err}") from err
 
     def state_extra(self) -> dict:

@@ -167,6 +167,10 @@ def test_fine_tuning_from_a_trained_model_keeps_its_frozen_cues(tmp_path):
         train_toy_base(tmp_path / "x", settings, resume=tmp_path / "tuned", init_from=tmp_path / "first")
     with pytest.raises(CheckpointError, match="cannot load the toy base model"):
         train_toy_base(tmp_path / "x", ToyBaseSettings(steps=2, **{**TINY, "hidden_size": 128}), init_from=tmp_path / "first")
+    (tmp_path / "not_a_model").mkdir()
+    (tmp_path / "not_a_model" / "config.json").write_text("{}")  # a folder with a config but no model type
+    with pytest.raises(CheckpointError, match="cannot load the toy base model"):
+        train_toy_base(tmp_path / "x", settings, init_from=tmp_path / "not_a_model")
 
 
 @pytest.mark.parametrize("args, fragment", [
