@@ -63,3 +63,30 @@ def test_the_sft_curve_scores_one_schedule_at_each_checkpoint(tmp_path, monkeypa
     for row in rows:
         assert all(0.0 <= row[c] <= 1.0 for c in ("train tasks, held-out descriptions", "held-out tasks", "held-out tasks, training wordings"))
         assert set(row["held-out tasks, by task"]) == set(HELDOUT_TASKS)
+
+
+def test_the_confusions_split_the_held_out_column_into_right_a_training_task_and_neither(tmp_path, monkeypatch):
+    for name in ("toy_reproduction", "toy_confusions"):
+        spec = importlib.util.spec_from_file_location(name, BENCHMARK.with_name(f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+    reproduction = sys.modules["toy_reproduction"]
+    out = tmp_path / "confusions.json"
+    assert module.main(["--out", str(out), "--eval-inputs", "3", "--eval-descriptions", "2"]) == 0
+    report = json.loads(out.read_text())
+
+    # the same rows, scored the reproduction's way, give the same exact match task by task
+    from t2l_vllm.hypernet.checkpoint import load_checkpoint
+
+    bench = reproduction.Bench(report["base"], tmp_path / "check", reproduction.Budget(eval_inputs=3, eval_descriptions=2))
+    hypernet, _ = load_checkpoint(Path(report["hypernet"]))
+    answers, rows = bench.described_answers(hypernet, bench.heldout_task)
+    expected = reproduction.by_heldout_task(answers, rows)
+    held_out = report["held-out wordings"]
+    assert held_out["exact match by task"] == expected
+    assert set(held_out["exact match by template"]) == {"0", "1"}
+    for wording in module.WORDINGS:
+        for row in report[wording]["rows"]:
+            assert sum(row["outcomes"].values()) == row["answers"] == 3
+            assert set(row["outcomes"]) <= {module.RIGHT, module.NEITHER, *TRAIN_TASKS}
