@@ -6,16 +6,20 @@ benchmark's `Bench`: training tasks, their seen descriptions, no cue) over a sin
 evaluation rows: training tasks with held-out descriptions, held-out tasks, and
 held-out tasks in training wordings (exact match, per held-out task too). Writes
 one JSON row per checkpoint to `--out`. `--residual-blocks` is the hypernetwork's
-own option (`HypernetConfig`); `--base` another toy base.
+own option (`HypernetConfig`); `--base` another toy base. `--train-tasks N` trains
+on N of the training tasks only, the first N of one fixed shuffle, so that smaller
+sets are subsets of larger ones (the paper's scaling of zero-shot with the number
+of training tasks); the evaluation rows stay the same.
 
     python benchmarks/toy_sft_curve.py [--variant L --steps 12000 --every 3000 --lr 1e-4 --out FILE]
-        [--base DIR] [--residual-blocks 0|1|2] [--seed N]
+        [--base DIR] [--residual-blocks 0|1|2] [--seed N] [--train-tasks N]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -23,12 +27,19 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from toy_reproduction import COLUMNS, Bench, Budget, add_bench_options, by_heldout_task, exact, options_budget, parse_bench_options  # noqa: E402
+from toy_reproduction import (  # noqa: E402
+    COLUMNS, TRAIN_TASKS, Bench, Budget, add_bench_options, by_heldout_task, exact, options_budget, parse_bench_options,
+)
 
 from t2l_vllm.cli.settings_args import add_setting, given  # noqa: E402
 from t2l_vllm.hypernet.config import HypernetConfig  # noqa: E402
 from t2l_vllm.train.data import load_sft_records  # noqa: E402
 from t2l_vllm.train.sources import HypernetSource  # noqa: E402
+
+
+def nested_subset(tasks: tuple[str, ...], n: int) -> tuple[str, ...]:
+    """The first n of one fixed shuffle of `tasks`: a smaller subset is always inside a larger one."""
+    return tuple(random.Random(1234).sample(sorted(tasks), len(tasks))[:n])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,14 +50,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=Budget.sft_lr, help="peak learning rate (default: the benchmark's, %(default)s)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "toy_sft_curve.json")
     p.add_argument("--seed", type=int, default=0, help="seed of the hypernetwork's initial weights (default: %(default)s)")
+    p.add_argument("--train-tasks", type=int, help="train on this many training tasks (default: all)")
     add_bench_options(p)
     add_setting(p, HypernetConfig, "residual_blocks")
     args = parse_bench_options(p, argv, positive=("steps", "every"))
+    if args.train_tasks is not None and not 0 < args.train_tasks <= len(TRAIN_TASKS):
+        p.error(f"--train-tasks must be between 1 and {len(TRAIN_TASKS)}, got {args.train_tasks}")
     hypernet_options = given(args, HypernetConfig)
     torch.manual_seed(args.seed)
     work = args.out.parent / "toy_sft_curve"
     bench = Bench(args.base, work, options_budget(args), seed=0)
     records = load_sft_records(bench.data / "train.jsonl")
+    trained = nested_subset(TRAIN_TASKS, args.train_tasks or len(TRAIN_TASKS))
+    records = [r for r in records if r.task in trained]
     hypernet = bench.new_hypernet(args.variant, seed=args.seed, **hypernet_options)
     source = HypernetSource(hypernet, bench.encoder, [d for r in records for d in r.descriptions])
     trainer = bench.sft_trainer(source, records, args.steps, args.lr)
@@ -65,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in row.items() if k != "held-out tasks, by task"}), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": " ".join(["python", "benchmarks/toy_sft_curve.py", *(argv or sys.argv[1:])]),
-                                    "variant": args.variant, "lr": args.lr, "base": args.base, "seed": args.seed,
+                                    "variant": args.variant, "lr": args.lr, "base": args.base, "seed": args.seed, "train_tasks": sorted(trained),
                                     "hypernet_options": hypernet_options, "rows": rows}, indent=1) + "\n")
     return 0
 

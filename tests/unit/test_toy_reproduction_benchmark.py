@@ -54,10 +54,12 @@ def test_the_sft_curve_scores_one_schedule_at_each_checkpoint(tmp_path, monkeypa
         monkeypatch.setitem(sys.modules, name, module)
         spec.loader.exec_module(module)
     out = tmp_path / "curve.json"
-    assert module.main(["--steps", "4", "--every", "3", "--out", str(out), "--residual-blocks", "0",
+    assert module.main(["--steps", "4", "--every", "3", "--out", str(out), "--residual-blocks", "0", "--train-tasks", "5",
                         "--eval-inputs", "2", "--eval-descriptions", "1"]) == 0
     report = json.loads(out.read_text())
     assert report["hypernet_options"] == {"residual_blocks": 0}
+    assert len(report["train_tasks"]) == 5 and set(report["train_tasks"]) <= set(TRAIN_TASKS)
+    assert set(module.nested_subset(TRAIN_TASKS, 3)) < set(report["train_tasks"])  # a smaller set lies inside a larger one
     rows = report["rows"]
     assert [row["step"] for row in rows] == [3, 4]  # the last stretch is cut to the schedule's end
     for row in rows:
