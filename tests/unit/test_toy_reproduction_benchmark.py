@@ -12,11 +12,18 @@ from t2l_vllm.train.toy_world import HELDOUT_TASKS, TASKS, TRAIN_TASKS, split_de
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "toy_reproduction.py"
 
 
+def load_benchmarks(monkeypatch, *names: str):
+    """Imports the benchmark scripts `names` in order (later ones import earlier ones); returns the last."""
+    for name in names:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARK.with_name(f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return module
+
+
 def test_a_tiny_run_writes_every_arm_column_and_the_plot_and_leaks_nothing(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("toy_reproduction", BENCHMARK)
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "toy_reproduction", bench)  # dataclasses look their module up there
-    spec.loader.exec_module(bench)
+    bench = load_benchmarks(monkeypatch, "toy_reproduction")
     assert bench.main(["--out", str(tmp_path), "--scale", "0.003", "--eval-inputs", "2", "--eval-descriptions", "1"]) == 0
     report = json.loads((tmp_path / "table.json").read_text())
     table = report["table"]
@@ -48,11 +55,7 @@ def test_a_tiny_run_writes_every_arm_column_and_the_plot_and_leaks_nothing(tmp_p
 
 
 def test_the_sft_curve_scores_one_schedule_at_each_checkpoint(tmp_path, monkeypatch):
-    for name in ("toy_reproduction", "toy_sft_curve"):
-        spec = importlib.util.spec_from_file_location(name, BENCHMARK.with_name(f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, name, module)
-        spec.loader.exec_module(module)
+    module = load_benchmarks(monkeypatch, "toy_reproduction", "toy_sft_curve")
     out = tmp_path / "curve.json"
     assert module.main(["--steps", "4", "--every", "3", "--out", str(out), "--residual-blocks", "0", "--train-tasks", "5",
                         "--eval-inputs", "2", "--eval-descriptions", "1"]) == 0
@@ -68,11 +71,7 @@ def test_the_sft_curve_scores_one_schedule_at_each_checkpoint(tmp_path, monkeypa
 
 
 def test_the_confusions_split_the_held_out_column_into_right_a_training_task_and_neither(tmp_path, monkeypatch):
-    for name in ("toy_reproduction", "toy_confusions"):
-        spec = importlib.util.spec_from_file_location(name, BENCHMARK.with_name(f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, name, module)
-        spec.loader.exec_module(module)
+    module = load_benchmarks(monkeypatch, "toy_reproduction", "toy_confusions")
     reproduction = sys.modules["toy_reproduction"]
     out = tmp_path / "confusions.json"
     assert module.main(["--out", str(out), "--eval-inputs", "3", "--eval-descriptions", "2"]) == 0
