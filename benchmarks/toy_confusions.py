@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from toy_reproduction import TASKS, TRAIN_TASKS, Bench, add_bench_options, options_budget, parse_bench_options  # noqa: E402
+from toy_reproduction import TASKS, Bench, add_bench_options, options_budget, parse_bench_options, training_task_answered  # noqa: E402
 
 from t2l_vllm.hypernet.checkpoint import load_checkpoint  # noqa: E402
 
@@ -37,17 +37,24 @@ def outcome(task: str, text: str, answer: str) -> str:
     """RIGHT, the name of the training task whose output `answer` is, or NEITHER."""
     if answer == TASKS[task].fn(text):
         return RIGHT
-    return next((t for t in TRAIN_TASKS if answer == TASKS[t].fn(text)), NEITHER)
+    return training_task_answered(answer, text) or NEITHER
 
 
 def confusions(bench: Bench, hypernet, descriptions: dict[str, tuple[str, ...]]) -> list[dict]:
-    """One row per (task, description): the description, its position and the outcome counts of its answers."""
-    rows = []
+    """One row per (task, description): the description, its position and the outcome counts of its answers.
+
+    Every description's answers come from one batched pass; `Bench.described_rows` lays them out task by
+    task, description by description, each over the task's inputs.
+    """
+    answers, described = bench.described_answers(hypernet, descriptions)
+    rows, start = [], 0
     for task, descs in descriptions.items():
+        n = len(bench.inputs[task])
         for position, description in enumerate(descs):
-            answers, described = bench.described_answers(hypernet, {task: [description]})
-            counts = Counter(outcome(task, text, answer) for answer, (_, text) in zip(answers, described))
-            rows.append({"task": task, "template": position, "description": description, "answers": len(answers), "outcomes": dict(counts)})
+            chunk = zip(answers[start : start + n], described[start : start + n])
+            counts = Counter(outcome(task, text, answer) for answer, (_, text) in chunk)
+            rows.append({"task": task, "template": position, "description": description, "answers": n, "outcomes": dict(counts)})
+            start += n
     return rows
 
 

@@ -199,7 +199,7 @@ class Bench:
             if column == COLUMNS[2]:
                 by_task = by_heldout_task(answers, rows)
                 # does a held-out task's adapter do a training task instead? (never right: the inputs tell them apart)
-                result[CONTROLS[4]] = sum(any(a == TASKS[t].fn(x) for t in TRAIN_TASKS) for a, (_, x) in zip(answers, rows)) / len(rows)
+                result[CONTROLS[4]] = sum(training_task_answered(a, x) is not None for a, (_, x) in zip(answers, rows)) / len(rows)
         for control, tasks in zip(CONTROLS[:2], (TRAIN_TASKS, HELDOUT_TASKS)):
             rows, texts = self.described_rows({t: self.random_desc[t] for t in tasks})
             result[control] = self.score(rows, self.generated(hypernet, texts))
@@ -250,6 +250,11 @@ class Bench:
         """A fresh hypernetwork for the base at the benchmark's LoRA settings; `changes` are other `HypernetConfig` fields."""
         config = HypernetConfig(base=self.shapes, variant=variant, lora=LORA, encoder=EncoderSettings(), **changes)
         return build_hypernet(with_zscore(config) if zscore else config, seed=seed)
+
+
+def training_task_answered(answer: str, text: str) -> str | None:
+    """The first training task, in the world's order, whose output on `text` is `answer`, or None."""
+    return next((t for t in TRAIN_TASKS if answer == TASKS[t].fn(text)), None)
 
 
 def exact(answers: Sequence[str], rows: Sequence[tuple[str, str]], goals: Sequence[str]) -> float:
