@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from toy_reproduction import TASKS, Bench, add_bench_options, options_budget, parse_bench_options, training_task_answered  # noqa: E402
 
+from t2l_vllm.errors import CheckpointError  # noqa: E402
 from t2l_vllm.hypernet.checkpoint import load_checkpoint  # noqa: E402
 
 RIGHT, NEITHER = "right", "neither"
@@ -78,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         from t2l_vllm.default_model import default_paths
 
         args.hypernet = str(default_paths().hypernet)
-    hypernet, _ = load_checkpoint(Path(args.hypernet))
+    try:
+        hypernet, _ = load_checkpoint(Path(args.hypernet))
+    except CheckpointError as err:
+        p.error(str(err))
     bench = Bench(args.base, args.out.parent / "toy_confusions", options_budget(args), seed=0)
     report = {"hypernet": args.hypernet, "base": args.base}
     for wording, descriptions in zip(WORDINGS, (bench.heldout_task, bench.heldout_task_seen_wording)):

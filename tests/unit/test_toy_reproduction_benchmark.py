@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from t2l_vllm.train.toy_world import HELDOUT_TASKS, TASKS, TRAIN_TASKS, split_descriptions
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "toy_reproduction.py"
@@ -70,10 +72,13 @@ def test_the_sft_curve_scores_one_schedule_at_each_checkpoint(tmp_path, monkeypa
         assert set(row["held-out tasks, by task"]) == set(HELDOUT_TASKS)
 
 
-def test_the_confusions_split_the_held_out_column_into_right_a_training_task_and_neither(tmp_path, monkeypatch):
+def test_the_confusions_split_the_held_out_column_into_right_a_training_task_and_neither(tmp_path, monkeypatch, capsys):
     module = load_benchmarks(monkeypatch, "toy_reproduction", "toy_confusions")
     reproduction = sys.modules["toy_reproduction"]
     out = tmp_path / "confusions.json"
+    with pytest.raises(SystemExit):  # argparse's error, not a traceback
+        module.main(["--out", str(out), "--hypernet", str(tmp_path / "missing")])
+    assert f"hypernetwork checkpoint `{tmp_path / 'missing'}` does not exist" in capsys.readouterr().err
     assert module.main(["--out", str(out), "--eval-inputs", "3", "--eval-descriptions", "2"]) == 0
     report = json.loads(out.read_text())
 
