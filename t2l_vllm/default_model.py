@@ -1,9 +1,9 @@
 """The embedded default: the toy world's trained base model and its trained T2L hypernetwork.
 
 Both ship inside the package (`assets/toy_default/`): the base model was trained
-by `t2l-vllm train base` on the 60 tasks of the compositional toy world (from
+by `t2l-vllm train base` on the 70 tasks of the compositional toy world (from
 scratch on an earlier 48-task world, then grown with `--init-from`), the
-hypernetwork by T2L SFT on its 52 training tasks in
+hypernetwork by T2L SFT on its 62 training tasks in
 `benchmarks/toy_reproduction.py` (the README says how, and how well). The base
 model answers a user message with the toy task's output alone, but only an
 adapter tells it which task: that is what the hypernetwork generates from a
@@ -29,7 +29,7 @@ from .paths import cache_dir
 
 logger = logging.getLogger(__name__)
 
-VERSION = "toy-v3"
+VERSION = "toy-v4"
 ASSETS = Path(__file__).parent / "assets" / "toy_default"
 
 

@@ -6,7 +6,7 @@ accuracy is exact match and needs no judge. The tasks and their descriptions
 live in `assets/toy_tasks.yaml`; the hypernetwork sees only descriptions, never
 a task's name, so the names are internal keys.
 
-Three kinds of task, 60 in all:
+Three kinds of task, 70 in all:
 
 - 14 standalone operations (reverse, uppercase, sort_words, ...), with 22
   hand-written descriptions each: the original toy world, whose 15th task,
@@ -14,9 +14,11 @@ Three kinds of task, 60 in all:
 - 38 members of 6 families with a parameter k (shift letters k = 1..7 places
   forward or backward, keep the first or last k = 1..6 letters of each word,
   capitalise the first or last k = 1..6 letters of each word);
-- 8 two-step compositions: an operation that reorders (reverse, sort_words,
-  reverse_words, reverse_each_word), then one that changes case (uppercase,
-  alternate_case).
+- 18 two-step compositions, a full grid: one of 9 operations that reorder or
+  select (reverse, sort_words, reverse_words, reverse_each_word, sort_letters,
+  first_letters, last_letters, first_word, last_word), then one of 2 that change
+  case (uppercase, alternate_case), so that each second step is seen after
+  many first steps and is read from its own phrase.
 
 Each task is named to the base model by a cue of two parts (`ToyTask.cue`):
 (operation, none), (family, k) or (first, then). The base model is given a
