@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -75,22 +76,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="JSON report; the evaluation's data goes to a `toy_confusions` folder beside it (default: %(default)s)")
     add_bench_options(p)
     args = parse_bench_options(p, argv, positive=())
+    label = args.hypernet
     if args.hypernet is None:
-        from t2l_vllm.default_model import default_paths
+        from t2l_vllm.default_model import VERSION, default_paths
 
-        args.hypernet = str(default_paths().hypernet)
+        args.hypernet, label = str(default_paths().hypernet), f"the embedded default's ({VERSION})"
     try:
         hypernet, _ = load_checkpoint(Path(args.hypernet))
     except CheckpointError as err:
         p.error(str(err))
-    bench = Bench(args.base, args.out.parent / "toy_confusions", options_budget(args), seed=0)
-    report = {"hypernet": args.hypernet, "base": args.base}
-    for wording, descriptions in zip(WORDINGS, (bench.heldout_task, bench.heldout_task_seen_wording)):
-        rows = confusions(bench, hypernet, descriptions)
-        for row in rows:
-            top = ", ".join(f"{name} {n}" for name, n in Counter(row["outcomes"]).most_common(3))
-            print(f"{wording:18s} {row['task']:28s} {top:60s} | {row['description']}", flush=True)
-        report[wording] = {"exact match by task": exact_by(rows, "task"), "exact match by template": exact_by(rows, "template"), "rows": rows}
+    report = {"hypernet": label, "base": args.base}
+    with tempfile.TemporaryDirectory() as scratch:  # the training data `Bench` writes is not needed here
+        bench = Bench(args.base, Path(scratch), options_budget(args), seed=0)
+        for wording, descriptions in zip(WORDINGS, (bench.heldout_task, bench.heldout_task_seen_wording)):
+            rows = confusions(bench, hypernet, descriptions)
+            for row in rows:
+                top = ", ".join(f"{name} {n}" for name, n in Counter(row["outcomes"]).most_common(3))
+                print(f"{wording:18s} {row['task']:28s} {top:60s} | {row['description']}", flush=True)
+            report[wording] = {"exact match by task": exact_by(rows, "task"), "exact match by template": exact_by(rows, "template"), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     for wording in WORDINGS:
