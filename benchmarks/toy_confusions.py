@@ -76,16 +76,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="JSON report; the evaluation's data goes to a `toy_confusions` folder beside it (default: %(default)s)")
     add_bench_options(p)
     args = parse_bench_options(p, argv, positive=())
-    label = args.hypernet
     if args.hypernet is None:
-        from t2l_vllm.default_model import VERSION, default_paths
+        from t2l_vllm.default_model import default_paths
 
-        args.hypernet, label = str(default_paths().hypernet), f"the embedded default's ({VERSION})"
+        args.hypernet = str(default_paths().hypernet)
     try:
-        hypernet, _ = load_checkpoint(Path(args.hypernet))
+        hypernet, fingerprint = load_checkpoint(Path(args.hypernet))
     except CheckpointError as err:
         p.error(str(err))
-    report = {"hypernet": label, "base": args.base}
+    report = {"hypernet": args.hypernet, "fingerprint": fingerprint, "base": args.base}  # the fingerprint names it on any machine
     with tempfile.TemporaryDirectory() as scratch:  # the training data `Bench` writes is not needed here
         bench = Bench(args.base, Path(scratch), options_budget(args), seed=0)
         for wording, descriptions in zip(WORDINGS, (bench.heldout_task, bench.heldout_task_seen_wording)):
