@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -85,14 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as err:
         p.error(str(err))
     report = {"hypernet": args.hypernet, "fingerprint": fingerprint, "base": args.base}  # the fingerprint names it on any machine
-    with tempfile.TemporaryDirectory() as scratch:  # the training data `Bench` writes is not needed here
-        bench = Bench(args.base, Path(scratch), options_budget(args), seed=0)
-        for wording, descriptions in zip(WORDINGS, (bench.heldout_task, bench.heldout_task_seen_wording)):
-            rows = confusions(bench, hypernet, descriptions)
-            for row in rows:
-                top = ", ".join(f"{name} {n}" for name, n in Counter(row["outcomes"]).most_common(3))
-                print(f"{wording:18s} {row['task']:28s} {top:60s} | {row['description']}", flush=True)
-            report[wording] = {"exact match by task": exact_by(rows, "task"), "exact match by template": exact_by(rows, "template"), "rows": rows}
+    bench = Bench(args.base, args.out.parent, options_budget(args), seed=0)  # scores only: writes nothing there
+    for wording, descriptions in zip(WORDINGS, (bench.heldout_task, bench.heldout_task_seen_wording)):
+        rows = confusions(bench, hypernet, descriptions)
+        for row in rows:
+            top = ", ".join(f"{name} {n}" for name, n in Counter(row["outcomes"]).most_common(3))
+            print(f"{wording:18s} {row['task']:28s} {top:60s} | {row['description']}", flush=True)
+        report[wording] = {"exact match by task": exact_by(rows, "task"), "exact match by template": exact_by(rows, "template"), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     for wording in WORDINGS:

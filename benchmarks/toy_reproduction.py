@@ -31,7 +31,15 @@ descriptions, no cue (the cue adapters of training tasks only); the tests check 
 Writes `table.json`, `adapters.png` (generated adapters projected to 2-D by PCA,
 coloured by task family), the trained LoRAs and hypernetworks, and prints the table.
 
-    python benchmarks/toy_reproduction.py [--base DIR] [--out DIR] [--scale 1.0]
+The arms are independent jobs (one per task LoRA, one per other arm; the
+reconstruction of task LoRAs waits for them), trained and scored in `--workers`
+processes that share the cores. Each job's randomness is its own (seeded
+trainers, greedy scoring), so the figures do not depend on the number of
+workers or the order the jobs run in. Many processes of one thread beat one
+process of many here: the toy model's steps are too small for threads to share
+(a task LoRA's step takes the same time on one thread as on two).
+
+    python benchmarks/toy_reproduction.py [--base DIR] [--out DIR] [--scale 1.0] [--workers N]
 
 `--scale` multiplies every training step count and the examples per task (0.05 for a smoke run).
 """
@@ -40,22 +48,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
+import queue
 import random
 import string
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from t2l_vllm.encoder import TaskEncoder
-from t2l_vllm.hypernet.checkpoint import save_checkpoint
+from t2l_vllm.hypernet.checkpoint import load_checkpoint, save_checkpoint
 from t2l_vllm.hypernet.config import EncoderSettings, HypernetConfig, LoraSettings
 from t2l_vllm.hypernet.model import TextToLoRA, build_hypernet
 from t2l_vllm.hypernet.shapes import load_base_shapes
-from t2l_vllm.train.data import load_sft_records
+from t2l_vllm.train.data import SFTRecord, load_sft_records
 from t2l_vllm.train.recon import ReconSettings, ReconTrainer, load_recon_library, with_zscore
 from t2l_vllm.train.sft import SFTSettings, SFTTrainer
 from t2l_vllm.train.sources import HypernetSource, SingleLoRA
@@ -82,7 +95,7 @@ CONTROLS = (
 
 @dataclass(frozen=True)
 class Budget:
-    """Training steps per arm (batch 32 throughout); sized to fit 45 minutes on one core of this machine."""
+    """Training steps per arm (batch 32 throughout); sized to fit 45 minutes on this machine's 2 cores, one worker each."""
 
     task_lora_steps: int = 150
     multitask_lora_steps: int = 1500
@@ -134,15 +147,28 @@ class Bench:
                             for t, descs in (*self.seen.items(), *self.heldout_task.items())}
         # another training task's seen descriptions: the next task in a fixed rotation
         self.wrong_task = {t: TRAIN_TASKS[(i + 1) % len(TRAIN_TASKS)] for i, t in enumerate(TRAIN_TASKS)}
-        self.data = out / "data"
-        write_jsonl(self.data / "train.jsonl", make_examples(TRAIN_TASKS, budget.examples_per_task, seed=seed))
-        write_jsonl(self.data / "heldout_tasks.jsonl", make_examples(HELDOUT_TASKS, budget.examples_per_task, seed=seed + 1))
+        self.seed, self.data = seed, out / "data"
+        self.encoder = TaskEncoder(EncoderSettings())
+        self._embeddings: dict[str, torch.Tensor] = {}  # the encoder is frozen: each text is embedded once
+
+    def write_training_data(self) -> None:
+        """`data/`: the tasks' SFT examples and the two reconstruction libraries' manifests (training tasks only)."""
+        b = self.budget
+        write_jsonl(self.data / "train.jsonl", make_examples(TRAIN_TASKS, b.examples_per_task, seed=self.seed))
+        write_jsonl(self.data / "heldout_tasks.jsonl", make_examples(HELDOUT_TASKS, b.examples_per_task, seed=self.seed + 1))
         for library, folder in (("recon_library.jsonl", "loras"), ("cue_library.jsonl", "cue_loras")):
             write_jsonl(self.data / library, [
                 {"task": t, "lora": f"../{folder}/{t}", "descriptions": list(split_descriptions(TASKS[t])[0])} for t in TRAIN_TASKS
             ])
-        self.encoder = TaskEncoder(EncoderSettings())
-        self._embeddings: dict[str, torch.Tensor] = {}  # the encoder is frozen: each text is embedded once
+
+    @cached_property
+    def train_records(self) -> list[SFTRecord]:
+        return load_sft_records(self.data / "train.jsonl")
+
+    @cached_property
+    def heldout_records(self) -> list[SFTRecord]:
+        """The held-out tasks' examples: only their task-specific (oracle) LoRAs train on them."""
+        return load_sft_records(self.data / "heldout_tasks.jsonl")
 
     # --- scoring -------------------------------------------------------------------
     @torch.no_grad()
@@ -215,20 +241,26 @@ class Bench:
         settings = SFTSettings(steps=steps, batch_size=self.budget.batch_size, lr=lr, warmup_frac=0.05, max_length=64)
         return SFTTrainer(source, self.model, self.tokenizer, records, settings)
 
-    def sft(self, source, records, steps: int, lr: float, log_name: str) -> float:
+    def sft(self, source, records, steps: int, lr: float, log_name: str) -> None:
         trainer = self.sft_trainer(source, records, steps, lr)
         start = time.monotonic()
         losses = trainer.train()
         seconds = time.monotonic() - start
         print(f"  {log_name}: {steps} steps, loss {sum(losses[:20]) / min(20, len(losses)):.3f} -> {sum(losses[-20:]) / min(20, len(losses)):.3f}, {seconds:.0f} s", flush=True)
-        return seconds
 
-    def train_lora(self, records, steps: int, name: str) -> tuple[SingleLoRA, float]:
-        """A plain LoRA on `records`, saved as a PEFT folder; returns it and its training seconds."""
+    def train_lora(self, records, steps: int, name: str) -> SingleLoRA:
+        """A plain LoRA on `records`, saved as a PEFT folder under `loras/`."""
         lora = SingleLoRA(self.shapes, LORA, seed=0)
-        seconds = self.sft(lora, records, steps, self.budget.lora_lr, name)
+        self.sft(lora, records, steps, self.budget.lora_lr, name)
         lora.save(self.out / "loras" / name)
-        return lora, seconds
+        return lora
+
+    def sft_hypernet(self, variant: str) -> TextToLoRA:
+        """T2L trained by SFT on the training tasks' examples, each with one of its task's seen descriptions."""
+        hypernet, records = self.new_hypernet(variant), self.train_records
+        source = HypernetSource(hypernet, self.encoder, [d for r in records for d in r.descriptions])
+        self.sft(source, records, self.budget.sft_steps, self.budget.sft_lr, f"sft-{variant}")
+        return hypernet
 
     def write_cue_adapters(self) -> None:
         """The training tasks' cue adapters as PEFT folders under `cue_loras/` (the cue library's targets)."""
@@ -237,14 +269,18 @@ class Bench:
             for task in TRAIN_TASKS:
                 cue_adapter(task, self.cues([task])[0], reader, self.shapes, LORA).save_peft(self.out / "cue_loras" / task)
 
-    def recon(self, variant: str, library: str, zscore: bool) -> tuple[TextToLoRA, float]:
-        """A hypernetwork fitted to `data/<library>`; returns it and its training seconds."""
-        start = time.monotonic()
+    def recon(self, variant: str, library: str, zscore: bool) -> TextToLoRA:
+        """A hypernetwork fitted to `data/<library>`."""
         hypernet, b = self.new_hypernet(variant, zscore), self.budget
         settings = ReconSettings(steps=b.recon_steps, lr=b.recon_lr, tasks_per_batch=b.recon_tasks_per_batch, zscore=zscore,
                                  log_every=max(1, b.recon_steps // 5))
         ReconTrainer(hypernet, self.encoder, load_recon_library(self.data / library), settings).train()
-        return hypernet, time.monotonic() - start
+        return hypernet
+
+    def cue_recon(self) -> TextToLoRA:
+        """T2L (L, z-scores) fitted to the training tasks' cue adapters, written first."""
+        self.write_cue_adapters()
+        return self.recon("L", "cue_library.jsonl", zscore=True)
 
     def new_hypernet(self, variant: str, zscore: bool = False, seed: int = 0, **changes) -> TextToLoRA:
         """A fresh hypernetwork for the base at the benchmark's LoRA settings; `changes` are other `HypernetConfig` fields."""
@@ -271,65 +307,145 @@ def lora_weights(lora: SingleLoRA, n: int) -> Weights:
     return {m: (A.detach(), B.detach()) for m, (A, B) in lora.adapters([""] * n).items()}
 
 
-def run(bench: Bench) -> dict:
-    b, table, timings = bench.budget, {}, {}
-    train_records = load_sft_records(bench.data / "train.jsonl")
-    heldout_records = load_sft_records(bench.data / "heldout_tasks.jsonl")
-    train_rows, heldout_rows = bench.task_rows(TRAIN_TASKS), bench.task_rows(HELDOUT_TASKS)
+# --- the arms as jobs, run in worker processes --------------------------------------
 
-    def untuned(cued: bool) -> dict[str, float]:
-        train, heldout = bench.score(train_rows, None, cued=cued), bench.score(heldout_rows, None, cued=cued)
-        return {COLUMNS[0]: train, COLUMNS[1]: train, COLUMNS[2]: heldout, COLUMNS[3]: heldout}
+_worker_bench: Bench | None = None  # a worker's own `Bench`, made once by `start_worker`
 
-    print("scoring the base model", flush=True)
-    table["base, no cue"] = untuned(False)
-    table["base with the task's cue"] = untuned(True)
+HYPERNET_ARMS = {  # the table's row -> (the folder under `hypernets/`, the `Bench` method that trains it, its arguments)
+    "T2L recon (M)": ("recon-M", "recon", ("M", "recon_library.jsonl", False)),
+    "T2L recon (L), cue adapters": ("recon-cue-L", "cue_recon", ()),
+    "T2L SFT (L)": ("sft-L", "sft_hypernet", ("L",)),
+    "T2L SFT (M)": ("sft-M", "sft_hypernet", ("M",)),
+    "T2L SFT (S)": ("sft-S", "sft_hypernet", ("S",)),
+}
 
-    print("task-specific LoRAs", flush=True)
-    task_loras, timings["task-specific LoRAs"] = {}, 0.0
-    by_task: dict[str, list] = {}
-    for record in (*train_records, *heldout_records):
-        by_task.setdefault(record.task, []).append(record)
-    for task in (*TRAIN_TASKS, *HELDOUT_TASKS):
-        task_loras[task], seconds = bench.train_lora(by_task[task], b.task_lora_steps, task)
-        timings["task-specific LoRAs"] += seconds
 
-    def per_task(tasks: Sequence[str]) -> float:
-        scores = [bench.score(bench.task_rows([t]), lora_weights(task_loras[t], len(bench.inputs[t]))) for t in tasks]
-        return sum(scores) / len(scores)
+def start_worker(base_dir: str, out: Path, budget: Budget, seed: int, threads: int) -> None:
+    """A worker's set-up: its share of the cores and its own `Bench` over the data the main process wrote."""
+    global _worker_bench
+    torch.set_num_threads(threads)
+    _worker_bench = Bench(base_dir, out, budget, seed)
 
-    train_score, heldout_score = per_task(TRAIN_TASKS), per_task(HELDOUT_TASKS)
-    table["task-specific LoRAs (one per task)"] = {COLUMNS[0]: train_score, COLUMNS[1]: train_score, COLUMNS[2]: heldout_score, COLUMNS[3]: heldout_score}
 
-    print("multi-task LoRA", flush=True)
-    multitask, timings["multi-task LoRA"] = bench.train_lora(train_records, b.multitask_lora_steps, "multitask")
-    train_score = bench.score(train_rows, lora_weights(multitask, len(train_rows)))
-    heldout_score = bench.score(heldout_rows, lora_weights(multitask, len(heldout_rows)))
-    table["multi-task LoRA"] = {COLUMNS[0]: train_score, COLUMNS[1]: train_score, COLUMNS[2]: heldout_score, COLUMNS[3]: heldout_score}
+def untuned_rows() -> dict[str, dict[str, float]]:
+    """The base model's rows: without a cue (what every arm starts from) and with each task's cue."""
+    bench = _worker_bench
+    rows = {}
+    for arm, cued in (("base, no cue", False), ("base with the task's cue", True)):
+        train, heldout = (bench.score(bench.task_rows(tasks), None, cued=cued) for tasks in (TRAIN_TASKS, HELDOUT_TASKS))
+        rows[arm] = {COLUMNS[0]: train, COLUMNS[1]: train, COLUMNS[2]: heldout, COLUMNS[3]: heldout}
+    return rows
 
-    print("T2L by reconstruction (M)", flush=True)
-    recon, timings["T2L recon"] = bench.recon("M", "recon_library.jsonl", zscore=False)
-    save_checkpoint(recon, bench.out / "hypernets" / "recon-M")
-    print("T2L by reconstruction of cue adapters (L)", flush=True)
-    bench.write_cue_adapters()
-    cue_recon, timings["T2L recon, cue adapters"] = bench.recon("L", "cue_library.jsonl", zscore=True)
-    save_checkpoint(cue_recon, bench.out / "hypernets" / "recon-cue-L")
-    hypernets = {"T2L recon (M)": recon, "T2L recon (L), cue adapters": cue_recon}
 
-    for variant in ("L", "M", "S"):
-        print(f"T2L by SFT ({variant})", flush=True)
-        hypernet = bench.new_hypernet(variant)
-        source = HypernetSource(hypernet, bench.encoder, [d for r in train_records for d in r.descriptions])
-        timings[f"T2L SFT {variant}"] = bench.sft(source, train_records, b.sft_steps, b.sft_lr, f"sft-{variant}")
-        save_checkpoint(hypernet, bench.out / "hypernets" / f"sft-{variant}")
-        hypernets[f"T2L SFT ({variant})"] = hypernet
+def task_lora_arm(task: str) -> tuple[float, float]:
+    """One task's own LoRA, trained on its examples and scored on its inputs: (exact match, training seconds)."""
+    bench = _worker_bench
+    records = [r for r in (*bench.train_records, *bench.heldout_records) if r.task == task]
+    start = time.monotonic()
+    lora = bench.train_lora(records, bench.budget.task_lora_steps, task)
+    seconds = time.monotonic() - start
+    return bench.score(bench.task_rows([task]), lora_weights(lora, len(bench.inputs[task]))), seconds
 
+
+def multitask_arm() -> tuple[dict[str, float], float]:
+    """One LoRA on every training task's examples: its row and its training seconds."""
+    bench = _worker_bench
+    start = time.monotonic()
+    lora = bench.train_lora(bench.train_records, bench.budget.multitask_lora_steps, "multitask")
+    seconds = time.monotonic() - start
+    train, heldout = (bench.score(rows, lora_weights(lora, len(rows))) for rows in (bench.task_rows(TRAIN_TASKS), bench.task_rows(HELDOUT_TASKS)))
+    return {COLUMNS[0]: train, COLUMNS[1]: train, COLUMNS[2]: heldout, COLUMNS[3]: heldout}, seconds
+
+
+def hypernet_arm(arm: str) -> tuple[dict[str, float], dict[str, float], float]:
+    """Trains the hypernetwork of `arm`, saves it and scores it: its row, its held-out column by task, its training seconds."""
+    bench = _worker_bench
+    folder, method, args = HYPERNET_ARMS[arm]
+    start = time.monotonic()
+    hypernet = getattr(bench, method)(*args)
+    seconds = time.monotonic() - start
+    save_checkpoint(hypernet, bench.out / "hypernets" / folder)
+    row, by_task = bench.score_hypernet(hypernet)
+    return row, by_task, seconds
+
+
+@dataclass(frozen=True)
+class Job:
+    """`fn(*args)`, run in a worker once the jobs named in `after` are done."""
+
+    name: str
+    fn: Callable[..., Any]
+    args: tuple = ()
+    after: tuple[str, ...] = field(default=())
+
+
+def jobs_in_order() -> list[Job]:
+    """Every arm as a job, the longest first, so the last to finish is a short one."""
+    loras = [Job(f"task LoRA {t}", task_lora_arm, (t,)) for t in (*TRAIN_TASKS, *HELDOUT_TASKS)]
+    return [
+        Job("T2L SFT (S)", hypernet_arm, ("T2L SFT (S)",)),
+        *loras,
+        Job("T2L recon (M)", hypernet_arm, ("T2L recon (M)",), after=tuple(j.name for j in loras)),  # fits the task LoRAs
+        Job("T2L SFT (M)", hypernet_arm, ("T2L SFT (M)",)),
+        Job("T2L SFT (L)", hypernet_arm, ("T2L SFT (L)",)),
+        Job("T2L recon (L), cue adapters", hypernet_arm, ("T2L recon (L), cue adapters",)),
+        Job("multi-task LoRA", multitask_arm),
+        Job("base model", untuned_rows),
+    ]
+
+
+def run_jobs(jobs: Sequence[Job], pool: Any, workers: int) -> dict[str, Any]:
+    """Each job's result by name. At most `workers` run at once, so the next free worker takes the
+    earliest job in `jobs` whose `after` are done; the first job to fail stops the run with its error."""
+    finished: queue.SimpleQueue = queue.SimpleQueue()
+    results: dict[str, Any] = {}
+    waiting, running = list(jobs), 0
+    while waiting or running:
+        for job in [j for j in waiting if set(j.after) <= results.keys()][: workers - running]:
+            waiting.remove(job)
+            running += 1
+            pool.apply_async(job.fn, job.args, callback=lambda result, name=job.name: finished.put((name, result, None)),
+                             error_callback=lambda error, name=job.name: finished.put((name, None, error)))
+        if not running:
+            raise ValueError(f"jobs wait for jobs that never run: {[j.name for j in waiting]}")
+        name, result, error = finished.get()
+        running -= 1
+        if error is not None:
+            raise RuntimeError(f"the job `{name}` failed") from error
+        results[name] = result
+        print(f"done: {name} ({len(results)}/{len(jobs)})", flush=True)
+    return results
+
+
+def run(bench: Bench, workers: int) -> dict:
+    """Writes the training data, runs every arm in `workers` processes and gathers the table, the plot and the timings."""
+    bench.write_training_data()
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    context = multiprocessing.get_context("spawn")  # a fork would copy the parent's torch threads mid-state
+    pool = context.Pool(workers, start_worker, (bench.base_dir, bench.out, bench.budget, bench.seed, threads))
+    try:
+        results = run_jobs(jobs_in_order(), pool, workers)
+        pool.close()
+    except BaseException:
+        pool.terminate()  # a failed job (or Ctrl-C) stops the jobs still running
+        raise
+    finally:
+        pool.join()
+
+    table = dict(results["base model"])
+    loras = {t: results[f"task LoRA {t}"] for t in (*TRAIN_TASKS, *HELDOUT_TASKS)}
+    train, heldout = (sum(loras[t][0] for t in tasks) / len(tasks) for tasks in (TRAIN_TASKS, HELDOUT_TASKS))
+    table["task-specific LoRAs (one per task)"] = {COLUMNS[0]: train, COLUMNS[1]: train, COLUMNS[2]: heldout, COLUMNS[3]: heldout}
+    table["multi-task LoRA"], multitask_seconds = results["multi-task LoRA"]
+    timings = {"task-specific LoRAs": sum(seconds for _, seconds in loras.values()), "multi-task LoRA": multitask_seconds}
     heldout_by_task = {}
-    for name, hypernet in hypernets.items():
-        print(f"scoring {name}", flush=True)
-        table[name], heldout_by_task[name] = bench.score_hypernet(hypernet)
+    for arm in HYPERNET_ARMS:
+        table[arm], heldout_by_task[arm], timings[arm] = results[arm]
+    hypernets = {arm: load_checkpoint(bench.out / "hypernets" / folder)[0] for arm, (folder, _, _) in HYPERNET_ARMS.items()}
     plot_adapters(bench, hypernets, bench.out / "adapters.png")
-    return {"table": table, "heldout_tasks_by_task": heldout_by_task, "train_seconds": timings, "budget": asdict(b), "base": bench.base_dir,
+    b = bench.budget
+    return {"table": table, "heldout_tasks_by_task": heldout_by_task, "train_seconds": timings, "workers": workers,
+            "threads_per_worker": threads, "budget": asdict(b), "base": bench.base_dir,
             "eval": {"inputs_per_task": b.eval_inputs, "descriptions_per_task": b.eval_descriptions,
                      "train_tasks": list(TRAIN_TASKS), "heldout_tasks": list(HELDOUT_TASKS)}}
 
@@ -417,15 +533,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_bench_options(parser)
     parser.add_argument("--out", default="benchmarks/results/toy_reproduction", help="folder for the table, plot and trained weights")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every step count (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parse_bench_options(parser, argv, positive=("scale",))
+    parser.add_argument("--seed", type=int, default=0, help="seed of the training examples and the evaluation's inputs")
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+                        help="processes that train and score the arms, sharing the cores (default: one per core, %(default)s)")
+    args = parse_bench_options(parser, argv, positive=("scale", "workers"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
     start = time.monotonic()
     budget = options_budget(args).scaled(args.scale)
     bench = Bench(args.base, out, budget, seed=args.seed)
-    report = run(bench)
+    report = run(bench, args.workers)
     report["total_seconds"] = time.monotonic() - start
     (out / "table.json").write_text(json.dumps(report, indent=2) + "\n")
     print_table(report["table"])

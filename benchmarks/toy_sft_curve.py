@@ -33,7 +33,6 @@ from toy_reproduction import (  # noqa: E402
 
 from t2l_vllm.cli.settings_args import add_setting, given  # noqa: E402
 from t2l_vllm.hypernet.config import HypernetConfig  # noqa: E402
-from t2l_vllm.train.data import load_sft_records  # noqa: E402
 from t2l_vllm.train.sources import HypernetSource  # noqa: E402
 
 
@@ -60,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     work = args.out.parent / "toy_sft_curve"
     bench = Bench(args.base, work, options_budget(args), seed=0)
-    records = load_sft_records(bench.data / "train.jsonl")
+    bench.write_training_data()
+    records = bench.train_records
     trained = nested_subset(TRAIN_TASKS, args.train_tasks or len(TRAIN_TASKS))
     records = [r for r in records if r.task in trained]
     hypernet = bench.new_hypernet(args.variant, seed=args.seed, **hypernet_options)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
+import threading
+from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
 import pytest
@@ -26,8 +29,11 @@ def load_benchmarks(monkeypatch, *names: str):
 
 def test_a_tiny_run_writes_every_arm_column_and_the_plot_and_leaks_nothing(tmp_path, monkeypatch):
     bench = load_benchmarks(monkeypatch, "toy_reproduction")
-    assert bench.main(["--out", str(tmp_path), "--scale", "0.003", "--eval-inputs", "2", "--eval-descriptions", "1"]) == 0
+    # as a user runs it: a script whose arms run in two worker processes
+    subprocess.run([sys.executable, str(BENCHMARK), "--out", str(tmp_path), "--scale", "0.003", "--eval-inputs", "2",
+                    "--eval-descriptions", "1", "--workers", "2"], check=True, capture_output=True)
     report = json.loads((tmp_path / "table.json").read_text())
+    assert report["workers"] == 2
     table = report["table"]
     assert set(table) == {
         "base, no cue", "base with the task's cue", "task-specific LoRAs (one per task)", "multi-task LoRA",
@@ -54,6 +60,36 @@ def test_a_tiny_run_writes_every_arm_column_and_the_plot_and_leaks_nothing(tmp_p
         assert {line["task"] for line in lines} == set(TRAIN_TASKS), name
         for line in lines:
             assert heldout_text.isdisjoint(line["descriptions"]) and heldout_wording.isdisjoint(line["descriptions"]), name
+
+
+def test_jobs_run_as_soon_as_what_they_wait_for_is_done_earliest_first(monkeypatch):
+    bench = load_benchmarks(monkeypatch, "toy_reproduction")
+    started, lock = [], threading.Lock()
+
+    def job(name: str) -> str:
+        with lock:
+            started.append(name)
+        return name.upper()
+
+    jobs = [bench.Job("a", job, ("a",), after=("b",)), bench.Job("b", job, ("b",)), bench.Job("c", job, ("c",))]
+    with ThreadPool(1) as pool:  # the scheduler only needs `apply_async`: threads stand in for the worker processes
+        results = bench.run_jobs(jobs, pool, workers=1)
+    assert results == {"a": "A", "b": "B", "c": "C"}
+    assert started == ["b", "a", "c"]  # "a" waits for "b", then goes before "c", which comes later in the list
+
+
+def test_a_failed_job_stops_the_run_with_its_name_and_error(monkeypatch):
+    bench = load_benchmarks(monkeypatch, "toy_reproduction")
+
+    def broken() -> None:
+        raise ValueError("no such task")
+
+    with ThreadPool(2) as pool:
+        with pytest.raises(RuntimeError, match="the job `multi-task LoRA` failed") as failure:
+            bench.run_jobs([bench.Job("multi-task LoRA", broken), bench.Job("other", int)], pool, workers=2)
+        assert isinstance(failure.value.__cause__, ValueError)
+        with pytest.raises(ValueError, match="never run"):
+            bench.run_jobs([bench.Job("a", int, after=("missing",))], pool, workers=2)
 
 
 def test_the_sft_curve_scores_one_schedule_at_each_checkpoint(tmp_path, monkeypatch):
