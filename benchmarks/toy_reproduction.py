@@ -34,10 +34,11 @@ coloured by task family), the trained LoRAs and hypernetworks, and prints the ta
 The arms are independent jobs (one per task LoRA, one per other arm; the
 reconstruction of task LoRAs waits for them), trained and scored in `--workers`
 processes that share the cores. Each job's randomness is its own (seeded
-trainers, greedy scoring), so the figures do not depend on the number of
-workers or the order the jobs run in. Many processes of one thread beat one
-process of many here: the toy model's steps are too small for threads to share
-(a task LoRA's step takes the same time on one thread as on two).
+trainers, greedy scoring), so the figures do not depend on the order the jobs
+run in; the threads per worker change only how sums round (which a long
+training carries along). Many processes of one thread beat one process of many
+here: the toy model's steps are too small for threads to share (a task LoRA's
+step takes about the same time on one thread as on two).
 
     python benchmarks/toy_reproduction.py [--base DIR] [--out DIR] [--scale 1.0] [--workers N]
 
