@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hypernet", help="trained hypernetwork folder (default: the embedded default's)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "toy_confusions.json",
-                   help="JSON report; the evaluation's data goes to a `toy_confusions` folder beside it (default: %(default)s)")
+                   help="JSON report (default: %(default)s)")
     add_bench_options(p)
     args = parse_bench_options(p, argv, positive=())
     if args.hypernet is None:

@@ -57,7 +57,7 @@ import string
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -243,10 +243,7 @@ class Bench:
         return SFTTrainer(source, self.model, self.tokenizer, records, settings)
 
     def sft(self, source, records, steps: int, lr: float, log_name: str) -> None:
-        trainer = self.sft_trainer(source, records, steps, lr)
-        start = time.monotonic()
-        losses = trainer.train()
-        seconds = time.monotonic() - start
+        losses, seconds = timed(self.sft_trainer(source, records, steps, lr).train)
         print(f"  {log_name}: {steps} steps, loss {sum(losses[:20]) / min(20, len(losses)):.3f} -> {sum(losses[-20:]) / min(20, len(losses)):.3f}, {seconds:.0f} s", flush=True)
 
     def train_lora(self, records, steps: int, name: str) -> SingleLoRA:
@@ -321,6 +318,18 @@ HYPERNET_ARMS = {  # the table's row -> (the folder under `hypernets/`, the `Ben
 }
 
 
+def timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """`fn(*args)` and the seconds it took."""
+    start = time.monotonic()
+    result = fn(*args)
+    return result, time.monotonic() - start
+
+
+def description_free_row(train: float, heldout: float) -> dict[str, float]:
+    """The columns of an arm that reads no description: each kind of description scores as the task does."""
+    return {COLUMNS[0]: train, COLUMNS[1]: train, COLUMNS[2]: heldout, COLUMNS[3]: heldout}
+
+
 def start_worker(base_dir: str, out: Path, budget: Budget, seed: int, threads: int) -> None:
     """A worker's set-up: its share of the cores and its own `Bench` over the data the main process wrote."""
     global _worker_bench
@@ -334,7 +343,7 @@ def untuned_rows() -> dict[str, dict[str, float]]:
     rows = {}
     for arm, cued in (("base, no cue", False), ("base with the task's cue", True)):
         train, heldout = (bench.score(bench.task_rows(tasks), None, cued=cued) for tasks in (TRAIN_TASKS, HELDOUT_TASKS))
-        rows[arm] = {COLUMNS[0]: train, COLUMNS[1]: train, COLUMNS[2]: heldout, COLUMNS[3]: heldout}
+        rows[arm] = description_free_row(train, heldout)
     return rows
 
 
@@ -342,29 +351,23 @@ def task_lora_arm(task: str) -> tuple[float, float]:
     """One task's own LoRA, trained on its examples and scored on its inputs: (exact match, training seconds)."""
     bench = _worker_bench
     records = [r for r in (*bench.train_records, *bench.heldout_records) if r.task == task]
-    start = time.monotonic()
-    lora = bench.train_lora(records, bench.budget.task_lora_steps, task)
-    seconds = time.monotonic() - start
+    lora, seconds = timed(bench.train_lora, records, bench.budget.task_lora_steps, task)
     return bench.score(bench.task_rows([task]), lora_weights(lora, len(bench.inputs[task]))), seconds
 
 
 def multitask_arm() -> tuple[dict[str, float], float]:
     """One LoRA on every training task's examples: its row and its training seconds."""
     bench = _worker_bench
-    start = time.monotonic()
-    lora = bench.train_lora(bench.train_records, bench.budget.multitask_lora_steps, "multitask")
-    seconds = time.monotonic() - start
+    lora, seconds = timed(bench.train_lora, bench.train_records, bench.budget.multitask_lora_steps, "multitask")
     train, heldout = (bench.score(rows, lora_weights(lora, len(rows))) for rows in (bench.task_rows(TRAIN_TASKS), bench.task_rows(HELDOUT_TASKS)))
-    return {COLUMNS[0]: train, COLUMNS[1]: train, COLUMNS[2]: heldout, COLUMNS[3]: heldout}, seconds
+    return description_free_row(train, heldout), seconds
 
 
 def hypernet_arm(arm: str) -> tuple[dict[str, float], dict[str, float], float]:
     """Trains the hypernetwork of `arm`, saves it and scores it: its row, its held-out column by task, its training seconds."""
     bench = _worker_bench
     folder, method, args = HYPERNET_ARMS[arm]
-    start = time.monotonic()
-    hypernet = getattr(bench, method)(*args)
-    seconds = time.monotonic() - start
+    hypernet, seconds = timed(getattr(bench, method), *args)
     save_checkpoint(hypernet, bench.out / "hypernets" / folder)
     row, by_task = bench.score_hypernet(hypernet)
     return row, by_task, seconds
@@ -377,11 +380,12 @@ class Job:
     name: str
     fn: Callable[..., Any]
     args: tuple = ()
-    after: tuple[str, ...] = field(default=())
+    after: tuple[str, ...] = ()
 
 
 def jobs_in_order() -> list[Job]:
-    """Every arm as a job, the longest first, so the last to finish is a short one."""
+    """Every arm as a job: the longest (SFT S) first, then the task LoRAs that recon M waits for, then
+    the other long arms, so that the last jobs to finish are short ones."""
     loras = [Job(f"task LoRA {t}", task_lora_arm, (t,)) for t in (*TRAIN_TASKS, *HELDOUT_TASKS)]
     return [
         Job("T2L SFT (S)", hypernet_arm, ("T2L SFT (S)",)),
@@ -436,7 +440,7 @@ def run(bench: Bench, workers: int) -> dict:
     table = dict(results["base model"])
     loras = {t: results[f"task LoRA {t}"] for t in (*TRAIN_TASKS, *HELDOUT_TASKS)}
     train, heldout = (sum(loras[t][0] for t in tasks) / len(tasks) for tasks in (TRAIN_TASKS, HELDOUT_TASKS))
-    table["task-specific LoRAs (one per task)"] = {COLUMNS[0]: train, COLUMNS[1]: train, COLUMNS[2]: heldout, COLUMNS[3]: heldout}
+    table["task-specific LoRAs (one per task)"] = description_free_row(train, heldout)
     table["multi-task LoRA"], multitask_seconds = results["multi-task LoRA"]
     timings = {"task-specific LoRAs": sum(seconds for _, seconds in loras.values()), "multi-task LoRA": multitask_seconds}
     heldout_by_task = {}
