@@ -25,9 +25,11 @@ seed, steps, batch and L1 loss on per-element z-scores, as reconstruction does.
 
 Single runs swing by 0.1 on held-out tasks (8 tasks, which ones land is
 luck), so every arm is trained with `--seeds` seeds and the table gives the
-mean and the range.
+mean and the range. `--seen-templates N` trains on the first N of each task's
+seen descriptions only (for rendered tasks, the first N templates), to ask how
+much more wordings would buy.
 
-    python benchmarks/toy_cue_probe.py [--base DIR] [--steps 3000] [--seeds 3] [--out DIR]
+    python benchmarks/toy_cue_probe.py [--base DIR] [--steps 3000] [--seeds 3] [--seen-templates N] [--out DIR]
 """
 
 from __future__ import annotations
@@ -112,8 +114,13 @@ def measure(bench: Bench, predict: Callable[[Sequence[str]], torch.Tensor]) -> d
     return result
 
 
-def run(bench: Bench, steps: int, seeds: int) -> dict:
-    pairs = [(t, d) for t in TRAIN_TASKS for d in split_descriptions(TASKS[t])[0]]
+def training_pairs(seen_templates: int | None = None) -> list[tuple[str, str]]:
+    """(task, description) for every training task and its first `seen_templates` seen descriptions (all: None)."""
+    return [(t, d) for t in TRAIN_TASKS for d in split_descriptions(TASKS[t])[0][:seen_templates]]
+
+
+def run(bench: Bench, steps: int, seeds: int, seen_templates: int | None = None) -> dict:
+    pairs = training_pairs(seen_templates)
     with torch.no_grad():
         cues = bench.cues([t for t, _ in pairs])
     mean, std = cues.mean(0), cues.std(0) + 1e-6
@@ -157,12 +164,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results/toy_cue_probe", help="folder for table.json")
     parser.add_argument("--steps", type=int, default=3000, help="training steps of every regressor (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=3, help="runs of every arm (default: %(default)s)")
+    parser.add_argument("--seen-templates", type=int, help="train on each task's first N seen descriptions (default: all)")
     args = parse_bench_options(parser, argv, positive=("steps", "seeds"))
+    if args.seen_templates is not None and args.seen_templates < 1:
+        parser.error(f"--seen-templates must be at least 1, got {args.seen_templates}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     bench = Bench(args.base, out, options_budget(args))
-    report = {"base": args.base, "steps": args.steps, "seeds": args.seeds, "arms": run(bench, args.steps, args.seeds)}
+    report = {"base": args.base, "steps": args.steps, "seeds": args.seeds, "seen_templates": args.seen_templates,
+              "arms": run(bench, args.steps, args.seeds, args.seen_templates)}
     report["total_seconds"] = time.monotonic() - start
     (out / "table.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"total {report['total_seconds'] / 60:.1f} min; wrote {out / 'table.json'}")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from t2l_vllm.train.toy_world import HELDOUT_TASKS
+from t2l_vllm.train.toy_world import HELDOUT_TASKS, TRAIN_TASKS
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -36,6 +36,20 @@ def test_a_tiny_run_writes_every_arm_with_the_spread_over_seeds(tmp_path, probe)
             assert 0.0 < error["min"] <= error["mean"] <= error["max"], (arm, column)
             assert 0.0 <= exact["min"] <= exact["mean"] <= exact["max"] <= 1.0, (arm, column)
         assert set(row["held-out tasks, exact match by task"]) == set(HELDOUT_TASKS)
+
+
+def test_seen_templates_keeps_the_first_descriptions_of_every_training_task(probe):
+    every, first_two = probe.training_pairs(), probe.training_pairs(2)
+    assert len(first_two) == 2 * len(TRAIN_TASKS) < len(every)
+    for task in TRAIN_TASKS:
+        seen = [d for t, d in every if t == task]
+        assert [d for t, d in first_two if t == task] == seen[:2]
+
+
+def test_seen_templates_below_one_is_refused(probe, capsys):
+    with pytest.raises(SystemExit):
+        probe.main(["--seen-templates", "0"])
+    assert "--seen-templates must be at least 1" in capsys.readouterr().err
 
 
 def test_the_trunk_arm_computes_what_the_hypernetwork_does_for_layer_0_v_proj(tmp_path, probe):
