@@ -165,9 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3000, help="training steps of every regressor (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=3, help="runs of every arm (default: %(default)s)")
     parser.add_argument("--seen-templates", type=int, help="train on each task's first N seen descriptions (default: all)")
-    args = parse_bench_options(parser, argv, positive=("steps", "seeds"))
-    if args.seen_templates is not None and args.seen_templates < 1:
-        parser.error(f"--seen-templates must be at least 1, got {args.seen_templates}")
+    args = parse_bench_options(parser, argv, positive=("steps", "seeds", "seen_templates"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()

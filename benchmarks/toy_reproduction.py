@@ -515,11 +515,11 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_bench_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None, positive: Sequence[str]) -> argparse.Namespace:
-    """`argv` parsed; a value of `positive` or of the evaluation's size that is not positive is refused,
-    and a missing `--base` becomes the embedded default's."""
+    """`argv` parsed; a value of `positive` or of the evaluation's size that is given and not positive is
+    refused, and a missing `--base` becomes the embedded default's."""
     args = parser.parse_args(argv)
     for name in (*positive, "eval_inputs", "eval_descriptions"):
-        if getattr(args, name) <= 0:
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.base is None:
         from t2l_vllm.default_model import default_paths

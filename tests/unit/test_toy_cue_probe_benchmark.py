@@ -46,10 +46,10 @@ def test_seen_templates_keeps_the_first_descriptions_of_every_training_task(prob
         assert [d for t, d in first_two if t == task] == seen[:2]
 
 
-def test_seen_templates_below_one_is_refused(probe, capsys):
+def test_seen_templates_that_is_not_positive_is_refused(probe, capsys):
     with pytest.raises(SystemExit):
         probe.main(["--seen-templates", "0"])
-    assert "--seen-templates must be at least 1" in capsys.readouterr().err
+    assert "--seen-templates must be positive" in capsys.readouterr().err
 
 
 def test_the_trunk_arm_computes_what_the_hypernetwork_does_for_layer_0_v_proj(tmp_path, probe):
