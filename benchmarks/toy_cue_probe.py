@@ -119,7 +119,7 @@ def training_pairs(seen_templates: int | None = None) -> list[tuple[str, str]]:
     return [(t, d) for t in TRAIN_TASKS for d in split_descriptions(TASKS[t])[0][:seen_templates]]
 
 
-def run(bench: Bench, steps: int, seeds: int, seen_templates: int | None = None) -> dict:
+def run(bench: Bench, steps: int, seeds: int, seen_templates: int | None) -> dict:
     pairs = training_pairs(seen_templates)
     with torch.no_grad():
         cues = bench.cues([t for t, _ in pairs])

@@ -519,8 +519,9 @@ def parse_bench_options(parser: argparse.ArgumentParser, argv: Sequence[str] | N
     refused, and a missing `--base` becomes the embedded default's."""
     args = parser.parse_args(argv)
     for name in (*positive, "eval_inputs", "eval_descriptions"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
     if args.base is None:
         from t2l_vllm.default_model import default_paths
 
