@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from toy_reproduction import TASKS, Bench, add_bench_options, options_budget, parse_bench_options, training_task_answered  # noqa: E402
 
 from t2l_vllm.errors import CheckpointError  # noqa: E402
-from t2l_vllm.hypernet.checkpoint import load_checkpoint  # noqa: E402
+from t2l_vllm.hypernet.checkpoint import load_checkpoint, load_task_encoder  # noqa: E402
 
 RIGHT, NEITHER = "right", "neither"
 WORDINGS = ("held-out wordings", "training wordings")
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(err))
     report = {"hypernet": args.hypernet, "fingerprint": fingerprint, "base": args.base}  # the fingerprint names it on any machine
     bench = Bench(args.base, args.out.parent, options_budget(args), seed=0)  # scores only: writes nothing there
+    bench.encoder = load_task_encoder(args.hypernet, hypernet.config)  # the encoder this hypernetwork reads
     for wording, descriptions in zip(WORDINGS, (bench.heldout_task, bench.heldout_task_seen_wording)):
         rows = confusions(bench, hypernet, descriptions)
         for row in rows:

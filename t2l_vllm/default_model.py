@@ -74,12 +74,12 @@ def _install_atomically(root: Path) -> None:
 
 def install_hypernet(folder: Path) -> None:
     """Writes the shipped hypernetwork to `folder`, naming the shipped base model by absolute path."""
-    from .hypernet.checkpoint import load_checkpoint, save_checkpoint
+    from .hypernet.checkpoint import load_checkpoint, load_encoder_weights, save_checkpoint
     from .hypernet.model import build_hypernet
 
     shipped, _ = load_checkpoint(ASSETS / "hypernet")
     config = shipped.config.replace(base=replace(shipped.config.base, name=str(ASSETS / "base")))
     hypernet = build_hypernet(config)
     hypernet.load_state_dict(shipped.state_dict())
-    save_checkpoint(hypernet, folder)
+    save_checkpoint(hypernet, folder, load_encoder_weights(ASSETS / "hypernet", config))
     logger.info("installed the embedded default hypernetwork into %s", folder)

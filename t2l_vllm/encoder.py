@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,7 +23,10 @@ from .hypernet.config import DEFAULT_ENCODER, EncoderSettings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_ENCODER", "ENCODER_PRESETS", "GTE_LARGE", "TaskEncoder", "encoder_settings_for", "resolve_model_path"]
+__all__ = [
+    "DEFAULT_ENCODER", "ENCODER_PRESETS", "GTE_LARGE", "TaskEncoder", "encoder_settings_for", "load_sentence_transformer",
+    "resolve_model_path", "top_layer_parameters",
+]
 
 GTE_LARGE = "Alibaba-NLP/gte-large-en-v1.5"  # the reference's task encoder
 # Hub names that a locally installed package can stand in for, offline.
@@ -48,7 +51,7 @@ def encoder_settings_for(name: str) -> EncoderSettings:
     if name == "all-MiniLM-L6-v2":
         return ENCODER_PRESETS[DEFAULT_ENCODER]
     probe = EncoderSettings(model=name)
-    model = _load_sentence_transformer(probe, torch.device("cpu"))
+    model = load_sentence_transformer(probe, torch.device("cpu"))
     return EncoderSettings(model=name, dim=model.get_embedding_dimension())
 
 
@@ -73,19 +76,24 @@ def add_full_stop(text: str) -> str:
 class TaskEncoder:
     """Encodes descriptions with a sentence-transformers model, thread-safe.
 
-    Raises `ConfigError` when the model cannot be loaded or its dimension differs
-    from what the hypernetwork expects.
+    `tuned_weights` replace the model's top `settings.tuned_layers` layers (from
+    `train/encoder_tuning.py`, kept in the hypernetwork's checkpoint). Raises
+    `ConfigError` when the model cannot be loaded, its dimension differs from what
+    the hypernetwork expects, or the tuned weights do not fit the settings.
     """
 
-    def __init__(self, settings: EncoderSettings, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, settings: EncoderSettings, device: str | torch.device = "cpu", tuned_weights: Mapping[str, torch.Tensor] | None = None
+    ) -> None:
         self.settings = settings
         self.device = torch.device(device)
-        self._model = _load_sentence_transformer(settings, self.device)
+        self._model = load_sentence_transformer(settings, self.device)
         dim = self._model.get_embedding_dimension()
         if dim != settings.dim:
             raise ConfigError(
                 f"encoder `{settings.model}` gives {dim}-d embeddings, the hypernetwork expects {settings.dim}."
             )
+        self.tuned_weights = _load_tuned_weights(self._model, settings, tuned_weights)
         # sentence-transformers models are not safe to call from two threads at once.
         self._lock = threading.Lock()
 
@@ -119,7 +127,49 @@ def quiet_hf_progress() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _load_sentence_transformer(settings: EncoderSettings, device: torch.device):
+def top_layer_parameters(model, n: int) -> dict[str, torch.nn.Parameter]:
+    """The parameters of a sentence-transformers model's last `n` transformer layers, by state-dict name.
+
+    The layer stack is the model's module list as long as its config's
+    `num_hidden_layers` (BERT's `encoder.layer`, and its kind in other encoders).
+    """
+    depth = model[0].auto_model.config.num_hidden_layers
+    if not 0 < n <= depth:
+        raise ConfigError(f"encoder `tuned_layers` must be between 1 and the model's {depth} layers, got {n}.")
+    stacks = [name for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) == depth]
+    if not stacks:
+        raise ConfigError(f"cannot find the {depth} transformer layers of encoder `{type(model[0].auto_model).__name__}`.")
+    prefixes = tuple(f"{stacks[0]}.{i}." for i in range(depth - n, depth))
+    return {name: p for name, p in model.named_parameters() if name.startswith(prefixes)}
+
+
+def _load_tuned_weights(model, settings: EncoderSettings, weights: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    """Writes tuned weights over the model's top layers after checking they are exactly those layers."""
+    if not settings.tuned_layers:
+        if weights:
+            raise ConfigError("tuned encoder weights were given, but the encoder settings say no layer was tuned.")
+        return None
+    if not weights:
+        raise ConfigError(
+            f"the encoder's top {settings.tuned_layers} layers were tuned, but their weights are missing "
+            "(a hypernetwork checkpoint keeps them in encoder.safetensors)."
+        )
+    params = top_layer_parameters(model, settings.tuned_layers)
+    if set(weights) != set(params):
+        missing, unexpected = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
+        raise ConfigError(f"tuned encoder weights do not fit `{settings.model}`: missing {missing[:3]}, unexpected {unexpected[:3]}.")
+    wrong = [name for name, p in params.items() if weights[name].shape != p.shape]
+    if wrong:
+        raise ConfigError(f"tuned encoder weight `{wrong[0]}` has shape {tuple(weights[wrong[0]].shape)}, "
+                          f"the model's is {tuple(params[wrong[0]].shape)}.")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(weights[name])
+    return {name: w.detach().to("cpu", torch.float32) for name, w in weights.items()}
+
+
+def load_sentence_transformer(settings: EncoderSettings, device: torch.device):
+    """The settings' sentence-transformers model as published (no tuned layers); `ConfigError` if it cannot load."""
     path = resolve_model_path(settings.model)
     try:
         with quiet_hf_progress():

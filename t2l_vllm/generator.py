@@ -17,7 +17,7 @@ from .adapters import DEFAULT_MAX_DELTA_NORM, LoRAAdapter, check_weights, peft_k
 from .descriptions import DEFAULT_MAX_DESCRIPTION_CHARS, DescriptionMix, NormalTask, adapter_key, adapter_name, normalize_task
 from .encoder import TaskEncoder
 from .errors import AdapterCheckError, ConfigError, T2LError
-from .hypernet.checkpoint import load_checkpoint
+from .hypernet.checkpoint import load_checkpoint, load_task_encoder
 from .hypernet.model import TextToLoRA
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class AdapterGenerator:
     def from_checkpoint(cls, folder: str | Path, settings: GeneratorSettings = GeneratorSettings()) -> "AdapterGenerator":
         device = settings.resolved_device()
         hypernet, digest = load_checkpoint(folder, device=device, dtype=settings.resolved_dtype(device))
-        return cls(hypernet, TaskEncoder(hypernet.config.encoder, device=device), digest, settings)
+        return cls(hypernet, load_task_encoder(folder, hypernet.config, device=device), digest, settings)
 
     @property
     def base_model(self) -> str:

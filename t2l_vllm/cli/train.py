@@ -1,5 +1,6 @@
 """`t2l-vllm train`: train hypernetworks and baseline LoRAs.
 
+    train encoder --data TRAIN.jsonl --hypernet INIT -o OUT                       tune the task encoder first (optional)
     train sft   --data TRAIN.jsonl [--eval EVAL.jsonl] [--hypernet INIT] -o OUT   T2L end to end (SFT)
     train lora  --data TRAIN.jsonl --model BASE [--task NAME] -o OUT              a plain LoRA baseline
     train recon --library MANIFEST --hypernet INIT -o OUT                         T2L by reconstruction
@@ -8,9 +9,14 @@
 Records are JSONL: {"task", "descriptions": [...], "input" or "messages", "output"}.
 `train lora` trains one LoRA on every record (the multi-task baseline) or on one
 task's records (`--task`, a task-specific LoRA and a reconstruction target).
+`train encoder` tunes the top layers of INIT's task encoder so that the
+records' descriptions of one task lie together and of different tasks apart
+(`train.encoder_tuning`), and writes INIT as a checkpoint that reads the tuned
+encoder: give that to `train sft` or `train recon` as `--hypernet`.
 Every training flag's default is its settings class's (`SFTSettings`,
-`ReconSettings`, `ToyBaseSettings`); all three write `step-N/` checkpoints
-with `--checkpoint-every` and continue from one with `--resume`.
+`ReconSettings`, `EncoderTuningSettings`, `ToyBaseSettings`); all write
+`step-N/` checkpoints with `--checkpoint-every` and continue from one with
+`--resume`.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import argparse
 
 from ..errors import ConfigError
 from ..hypernet.config import LoraSettings
+from ..train.encoder_tuning import EncoderTuningSettings
 from ..train.recon import ReconSettings
 from ..train.sft import SFTSettings
 from ..train.toy_base import ToyBaseSettings
@@ -50,6 +57,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     recon.add_argument("--resume", metavar="CHECKPOINT")
     recon.add_argument("--device", default="auto")
     add_settings_arguments(recon, ReconSettings)
+    encoder = kinds.add_parser("encoder", help="tune the task encoder's top layers to the training tasks, before SFT or recon")
+    encoder.add_argument("--data", required=True, help="training records (JSONL); only their tasks and descriptions are read")
+    encoder.add_argument("--hypernet", required=True, help="initial hypernetwork (from `init-hypernet`), whose encoder is tuned")
+    encoder.add_argument("-o", "--output", required=True)
+    encoder.add_argument("--resume", metavar="CHECKPOINT")
+    encoder.add_argument("--device", default="auto")
+    add_settings_arguments(encoder, EncoderTuningSettings)
     base = kinds.add_parser("base", help="train the toy world's tiny base model from scratch, the task given by a cue")
     base.add_argument("-o", "--output", required=True)
     base.add_argument("--resume", metavar="CHECKPOINT")
@@ -65,9 +79,10 @@ def _under_torchrun() -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.kind in ("recon", "base") and _under_torchrun():
+    if args.kind in ("recon", "base", "encoder") and _under_torchrun():
         raise ConfigError(f"`train {args.kind}` runs in one process; only `train sft` and `train lora` run under torchrun.")
-    return {"sft": _run_supervised, "lora": _run_supervised, "recon": _run_recon, "base": _run_base}[args.kind](args)
+    runs = {"sft": _run_supervised, "lora": _run_supervised, "recon": _run_recon, "encoder": _run_encoder, "base": _run_base}
+    return runs[args.kind](args)
 
 
 def _run_base(args: argparse.Namespace) -> int:
@@ -116,12 +131,13 @@ def _run_supervised(args: argparse.Namespace) -> int:
     eval_records = load_sft_records(args.eval) if args.eval else []
     device = _distributed_device(args.device)
     if args.kind == "sft":
-        from ..encoder import TaskEncoder
+        from ..hypernet.checkpoint import load_task_encoder
 
-        hypernet, _ = load_checkpoint(hypernet_dir(args), device=device)
+        folder = hypernet_dir(args)
+        hypernet, _ = load_checkpoint(folder, device=device)
         model = args.model or hypernet.config.base.name
         descriptions = [d for r in (*records, *eval_records) for d in r.descriptions]
-        source = HypernetSource(hypernet, TaskEncoder(hypernet.config.encoder, device=device), descriptions)
+        source = HypernetSource(hypernet, load_task_encoder(folder, hypernet.config, device=device), descriptions)
     else:
         if not args.model:
             raise ConfigError("`train lora` needs `--model`.")
@@ -148,9 +164,23 @@ def _run_supervised(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_recon(args: argparse.Namespace) -> int:
-    from ..encoder import TaskEncoder
+def _run_encoder(args: argparse.Namespace) -> int:
     from ..hypernet.checkpoint import load_checkpoint
+    from ..train.data import load_sft_records
+    from ..train.encoder_tuning import EncoderTuner, descriptions_by_task
+
+    hypernet, _ = load_checkpoint(args.hypernet)
+    descriptions = descriptions_by_task(load_sft_records(args.data))
+    trainer = EncoderTuner(hypernet, descriptions, settings_from(args, EncoderTuningSettings), device=_device(args.device))
+    if args.resume:
+        trainer.resume(args.resume)
+    losses = trainer.train(args.output, log=print)
+    print(f"final loss {losses[-1]:.4f}; wrote {args.output}" if losses else f"nothing to do; {args.output}")
+    return 0
+
+
+def _run_recon(args: argparse.Namespace) -> int:
+    from ..hypernet.checkpoint import load_checkpoint, load_task_encoder
     from ..hypernet.model import build_hypernet
     from ..train.recon import ReconTrainer, load_recon_library, with_zscore
 
@@ -163,7 +193,7 @@ def _run_recon(args: argparse.Namespace) -> int:
         hypernet = build_hypernet(with_zscore(initial.config))
         hypernet.load_state_dict(initial.state_dict(), strict=False)  # the statistics buffers are new
     hypernet = hypernet.to(device)
-    trainer = ReconTrainer(hypernet, TaskEncoder(hypernet.config.encoder, device=device), targets, settings)
+    trainer = ReconTrainer(hypernet, load_task_encoder(args.hypernet, hypernet.config, device=device), targets, settings)
     if args.resume:
         trainer.resume(args.resume)
     losses = trainer.train(args.output, log=print)

@@ -16,7 +16,8 @@ from .shapes import DEFAULT_TARGETS, MODULE_FEATURES, BaseModelShapes
 VARIANTS = ("L", "M", "S")
 POSITION_ENCODINGS = ("rotary", "learned")
 HEAD_INITS = ("hyperinit", "random")
-ADDED_FIELDS = ("residual_blocks",)  # HypernetConfig fields newer than the checkpoint format (see `to_dict`)
+# HypernetConfig fields (dotted: of a section) newer than the checkpoint format (see `to_dict`)
+ADDED_FIELDS = ("residual_blocks", "encoder.tuned_layers")
 RESIDUAL_BLOCKS = (0, 1, 2)  # block1 (before the variant decoder), block2 (inside it); the reference has both
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 # Ranks vLLM accepts for `--max-lora-rank`; an adapter of another rank cannot be served.
@@ -65,6 +66,9 @@ class EncoderSettings:
     own pooling ("cls" for gte-large-en-v1.5, as the reference does). `add_full_stop`
     and `scale` reproduce the reference's text and embedding normalisation:
     "sqrt_dim" L2-normalises and multiplies by sqrt(dim), "unit" L2-normalises only.
+    `tuned_layers` > 0: the model's top layers were tuned to the hypernetwork's
+    training tasks (`train/encoder_tuning.py`); their weights are part of the
+    hypernetwork's checkpoint, since its input depends on them.
     """
 
     model: str = field(default=DEFAULT_ENCODER, metadata={"help": "sentence-transformers model, by name or path"})
@@ -73,6 +77,7 @@ class EncoderSettings:
     add_full_stop: bool = field(default=True, metadata={"help": "append '.' to a description ending in a letter"})
     scale: Literal["sqrt_dim", "unit", "none"] = field(default="sqrt_dim", metadata={"help": "L2-normalise times sqrt(dim), L2-normalise, or leave"})
     trust_remote_code: bool = field(default=False, metadata={"help": "let sentence-transformers run the model's own code"})
+    tuned_layers: int = field(default=0, metadata={"help": "top transformer layers tuned to the hypernetwork's tasks (weights in its checkpoint)"})
 
     def __post_init__(self) -> None:
         if self.dim <= 0:
@@ -81,6 +86,8 @@ class EncoderSettings:
             raise ConfigError(f"encoder `pooling` must be cls, mean or model, got {self.pooling!r}.")
         if self.scale not in ("sqrt_dim", "unit", "none"):
             raise ConfigError(f"encoder `scale` must be sqrt_dim, unit or none, got {self.scale!r}.")
+        if self.tuned_layers < 0:
+            raise ConfigError(f"encoder `tuned_layers` must be 0 or more, got {self.tuned_layers}.")
 
 
 @dataclass(frozen=True)
@@ -143,9 +150,13 @@ class HypernetConfig:
         data = asdict(self)
         data["base"] = self.base.to_dict()
         data["lora"]["target_modules"] = list(self.lora.target_modules)
-        for name in ADDED_FIELDS:
-            if data[name] == HypernetConfig.__dataclass_fields__[name].default:
-                del data[name]
+        for path in ADDED_FIELDS:
+            *parents, name = path.split(".")
+            section, owner = data, self
+            for parent in parents:
+                section, owner = section[parent], getattr(owner, parent)
+            if section[name] == type(owner).__dataclass_fields__[name].default:
+                del section[name]
         return data
 
     @classmethod

@@ -248,6 +248,7 @@ class ReconTrainer(Trainer):
 
         texts = [d for t in targets for d in t.descriptions]
         self._embeddings = encoder.encode(texts).to(self.device)  # (all descriptions, E)
+        self.encoder_weights = encoder.tuned_weights  # saved with every checkpoint: the embeddings depend on them
         counts = torch.tensor([len(t.descriptions) for t in targets])
         self._desc_count, self._desc_start = counts, torch.cumsum(counts, 0) - counts
         self._targets = {
@@ -301,7 +302,7 @@ class ReconTrainer(Trainer):
 
     def save_weights(self, folder: Path) -> None:
         """A plain hypernetwork checkpoint, ready for `--hypernet`."""
-        save_checkpoint(self.hypernet, folder)
+        save_checkpoint(self.hypernet, folder, self.encoder_weights)
 
     def load_weights(self, folder: Path) -> None:
         model, _ = load_checkpoint(folder, device=self.device)

@@ -33,6 +33,7 @@ class HypernetSource(nn.Module):
         super().__init__()
         self.hypernet = hypernet
         self.lora = hypernet.config.lora
+        self.encoder_weights = encoder.tuned_weights
         texts = sorted(set(descriptions))
         device = next(hypernet.parameters()).device
         self._embeddings = dict(zip(texts, encoder.encode(texts).to(device)))
@@ -42,7 +43,7 @@ class HypernetSource(nn.Module):
         return {m: (w.A, w.B) for m, w in generated.items()}
 
     def save(self, folder: Path) -> None:
-        save_checkpoint(self.hypernet, folder)
+        save_checkpoint(self.hypernet, folder, self.encoder_weights)
 
     def load(self, folder: Path) -> None:
         model, _ = load_checkpoint(folder, device=next(self.hypernet.parameters()).device)
