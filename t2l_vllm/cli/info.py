@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..hypernet.checkpoint import load_checkpoint
+from ..hypernet.checkpoint import ENCODER_WEIGHTS_FILE, load_checkpoint
 from ..hypernet.model import count_parameters
 from .common import add_hypernet_option, hypernet_dir
 
@@ -26,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"variant       {c.variant} (latent {c.latent_size}, head input {c.head_in_size}, {c.residual_blocks} residual blocks)")
     print(f"parameters    {count_parameters(model):,} ({count_parameters(model) / 1e6:.1f}M)")
     print(f"fingerprint   {digest}")
-    print(f"encoder       {c.encoder.model} ({c.encoder.dim}-d, pooling {c.encoder.pooling}, scale {c.encoder.scale})")
+    tuned = f", top {c.encoder.tuned_layers} layers tuned ({ENCODER_WEIGHTS_FILE})" if c.encoder.tuned_layers else ""
+    print(f"encoder       {c.encoder.model} ({c.encoder.dim}-d, pooling {c.encoder.pooling}, scale {c.encoder.scale}{tuned})")
     print(f"base model    {c.base.name or '?'} ({c.base.model_type}, {c.base.num_layers} layers)")
     print(f"lora          r={c.lora.rank} alpha={c.lora.alpha:g} rslora={c.lora.use_rslora} scaling={c.lora.scaling:.4g}")
     print(f"adapter       {adapter_params:,} parameters ({adapter_params * 4 / 2**20:.2f} MiB float32)")

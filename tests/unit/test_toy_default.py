@@ -8,8 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from t2l_vllm.encoder import TaskEncoder
-from t2l_vllm.hypernet.checkpoint import load_checkpoint
+from t2l_vllm.hypernet.checkpoint import load_checkpoint, load_task_encoder
 from t2l_vllm.train.toy_base import ToyCues, exact_match, greedy_answers, prompt_text
 from t2l_vllm.train.toy_world import HELDOUT_TASKS, TASKS, TRAIN_TASKS, random_input, split_descriptions, telling_inputs
 from t2l_vllm.vllm_plugin.offline import resolve_model_and_hypernet
@@ -29,7 +28,7 @@ def base(default_paths):
 @pytest.fixture(scope="module")
 def hypernet(default_paths):
     model, _ = load_checkpoint(default_paths.hypernet)
-    return model.eval(), TaskEncoder(model.config.encoder)
+    return model.eval(), load_task_encoder(default_paths.hypernet, model.config)
 
 
 def generated(hypernet, descriptions):
