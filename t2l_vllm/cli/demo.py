@@ -28,8 +28,8 @@ TOY_PROMPTS = [
     ("The first 5 letters of every word should become capitals.", "hello wonderful world", "upper_first_5", "a task held out of training"),
     ("Each letter goes 2 places forward in the alphabet, and the spaces do not change.", "hello world", "shift_forward_2",
      "a task held out of training"),
-    ("Turn the whole line around so that its last character comes first before you write each word in alternating caps, "
-     "beginning with a capital.", "hello world", "reverse_then_alternate_case", "a task held out of training"),
+    ("Combine two steps: reverse the whole text character by character, and finally make every other letter of each "
+     "word a capital, starting from the first.", "hello world", "reverse_then_alternate_case", "a task held out of training"),
     (None, "hello world", None, "no description: the base model"),
 ]
 GENERAL_PROMPTS = [
