@@ -74,7 +74,7 @@ from t2l_vllm.hypernet.config import EncoderSettings, HypernetConfig, LoraSettin
 from t2l_vllm.hypernet.model import TextToLoRA, build_hypernet
 from t2l_vllm.hypernet.shapes import load_base_shapes
 from t2l_vllm.train.data import SFTRecord, load_sft_records
-from t2l_vllm.train.encoder_tuning import EncoderTuner, EncoderTuningSettings
+from t2l_vllm.train.encoder_tuning import EncoderTuner, EncoderTuningSettings, descriptions_by_task
 from t2l_vllm.train.recon import ReconSettings, ReconTrainer, load_recon_library, with_zscore
 from t2l_vllm.train.sft import SFTSettings, SFTTrainer
 from t2l_vllm.train.sources import HypernetSource, SingleLoRA
@@ -174,10 +174,12 @@ class Bench:
         return load_task_encoder(folder, load_config(folder)[0])
 
     def tune_encoder(self) -> float:
-        """Tunes the encoder on the training tasks' seen descriptions (no held-out task, no held-out
-        template) and writes `encoder/`, an untrained hypernetwork's checkpoint that reads it; returns seconds."""
+        """Tunes the encoder on the SFT data's tasks and descriptions (`data/train.jsonl`: no held-out task,
+        no held-out template) and writes `encoder/`, an untrained hypernetwork's checkpoint that reads it; returns seconds."""
+        if not (self.data / "train.jsonl").is_file():
+            self.write_training_data()
         hypernet = build_hypernet(HypernetConfig(base=self.shapes, variant="L", lora=LORA, encoder=EncoderSettings()))
-        descriptions = {t: split_descriptions(TASKS[t])[0] for t in TRAIN_TASKS}
+        descriptions = descriptions_by_task(self.train_records)
         tuner = EncoderTuner(hypernet, descriptions, EncoderTuningSettings(steps=self.budget.encoder_tuning_steps, layers=self.budget.encoder_tuning_layers, seed=self.seed))
         losses, seconds = timed(tuner.train, self.out / "encoder")
         print(f"  encoder tuning: {len(losses)} steps, loss {losses[0]:.3f} -> {sum(losses[-20:]) / min(20, len(losses)):.3f}, {seconds:.0f} s", flush=True)

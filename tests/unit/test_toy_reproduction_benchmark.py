@@ -11,7 +11,9 @@ from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
 import pytest
+import torch
 
+from t2l_vllm.hypernet.checkpoint import load_checkpoint
 from t2l_vllm.train.toy_world import HELDOUT_TASKS, TASKS, TRAIN_TASKS, split_descriptions
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "toy_reproduction.py"
@@ -60,6 +62,10 @@ def test_a_tiny_run_writes_every_arm_column_and_the_plot_and_leaks_nothing(tmp_p
         assert {line["task"] for line in lines} == set(TRAIN_TASKS), name
         for line in lines:
             assert heldout_text.isdisjoint(line["descriptions"]) and heldout_wording.isdisjoint(line["descriptions"]), name
+    # the encoder every hypernetwork reads was tuned on that SFT data's tasks (their descriptions: train.jsonl above)
+    tuning = torch.load(tmp_path / "encoder" / "trainer_state.pt", weights_only=True)
+    assert tuning["tasks"] == sorted(TRAIN_TASKS)
+    assert load_checkpoint(tmp_path / "hypernets" / "sft-L")[0].config.encoder.tuned_layers == 6
 
 
 def test_jobs_run_as_soon_as_what_they_wait_for_is_done_earliest_first(monkeypatch):
@@ -119,7 +125,7 @@ def test_the_confusions_split_the_held_out_column_into_right_a_training_task_and
     report = json.loads(out.read_text())
 
     # the same rows, scored the reproduction's way, give the same exact match task by task
-    from t2l_vllm.hypernet.checkpoint import load_checkpoint, load_task_encoder
+    from t2l_vllm.hypernet.checkpoint import load_task_encoder
 
     bench = reproduction.Bench(report["base"], tmp_path / "check", reproduction.Budget(eval_inputs=3, eval_descriptions=2))
     hypernet, _ = load_checkpoint(Path(report["hypernet"]))
