@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from hypernet_latency import ENCODER, MODELS, TARGET_RATIO, BaseModel, device_name, free_memory, hypernet_config, timed_ms
-from t2l_vllm.hypernet.config import VARIANTS
+from t2l_vllm.hypernet.config import VARIANTS, EncoderSettings
 from t2l_vllm.hypernet.model import build_hypernet, count_parameters
 from t2l_vllm.testing.tiny_models import tiny_config
 
@@ -133,8 +133,10 @@ class RandomEmbeddings:
     """Stands in for the frozen task encoder in SFT, which embeds each description once before the
     first step, so no step waits on it. Unit vectors times sqrt(dim), as the reference scales them."""
 
-    def __init__(self, dim: int, seed: int = 0) -> None:
-        self.dim, self.seed = dim, seed
+    tuned_weights = None  # as an untuned `TaskEncoder`
+
+    def __init__(self, settings: EncoderSettings, seed: int = 0) -> None:
+        self.settings, self.dim, self.seed = settings, settings.dim, seed
 
     def encode(self, texts: list[str]) -> torch.Tensor:
         emb = torch.randn(len(texts), self.dim, generator=torch.Generator().manual_seed(self.seed))
@@ -299,7 +301,7 @@ def sft_step(scale: Scale, floors: Floors, device: torch.device, sync: Callable[
     tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
     assert len(tokenizer) <= scale.sft_vocab_size
     records = synthetic_records(scale.sft_batch, scale.sft_tokens)
-    source = HypernetSource(hypernet, RandomEmbeddings(ENCODER.dim), [d for r in records for d in r.descriptions])
+    source = HypernetSource(hypernet, RandomEmbeddings(ENCODER), [d for r in records for d in r.descriptions])
     steps = scale.sft_warmup + scale.sft_repeats + 1  # + one step under the FLOP counter
     settings = SFTSettings(steps=steps, batch_size=scale.sft_batch, max_length=scale.sft_tokens)
     trainer = SFTTrainer(source, base, tokenizer, records, settings)

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..adapters import LoRAAdapter, peft_key
 from ..encoder import TaskEncoder
+from ..errors import ConfigError
 from ..hypernet.checkpoint import load_checkpoint, save_checkpoint
 from ..hypernet.config import LoraSettings
 from ..hypernet.model import TextToLoRA
@@ -33,6 +34,8 @@ class HypernetSource(nn.Module):
         super().__init__()
         self.hypernet = hypernet
         self.lora = hypernet.config.lora
+        if encoder.settings != hypernet.config.encoder:
+            raise ConfigError(f"the encoder ({encoder.settings}) is not the one the hypernetwork reads ({hypernet.config.encoder}).")
         self.encoder_weights = encoder.tuned_weights
         texts = sorted(set(descriptions))
         device = next(hypernet.parameters()).device

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from t2l_vllm.hypernet.config import EncoderSettings, HypernetConfig, LoraSettings
+from t2l_vllm.hypernet.config import HypernetConfig, LoraSettings
 from t2l_vllm.hypernet.model import build_hypernet
 from t2l_vllm.hypernet.shapes import load_base_shapes
 from t2l_vllm.train.data import SFTRecord, TrainingDataError, load_sft_records
@@ -25,7 +25,7 @@ def records():
 
 def make_trainer(default_paths, generator, records, variant="M", **settings):
     config = HypernetConfig(base=load_base_shapes(default_paths.base_model), variant=variant, latent_size=32, head_in_size=64,
-                            lora=LoraSettings(target_modules=("q_proj", "v_proj")), encoder=EncoderSettings())
+                            lora=LoraSettings(target_modules=("q_proj", "v_proj")), encoder=generator.encoder.settings)
     source = HypernetSource(build_hypernet(config, seed=0), generator.encoder, [d for r in records for d in r.descriptions])
     base = AutoModelForCausalLM.from_pretrained(default_paths.base_model, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(default_paths.base_model)
