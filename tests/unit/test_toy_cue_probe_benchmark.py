@@ -53,7 +53,7 @@ def test_seen_templates_that_is_not_positive_is_refused(probe, capsys):
 
 
 def test_the_trunk_arm_computes_what_the_hypernetwork_does_for_layer_0_v_proj(tmp_path, probe):
-    bench = probe.Bench(str(_base()), tmp_path, sys.modules["toy_reproduction"].Budget(examples_per_task=8))
+    bench = probe.Bench(str(_base()), tmp_path, sys.modules["toy_reproduction"].Budget(examples_per_task=8, encoder_tuning_steps=2))
     cue_size = bench.cues.parts.shape[1]
     trunk = probe.T2LTrunk(bench, cue_size, seed=0).eval()
     hypernet = trunk.hypernet

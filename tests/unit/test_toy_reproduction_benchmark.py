@@ -102,7 +102,7 @@ def test_the_sft_curve_scores_one_schedule_at_each_checkpoint(tmp_path, monkeypa
     module = load_benchmarks(monkeypatch, "toy_reproduction", "toy_sft_curve")
     out = tmp_path / "curve.json"
     assert module.main(["--steps", "4", "--every", "3", "--out", str(out), "--residual-blocks", "0", "--train-tasks", "5",
-                        "--eval-inputs", "2", "--eval-descriptions", "1"]) == 0
+                        "--eval-inputs", "2", "--eval-descriptions", "1", "--encoder-tuning-steps", "2"]) == 0
     report = json.loads(out.read_text())
     assert report["hypernet_options"] == {"residual_blocks": 0}
     assert len(report["train_tasks"]) == 5 and set(report["train_tasks"]) <= set(TRAIN_TASKS)
