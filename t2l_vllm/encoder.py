@@ -24,8 +24,8 @@ from .hypernet.config import DEFAULT_ENCODER, EncoderSettings
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DEFAULT_ENCODER", "ENCODER_PRESETS", "GTE_LARGE", "TaskEncoder", "encoder_settings_for", "load_sentence_transformer",
-    "resolve_model_path", "top_layer_parameters",
+    "DEFAULT_ENCODER", "ENCODER_PRESETS", "GTE_LARGE", "TaskEncoder", "check_reads", "encoder_settings_for",
+    "load_sentence_transformer", "resolve_model_path", "top_layer_parameters", "write_tuned_weights",
 ]
 
 GTE_LARGE = "Alibaba-NLP/gte-large-en-v1.5"  # the reference's task encoder
@@ -93,7 +93,7 @@ class TaskEncoder:
             raise ConfigError(
                 f"encoder `{settings.model}` gives {dim}-d embeddings, the hypernetwork expects {settings.dim}."
             )
-        self.tuned_weights = _load_tuned_weights(self._model, settings, tuned_weights)
+        self.tuned_weights = write_tuned_weights(self._model, settings, tuned_weights)
         # sentence-transformers models are not safe to call from two threads at once.
         self._lock = threading.Lock()
 
@@ -127,6 +127,12 @@ def quiet_hf_progress() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def check_reads(encoder: "TaskEncoder", settings: EncoderSettings) -> None:
+    """Raises `ConfigError` unless `encoder` is the one a hypernetwork configured with `settings` reads."""
+    if encoder.settings != settings:
+        raise ConfigError(f"the encoder ({encoder.settings}) is not the one the hypernetwork reads ({settings}).")
+
+
 def top_layer_parameters(model, n: int) -> dict[str, torch.nn.Parameter]:
     """The parameters of a sentence-transformers model's last `n` transformer layers, by state-dict name.
 
@@ -143,7 +149,7 @@ def top_layer_parameters(model, n: int) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if name.startswith(prefixes)}
 
 
-def _load_tuned_weights(model, settings: EncoderSettings, weights: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+def write_tuned_weights(model, settings: EncoderSettings, weights: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
     """Writes tuned weights over the model's top layers after checking they are exactly those layers."""
     if not settings.tuned_layers:
         if weights:
@@ -152,7 +158,7 @@ def _load_tuned_weights(model, settings: EncoderSettings, weights: Mapping[str, 
     if not weights:
         raise ConfigError(
             f"the encoder's top {settings.tuned_layers} layers were tuned, but their weights are missing "
-            "(a hypernetwork checkpoint keeps them in encoder.safetensors)."
+            "(a hypernetwork checkpoint that reads them keeps them beside its weights)."
         )
     params = top_layer_parameters(model, settings.tuned_layers)
     if set(weights) != set(params):

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..encoder import TaskEncoder, add_full_stop, load_sentence_transformer, top_layer_parameters
+from ..encoder import TaskEncoder, add_full_stop, load_sentence_transformer, top_layer_parameters, write_tuned_weights
 from ..errors import CheckpointError, ConfigError
 from ..hypernet.checkpoint import load_encoder_weights, save_checkpoint
 from ..hypernet.model import TextToLoRA, build_hypernet
@@ -129,9 +129,7 @@ class EncoderTuner(Trainer):
         save_checkpoint(self.hypernet, folder, self.tuned_weights)
 
     def load_weights(self, folder: Path) -> None:
-        weights = load_encoder_weights(folder, self.hypernet.config)
-        if weights is None or set(weights) != set(self.tuned):
-            raise CheckpointError(f"`{folder}` does not hold this run's tuned encoder layers.")
-        with torch.no_grad():
-            for name, p in self.tuned.items():
-                p.copy_(weights[name])
+        try:
+            write_tuned_weights(self.model, self.hypernet.config.encoder, load_encoder_weights(folder, self.hypernet.config))
+        except ConfigError as err:
+            raise CheckpointError(f"`{folder}` does not hold this run's tuned encoder layers: {err}") from err

@@ -38,7 +38,7 @@ import yaml
 
 from ..adapters import LoRAAdapter, peft_key
 from ..descriptions import normalize_description
-from ..encoder import TaskEncoder
+from ..encoder import TaskEncoder, check_reads
 from ..errors import CheckpointError, ConfigError, InvalidDescriptionError, ShapeMismatchError
 from ..jsonl import read_jsonl
 from ..hypernet.checkpoint import load_checkpoint, save_checkpoint
@@ -222,10 +222,7 @@ class ReconTrainer(Trainer):
         config = hypernet.config
         if not targets:
             raise TrainingDataError("reconstruction training needs at least one target LoRA.")
-        if encoder.settings != config.encoder:
-            raise ConfigError(
-                f"the encoder ({encoder.settings}) is not the one the hypernetwork reads ({config.encoder})."
-            )
+        check_reads(encoder, config.encoder)
         if config.output.zscore != settings.zscore:
             hint = (
                 "build it from `with_zscore(config)`"

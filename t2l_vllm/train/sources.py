@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from ..adapters import LoRAAdapter, peft_key
-from ..encoder import TaskEncoder
-from ..errors import ConfigError
+from ..encoder import TaskEncoder, check_reads
 from ..hypernet.checkpoint import load_checkpoint, save_checkpoint
 from ..hypernet.config import LoraSettings
 from ..hypernet.model import TextToLoRA
@@ -34,8 +33,7 @@ class HypernetSource(nn.Module):
         super().__init__()
         self.hypernet = hypernet
         self.lora = hypernet.config.lora
-        if encoder.settings != hypernet.config.encoder:
-            raise ConfigError(f"the encoder ({encoder.settings}) is not the one the hypernetwork reads ({hypernet.config.encoder}).")
+        check_reads(encoder, hypernet.config.encoder)
         self.encoder_weights = encoder.tuned_weights
         texts = sorted(set(descriptions))
         device = next(hypernet.parameters()).device
