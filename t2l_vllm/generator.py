@@ -33,6 +33,9 @@ class GeneratorSettings:
     max_delta_norm: float = field(default=DEFAULT_MAX_DELTA_NORM, metadata={"help": "refuse adapters whose weight update norm exceeds this"})
     device: str = field(default="auto", metadata={"help": "device for encoder and hypernetwork: auto, cpu, cuda, cuda:1"})
     dtype: str = field(default="auto", metadata={"help": "auto: float32 on CPU, bfloat16 on GPU", "choices": ("auto", *DTYPES)})
+    encoder_path: str | None = field(default=None, metadata={
+        "help": "load the task encoder from this local folder instead of by its name; its weights must hash to the "
+                "ones the hypernetwork records (none: by name, from the hub or its cache)"})
 
     def __post_init__(self) -> None:
         if self.max_description_chars <= 0:
@@ -75,7 +78,8 @@ class AdapterGenerator:
     def from_checkpoint(cls, folder: str | Path, settings: GeneratorSettings = GeneratorSettings()) -> "AdapterGenerator":
         device = settings.resolved_device()
         hypernet, digest = load_checkpoint(folder, device=device, dtype=settings.resolved_dtype(device))
-        return cls(hypernet, load_task_encoder(folder, hypernet.config, device=device), digest, settings)
+        encoder = load_task_encoder(folder, hypernet.config, device=device, source=settings.encoder_path)
+        return cls(hypernet, encoder, digest, settings)
 
     @property
     def base_model(self) -> str:

@@ -13,13 +13,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import-reference", help="convert a reference (SakanaAI) checkpoint", description=__doc__)
     p.add_argument("source", help="reference checkpoint folder or its hypermod.pt")
     p.add_argument("--model", help="base model (folder, config.json or hub id) to check the shapes against")
+    p.add_argument("--encoder-path", metavar="DIR", help="a local copy of the reference's encoder (gte-large-en-v1.5): its "
+                   "weights' hash is recorded, so that `--encoder-path` may load it later (default: the Hugging Face cache's copy, if any)")
+    p.add_argument("--rslora-as-written", action="store_true", help="serve adapters with the reference's use_rslora flag as "
+                   "written (alpha/sqrt(r)); default: at alpha/r, the scaling its published results were measured at")
     p.add_argument("-o", "--output", required=True, help="folder to write the converted checkpoint to")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..hypernet.checkpoint import load_config
     from ..hypernet.reference_import import convert_reference_checkpoint
 
-    digest = convert_reference_checkpoint(args.source, args.output, base_model=args.model)
+    digest = convert_reference_checkpoint(args.source, args.output, args.model, args.rslora_as_written, args.encoder_path)
+    config, _ = load_config(args.output)
+    encoder = config.encoder
+    identity = f"weights sha256 {encoder.weights_sha256}" if encoder.weights_sha256 else "by name only (no local copy found to hash)"
     print(f"wrote {args.output} (fingerprint {digest})")
+    print(f"adapters: {config.lora.describe_scaling()}")
+    print(f"encoder:  {encoder.model}, {identity}")
     return 0

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     tuned = f", top {c.encoder.tuned_layers} layers tuned ({ENCODER_WEIGHTS_FILE})" if c.encoder.tuned_layers else ""
     print(f"encoder       {c.encoder.model} ({c.encoder.dim}-d, pooling {c.encoder.pooling}, scale {c.encoder.scale}{tuned})")
     print(f"base model    {c.base.name or '?'} ({c.base.model_type}, {c.base.num_layers} layers)")
-    print(f"lora          r={c.lora.rank} alpha={c.lora.alpha:g} rslora={c.lora.use_rslora} scaling={c.lora.scaling:.4g}")
+    print(f"lora          {c.lora.describe_scaling()}")
     print(f"adapter       {adapter_params:,} parameters ({adapter_params * 4 / 2**20:.2f} MiB float32)")
     print("generated matrices (every layer 0..%d):" % (c.base.num_layers - 1))
     for module, s in model.shapes.items():

