@@ -26,10 +26,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .paths import cache_dir
+from .strength import STRENGTH_FILE
 
 logger = logging.getLogger(__name__)
 
-VERSION = "toy-v4"
+VERSION = "toy-v5"
 ASSETS = Path(__file__).parent / "assets" / "toy_default"
 
 
@@ -82,4 +83,5 @@ def install_hypernet(folder: Path) -> None:
     hypernet = build_hypernet(config)
     hypernet.load_state_dict(shipped.state_dict())
     save_checkpoint(hypernet, folder, load_encoder_weights(ASSETS / "hypernet", config))
+    shutil.copy(ASSETS / "hypernet" / STRENGTH_FILE, folder / STRENGTH_FILE)
     logger.info("installed the embedded default hypernetwork into %s", folder)

@@ -33,6 +33,9 @@ class GeneratorSettings:
     max_delta_norm: float = field(default=DEFAULT_MAX_DELTA_NORM, metadata={"help": "refuse adapters whose weight update norm exceeds this"})
     device: str = field(default="auto", metadata={"help": "device for encoder and hypernetwork: auto, cpu, cuda, cuda:1"})
     dtype: str = field(default="auto", metadata={"help": "auto: float32 on CPU, bfloat16 on GPU", "choices": ("auto", *DTYPES)})
+    strict: bool = field(default=False, metadata={
+        "help": "refuse to start when the probe adapters' strength against the base weights looks like a scaling bug "
+                "(default: warn; see `t2l-vllm check`)"})
     encoder_path: str | None = field(default=None, metadata={
         "help": "load the task encoder from this local folder instead of by its name; its weights must hash to the "
                 "ones the hypernetwork records (none: by name, from the hub or its cache)"})
@@ -72,7 +75,8 @@ class AdapterGenerator:
         self.fingerprint = fingerprint
         self.settings = settings
         self.config = hypernet.config
-        self._device = next(hypernet.parameters()).device
+        first = next(hypernet.parameters())
+        self.device, self.dtype = first.device, first.dtype
 
     @classmethod
     def from_checkpoint(cls, folder: str | Path, settings: GeneratorSettings = GeneratorSettings()) -> "AdapterGenerator":
@@ -151,7 +155,7 @@ class AdapterGenerator:
         """The hypernetwork pass for normalised descriptions (or mixes) whose task embeddings are known."""
         if not texts:
             return []
-        emb = embeddings.to(self._device, next(self.hypernet.parameters()).dtype)
+        emb = embeddings.to(self.device, self.dtype)
         weights = self.hypernet(emb)  # {module: A (N, L, r, in), B (N, L, out, r)}
         weights = {m: (w.A.float().cpu(), w.B.float().cpu()) for m, w in weights.items()}
         return [self._adapter(text, {m: (A[j], B[j]) for m, (A, B) in weights.items()}) for j, text in enumerate(texts)]

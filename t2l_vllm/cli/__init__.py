@@ -13,10 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import T2LError
-from . import demo, generate, import_reference, info, init_hypernet, route, serve, train
+from . import check, demo, generate, import_reference, info, init_hypernet, route, serve, train
 from .output import configure_output
 
-COMMANDS = (init_hypernet, info, generate, import_reference, serve, route, train, demo)
+COMMANDS = (init_hypernet, info, check, generate, import_reference, serve, route, train, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,7 @@ def add_generator_options(parser: argparse.ArgumentParser) -> None:
     add_setting(group, GeneratorSettings, "device", "--hypernet-device")
     add_setting(group, GeneratorSettings, "dtype", "--hypernet-dtype")
     add_setting(group, GeneratorSettings, "encoder_path", "--encoder-path")
+    add_setting(group, GeneratorSettings, "strict")
 
 
 def generator_settings(args: argparse.Namespace, base: GeneratorSettings | None = None) -> GeneratorSettings:

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     base = settings_file_settings()
     model, hypernet = resolve_model_and_hypernet(args.model, args.hypernet or (base.hypernet if base else None))
-    settings = service_settings(args, hypernet, base)
+    settings = replace(service_settings(args, hypernet, base), base_model=model)
     config = check_before_vllm_starts(settings, model)
     serve(model, config.lora.rank, settings, [*args.unknown_options, *quiet_vllm_options(args.verbose, args.unknown_options)])
     return 0

@@ -38,6 +38,7 @@ from ..generator import AdapterGenerator
 from ..metrics import T2LMetrics
 from ..progress import progress
 from ..router import EmbeddingRouter
+from ..strength import check_strength
 from .fault_injection import with_test_faults
 from .protocol import MAX_LINE_BYTES, alive_lock_path, encode, error_body, lock_file, read_message, remove_socket_lock, socket_lock
 from .settings import ServiceSettings
@@ -94,6 +95,7 @@ class AdapterService:
         self.private_metrics = private_metrics
         self.metrics = T2LMetrics()
         self.generator = with_test_faults(AdapterGenerator.from_checkpoint(settings.hypernet, settings.generator))
+        self._check_strength()
         self.router = None if settings.router is None else EmbeddingRouter.from_settings(settings.router)
         self.store = AdapterStore(settings.adapter_dir)
         self._sessions: set[_Session] = set()
@@ -105,6 +107,18 @@ class AdapterService:
         self.cache: AdapterCache | None = None
         self._preloaded: list[Lease] = []  # held by the service itself: never released
         self._trained: dict[str, Lease] = {}  # router task -> its trained adapter, held like the preloaded
+
+    def _check_strength(self) -> None:
+        """Holds probe adapters against the served base model's weights (`strength.py`): a scaling bug is
+        logged as a warning, or refuses the start with `strict`."""
+        base = self.settings.base_model or self.generator.config.base.name
+        found = check_strength(self.generator, self.settings.hypernet, base)
+        if found.problem is None:
+            return
+        message = f"the hypernetwork's {found.problem}. Run `t2l-vllm check --hypernet {self.settings.hypernet} --model {base}` for the report."
+        if self.settings.generator.strict:
+            raise ConfigError(message + " Refused (`--strict`).")
+        logger.warning("%s", message)
 
     def hello(self) -> dict[str, Any]:
         config = self.generator.config

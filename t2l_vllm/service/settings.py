@@ -37,6 +37,9 @@ class ServiceSettings:
     preload: tuple[str, ...] = field(
         default=(), metadata={"help": "descriptions generated at start-up and kept for the server's life, listed in /v1/models"}
     )
+    base_model: str | None = field(  # set by the launch from vLLM's --model
+        default=None, metadata={"help": "the served base model, whose weights the adapters' strength is checked against at start-up; none: the hypernetwork's"}
+    )
     playground: bool = field(  # read by the API servers; the service itself ignores it
         default=True, metadata={"help": "serve the playground page at GET /t2l/playground (and POST /t2l/adapter), behind --api-key like every route"}
     )
@@ -68,6 +71,7 @@ class ServiceSettings:
                 cache=CacheSettings(**doc.get("cache") or {}),
                 router=None if router is None else RouterSettings(**router),
                 preload=tuple(doc.get("preload") or ()),
+                base_model=doc.get("base_model"),
                 playground=doc.get("playground", cls.playground),
             )
         except KeyError as err:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..strength import PROBE_DESCRIPTIONS, StrengthRecord, measure, overall, weight_norms, write_record
 from .data import IGNORE, SFTRecord, collate, encode_example
 from .functional_lora import applied_loras
 from .loop import LoopSettings, Trainer
@@ -154,9 +155,26 @@ class SFTTrainer(Trainer):
     def log_line(self, recent_loss: float) -> str:
         return f"loss {recent_loss:.4f}" + (f", eval loss {self.evaluate():.4f}" if self.eval_records else "")
 
+    @torch.no_grad()
+    def strength_record(self) -> StrengthRecord:
+        """The strength of the probe adapters at the training scaling, on this base (see `strength.py`)."""
+        was_training = self.source.training
+        self.source.eval()
+        try:
+            weights = self.source.adapters(list(PROBE_DESCRIPTIONS))
+        finally:
+            self.source.train(was_training)
+        lora = self.source.lora
+        params = dict(self.base.named_parameters())
+        layers = next(iter(weights.values()))[0].shape[1]  # A: (N, layers, r, in)
+        norms = weight_norms(params.__getitem__, layers, tuple(weights))
+        return StrengthRecord(overall(measure(weights, lora.scaling, norms)), lora.scaling, self.source.hypernet.config.base.name, "SFT")
+
     # --- checkpoints -------------------------------------------------------------
     def save_weights(self, folder: Path) -> None:
         self.source.save(folder)
+        if isinstance(self.source, HypernetSource):  # what `t2l-vllm check` holds served adapters against
+            write_record(folder, self.strength_record())
 
     def load_weights(self, folder: Path) -> None:
         self.source.load(folder)

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..adapters import LoRAAdapter, peft_key
 from ..encoder import TaskEncoder, check_reads
+from ..strength import PROBE_DESCRIPTIONS
 from ..hypernet.checkpoint import load_checkpoint, save_checkpoint
 from ..hypernet.config import LoraSettings
 from ..hypernet.model import TextToLoRA
@@ -35,7 +36,7 @@ class HypernetSource(nn.Module):
         self.lora = hypernet.config.lora
         check_reads(encoder, hypernet.config.encoder)
         self.encoder_weights = encoder.tuned_weights
-        texts = sorted(set(descriptions))
+        texts = sorted(set(descriptions) | set(PROBE_DESCRIPTIONS))  # the probes: for the trainer's strength record
         device = next(hypernet.parameters()).device
         self._embeddings = dict(zip(texts, encoder.encode(texts).to(device)))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from argparse import Namespace
+from dataclasses import replace
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
@@ -48,7 +49,7 @@ def plugin_settings(args: Namespace) -> ServiceSettings | None:
     path = settings_file()
     if path is None:
         return None
-    settings = load_settings_file(path)
+    settings = replace(load_settings_file(path), base_model=args.model)
     check_vllm_options(args, settings)
     return settings
 

@@ -1,6 +1,6 @@
 """Generated adapters have the shapes vLLM's own model definitions give, from config.json alone.
 
-`vllm_lora_shapes.py` builds each base with vLLM on the meta device (no weights)
+`t2l_vllm.vllm_plugin.model_shapes` builds each base with vLLM on the meta device (no weights)
 and lists the [in, out] vLLM's LoRA manager gives every target module of every
 layer. Against that:
 - the three reference bases (their config.json in tests/data/reference_bases):
@@ -13,9 +13,6 @@ layer. Against that:
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,8 +24,8 @@ from t2l_vllm.hypernet.checkpoint import load_checkpoint
 from t2l_vllm.hypernet.shapes import ModuleShape, load_base_shapes
 from t2l_vllm.testing.reference_checkpoint import EMBEDDING_DIM, write_reference_checkpoint
 from t2l_vllm.testing.tiny_models import TINY_FAMILIES, build_tiny_model
+from t2l_vllm.vllm_plugin.model_shapes import vllm_shapes
 
-PROBE = Path(__file__).with_name("vllm_lora_shapes.py")
 REFERENCE_BASES = Path(__file__).parents[1] / "data" / "reference_bases"
 REFERENCE_NAMES = sorted(p.name for p in REFERENCE_BASES.iterdir())
 REFERENCE_TARGETS = ("q_proj", "v_proj")  # what every released reference checkpoint targets
@@ -46,9 +43,7 @@ def bases(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def vllm_shapes(bases, tmp_path_factory) -> dict[str, dict[str, list[int]]]:
     """{base name: {"model.layers.{i}.self_attn.q_proj": [in, out], ...}} from vLLM's model classes."""
-    out = tmp_path_factory.mktemp("vllm_shapes") / "shapes.json"
-    subprocess.run([sys.executable, str(PROBE), str(out), *map(str, bases.values())], check=True, timeout=900)
-    by_dir = json.loads(out.read_text())
+    by_dir = vllm_shapes([str(folder) for folder in bases.values()])
     return {name: by_dir[str(folder)] for name, folder in bases.items()}
 
 

@@ -1,6 +1,6 @@
-"""Prints, as JSON, the LoRA shapes vLLM's own model definition gives each target module of a base.
+"""The LoRA shapes vLLM's own model definition gives each target module of a base, as JSON.
 
-    python tests/integration/vllm_lora_shapes.py OUT.json MODEL_DIR [MODEL_DIR ...]
+    python -m t2l_vllm.vllm_plugin.model_shapes OUT.json MODEL_DIR [MODEL_DIR ...]
 
 A model folder needs only its config.json: the model is built on the meta device,
 so no weights are read or allocated, even for 7B-parameter shapes. For every
@@ -12,13 +12,15 @@ sub-module i gets `output_sizes[i]`; a module packed from one name (Phi-3's
 {"model.layers.0.self_attn.q_proj": [in_features, out_features], ...}}.
 
 It uses vLLM internals (engine config, distributed init, model construction), so
-it runs in its own process; the test that calls it says what it checks.
+it runs in its own process (`vllm_shapes` starts it): `t2l-vllm check` and
+`tests/integration/test_base_shapes_match_vllm.py` compare against it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -68,6 +70,17 @@ def lora_shapes(model_dir: str, init_file: str) -> dict[str, list[int]]:
         for part, size in zip(parts, sizes):
             shapes[f"{prefix}.{part}"] = [int(module.input_size), int(size)]
     return shapes
+
+
+def vllm_shapes(model_dirs: list[str], timeout_s: float = 900) -> dict[str, dict[str, list[int]]]:
+    """{model dir: {"model.layers.{i}.self_attn.q_proj": [in, out], ...}}, from a process of its own."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "shapes.json"
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+        done = subprocess.run([sys.executable, "-m", __name__, str(out), *model_dirs], env=env, capture_output=True, text=True, timeout=timeout_s)
+        if done.returncode != 0:
+            raise RuntimeError(f"building the base model with vLLM failed:\n{done.stderr[-3000:]}")
+        return json.loads(out.read_text())
 
 
 def main(out: str, model_dirs: list[str]) -> None:
