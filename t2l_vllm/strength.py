@@ -131,7 +131,7 @@ def problem(modules: list[ModuleStrength], record: StrengthRecord | None) -> str
         return None
     if served > MAX_UNRECORDED_STRENGTH:
         low, high = TRAINED_LLM_LORAS
-        return (f"adapters change their weights by {served:.3g} of the weights' own norm (median); trained LoRAs on 7-8B "
+        return (f"adapters' updates measure {served:.3g} of the updated weights' norm (median); trained LoRAs on 7-8B "
                 f"models show {low}-{high}, adapters overdriven by a scaling bug {OVERDRIVEN_LLM_LORAS[0]}-{OVERDRIVEN_LLM_LORAS[1]}")
     return None
 
