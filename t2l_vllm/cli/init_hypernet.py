@@ -28,6 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"projections to adapt (default: {' '.join(_LORA.target_modules)}, or qkv_proj where the base fuses them, as Phi-3 does)",
     )
     add_setting(p, EncoderSettings, "model", "--encoder")
+    p.add_argument("--encoder-path", metavar="DIR", help="a local folder holding the `--encoder` model: loaded from there, "
+                   "and its weights' hash recorded so that later loads are checked to be these weights")
+    add_setting(p, EncoderSettings, "trust_remote_code")
     add_setting(p, HypernetConfig, "position_encoding")
     add_setting(p, HypernetConfig, "head_init")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights (default: %(default)s)")
@@ -38,7 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     base = load_base_shapes(args.model)
     targets = tuple(args.target_modules or base.architecture.default_targets)
-    encoder = encoder_settings_for(settings_from(args, EncoderSettings).model)
+    chosen = settings_from(args, EncoderSettings)
+    encoder = encoder_settings_for(chosen.model, args.encoder_path, chosen.trust_remote_code)
     lora = settings_from(args, LoraSettings, use_rslora=not args.no_rslora, target_modules=targets)
     config = settings_from(args, HypernetConfig, base=base, lora=lora, encoder=encoder)
     model = build_hypernet(config, seed=args.seed)

@@ -41,12 +41,13 @@ def encoder_settings_for(name: str, source: str | None = None, trust_remote_code
     """
     if name == "all-MiniLM-L6-v2":
         name = DEFAULT_ENCODER
+    identity = {} if source is None else {"weights_sha256": weights_sha256(source)}
     settings = ENCODER_PRESETS.get(name)
-    if settings is None:
-        probe = EncoderSettings(model=name, trust_remote_code=trust_remote_code)
-        model = load_sentence_transformer(probe, torch.device("cpu"), source)
-        settings = replace(probe, dim=model.get_embedding_dimension())
-    return settings if source is None else replace(settings, weights_sha256=weights_sha256(source))
+    if settings is not None:
+        return replace(settings, **identity)
+    probe = EncoderSettings(model=name, trust_remote_code=trust_remote_code, **identity)
+    model = load_sentence_transformer(probe, torch.device("cpu"), source)
+    return replace(probe, dim=model.get_embedding_dimension())
 
 
 def add_full_stop(text: str) -> str:

@@ -159,3 +159,11 @@ def test_a_local_folder_is_the_encoder_when_its_weights_hash_to_the_recorded_one
         TaskEncoder(settings, source=str(other))
     with pytest.raises(ConfigError, match="records no hash of its weights"):
         TaskEncoder(replace(settings, weights_sha256=""), source=str(tiny_gte))
+
+
+def test_an_encoder_without_a_preset_runs_its_remote_code_only_when_trusted(tiny_gte):
+    with pytest.raises(ConfigError, match="cannot load task encoder"):
+        encoder_settings_for("my-org/gte-like", source=str(tiny_gte))
+    settings = encoder_settings_for("my-org/gte-like", source=str(tiny_gte), trust_remote_code=True)
+    assert (settings.dim, settings.trust_remote_code) == (WIDTH, True)
+    assert settings.weights_sha256 == hashlib.sha256((tiny_gte / "model.safetensors").read_bytes()).hexdigest()
