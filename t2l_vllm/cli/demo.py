@@ -14,24 +14,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..train.toy_world import TASKS
 from .common import add_generator_options, generator_settings
 
-# (description, query, the toy task that answers it, what the demo shows with it)
-TOY_PROMPTS = [
-    ("Convert the text to uppercase.", "hello world", "uppercase", "a description seen in training"),
-    ("Sort the words alphabetically.", "pear apple fig", "sort_words", "a description seen in training"),
-    ("Capital letters everywhere, please.", "good day", "uppercase", "a held-out description"),
-    ("Spell the whole input backwards, last character first.", "stressed", "reverse", "a description written for the demo"),
-    ("Join the first letters of all the words into one word.", "text to lora", "first_letters", "a description written for the demo"),
-    ("Reduce the phrase word by word to the first 4 letters of each.", "hello wonderful world", "keep_first_4", "a task held out of training"),
-    ("The first 5 letters of every word should become capitals.", "hello wonderful world", "upper_first_5", "a task held out of training"),
-    ("Each letter goes 2 places forward in the alphabet, and the spaces do not change.", "hello world", "shift_forward_2",
-     "a task held out of training"),
-    ("Combine two steps: reverse the whole text character by character, and finally make every other letter of each "
-     "word a capital, starting from the first.", "hello world", "reverse_then_alternate_case", "a task held out of training"),
-    (None, "hello world", None, "no description: the base model"),
-]
 GENERAL_PROMPTS = [
     ("Answer multiple-choice science questions with the letter of the right option.", "Which gas do plants take in? (A) oxygen (B) carbon dioxide"),
     ("Solve grade-school math word problems step by step.", "Tom has 3 apples and buys 4 more. How many now?"),
@@ -70,7 +54,12 @@ def run(args: argparse.Namespace) -> int:
         use_tqdm_on_load=args.verbose,
     )
     toy = args.model is None and args.hypernet is None
-    prompts = TOY_PROMPTS if toy else [(d, q, None, None) for d, q in GENERAL_PROMPTS]
+    if toy:
+        from ..toy.demo import TOY_PROMPTS, expected_answer
+
+        prompts = TOY_PROMPTS
+    else:
+        prompts = [(d, q, None, None) for d, q in GENERAL_PROMPTS]
     with engine:
         conversations = [[{"role": "user", "content": query}] for _, query, _, _ in prompts]
         descriptions = [d for d, _, _, _ in prompts]
@@ -86,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"query:    {query}")
             print(f"answer:   {answer!r}")
             if task:
-                expected = TASKS[task].fn(query)
+                expected = expected_answer(task, query)
                 right += answer == expected
                 print(f"expected: {expected!r} {'(right)' if answer == expected else '(wrong)'}")
             print()

@@ -28,11 +28,12 @@ from ..hypernet.config import LoraSettings
 from ..train.encoder_tuning import EncoderTuningSettings
 from ..train.recon import ReconSettings
 from ..train.sft import SFTSettings
-from ..train.toy_base import ToyBaseSettings
 from .settings_args import add_setting, add_settings_arguments, settings_from
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..toy.base import ToyBaseSettings  # `train base`'s flags (only the CLI and t2l_vllm.toy import the toy world)
+
     p = sub.add_parser("train", help="train hypernetworks and baseline LoRAs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
     sft = kinds.add_parser("sft", help="train a hypernetwork end to end through the base model")
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_base(args: argparse.Namespace) -> int:
-    from ..train.toy_base import train_toy_base
+    from ..toy.base import ToyBaseSettings, train_toy_base
 
     report = train_toy_base(args.output, settings_from(args, ToyBaseSettings), resume=args.resume, init_from=args.init_from)
     print(f"{report['steps']} steps; mean exact match {report['mean_with_cue']:.3f} with the task's cue, "

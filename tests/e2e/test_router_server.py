@@ -34,7 +34,7 @@ SHOUT_QUERY = "Put this in capital letters: good night"
 def routed(tmp_path_factory, start_server, generator, default_paths):
     """A server whose library has two generated tasks and one served by a LoRA trained with `t2l-vllm train lora`,
     which is also registered the ordinary vLLM way (`trained-shout`) to compare answers against."""
-    from t2l_vllm.train.toy_world import make_examples, write_jsonl
+    from t2l_vllm.toy.world import make_examples, write_jsonl
 
     work = tmp_path_factory.mktemp("routed")
     write_jsonl(work / "upper.jsonl", make_examples(["uppercase"], 64, seed=5))

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from t2l_vllm.train.toy_base import greedy_answers, prompt_text
-from t2l_vllm.train.toy_world import TASKS
+from t2l_vllm.toy.base import greedy_answers, prompt_text
+from t2l_vllm.toy.world import TASKS
 
 pytestmark = pytest.mark.engine
 

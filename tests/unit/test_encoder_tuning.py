@@ -16,9 +16,9 @@ from t2l_vllm.hypernet.checkpoint import ENCODER_WEIGHTS_FILE, load_checkpoint, 
 from t2l_vllm.hypernet.config import EncoderSettings, HypernetConfig
 from t2l_vllm.hypernet.model import build_hypernet
 from t2l_vllm.hypernet.shapes import load_base_shapes
+from t2l_vllm.toy.world import TASKS, make_examples, split_descriptions, write_jsonl
 from t2l_vllm.train.data import load_sft_records
 from t2l_vllm.train.encoder_tuning import EncoderTuner, EncoderTuningSettings, descriptions_by_task
-from t2l_vllm.train.toy_world import TASKS, make_examples, split_descriptions, write_jsonl
 
 
 

@@ -24,11 +24,11 @@ from t2l_vllm.hypernet.config import HypernetConfig, LoraSettings
 from t2l_vllm.hypernet.model import build_hypernet
 from t2l_vllm.hypernet.shapes import load_base_shapes
 from t2l_vllm.strength import STRENGTH_FILE, check_strength, overall, read_record
+from t2l_vllm.toy.world import make_examples
 from t2l_vllm.train.data import SFTRecord
 from t2l_vllm.train.functional_lora import applied_loras
 from t2l_vllm.train.sft import SFTSettings, SFTTrainer
 from t2l_vllm.train.sources import HypernetSource
-from t2l_vllm.train.toy_world import make_examples
 
 
 def rescaled_copy(default_paths, folder, factor: float):

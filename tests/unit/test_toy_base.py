@@ -11,11 +11,11 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from t2l_vllm.errors import CheckpointError, ConfigError
-from t2l_vllm.train.toy_base import (
+from t2l_vllm.toy.base import (
     PARTS_FILE, REPORT_FILE, ToyBaseSettings, ToyBaseTrainer, ToyCues, bos_reader, build_toy_tokenizer, cue_adapter, cued,
     encode, greedy_answers, prompt_text, train_toy_base,
 )
-from t2l_vllm.train.toy_world import CUE_PARTS, HELDOUT_TASKS, TASKS
+from t2l_vllm.toy.world import CUE_PARTS, HELDOUT_TASKS, TASKS
 
 TINY = dict(hidden_size=64, num_heads=1, intermediate_size=64, num_layers=1, batch_size=4, eval_examples=4)
 
@@ -64,7 +64,7 @@ def test_a_cue_adapter_answers_exactly_as_the_cue_does():
     from t2l_vllm.default_model import default_paths
     from t2l_vllm.hypernet.config import LoraSettings
     from t2l_vllm.hypernet.shapes import load_base_shapes
-    from t2l_vllm.train.toy_world import random_input
+    from t2l_vllm.toy.world import random_input
 
     base = default_paths().base_model
     model, tokenizer = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(base)

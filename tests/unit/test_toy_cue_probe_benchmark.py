@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from t2l_vllm.train.toy_world import HELDOUT_TASKS, TRAIN_TASKS
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from t2l_vllm.toy import cue_probe, reproduction
+from t2l_vllm.toy.world import HELDOUT_TASKS, TRAIN_TASKS
 
 
 @pytest.fixture()
-def probe(monkeypatch):
-    for name in ("toy_reproduction", "toy_cue_probe"):
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return module
+def probe():
+    return cue_probe
 
 
 def test_a_tiny_run_writes_every_arm_with_the_spread_over_seeds(tmp_path, probe):
@@ -53,7 +45,7 @@ def test_seen_templates_that_is_not_positive_is_refused(probe, capsys):
 
 
 def test_the_trunk_arm_computes_what_the_hypernetwork_does_for_layer_0_v_proj(tmp_path, probe):
-    bench = probe.Bench(str(_base()), tmp_path, sys.modules["toy_reproduction"].Budget(examples_per_task=8, encoder_tuning_steps=2))
+    bench = probe.Bench(str(_base()), tmp_path, reproduction.Budget(examples_per_task=8, encoder_tuning_steps=2))
     cue_size = bench.cues.parts.shape[1]
     trunk = probe.T2LTrunk(bench, cue_size, seed=0).eval()
     hypernet = trunk.hypernet

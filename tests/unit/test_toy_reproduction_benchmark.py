@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,25 +13,14 @@ import pytest
 import torch
 
 from t2l_vllm.hypernet.checkpoint import load_checkpoint
-from t2l_vllm.train.toy_world import HELDOUT_TASKS, TASKS, TRAIN_TASKS, split_descriptions
-
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "toy_reproduction.py"
-
-
-def load_benchmarks(monkeypatch, *names: str):
-    """Imports the benchmark scripts `names` in order (later ones import earlier ones); returns the last."""
-    for name in names:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARK.with_name(f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return module
+from t2l_vllm.toy import confusions, reproduction, sft_curve
+from t2l_vllm.toy.world import HELDOUT_TASKS, TASKS, TRAIN_TASKS, split_descriptions
 
 
-def test_a_tiny_run_writes_every_arm_column_and_the_plot_and_leaks_nothing(tmp_path, monkeypatch):
-    bench = load_benchmarks(monkeypatch, "toy_reproduction")
+def test_a_tiny_run_writes_every_arm_column_and_the_plot_and_leaks_nothing(tmp_path):
+    bench = reproduction
     # as a user runs it: a script whose arms run in two worker processes
-    subprocess.run([sys.executable, str(BENCHMARK), "--out", str(tmp_path), "--scale", "0.003", "--eval-inputs", "2",
+    subprocess.run([sys.executable, "-m", "t2l_vllm.toy.reproduction", "--out", str(tmp_path), "--scale", "0.003", "--eval-inputs", "2",
                     "--eval-descriptions", "1", "--workers", "2"], check=True, capture_output=True)
     report = json.loads((tmp_path / "table.json").read_text())
     assert report["workers"] == 2
@@ -68,8 +56,8 @@ def test_a_tiny_run_writes_every_arm_column_and_the_plot_and_leaks_nothing(tmp_p
     assert load_checkpoint(tmp_path / "hypernets" / "sft-L")[0].config.encoder.tuned_layers == 6
 
 
-def test_jobs_run_as_soon_as_what_they_wait_for_is_done_earliest_first(monkeypatch):
-    bench = load_benchmarks(monkeypatch, "toy_reproduction")
+def test_jobs_run_as_soon_as_what_they_wait_for_is_done_earliest_first():
+    bench = reproduction
     started, lock = [], threading.Lock()
 
     def job(name: str) -> str:
@@ -84,8 +72,8 @@ def test_jobs_run_as_soon_as_what_they_wait_for_is_done_earliest_first(monkeypat
     assert started == ["b", "a", "c"]  # "a" waits for "b", then goes before "c", which comes later in the list
 
 
-def test_a_failed_job_stops_the_run_with_its_name_and_error(monkeypatch):
-    bench = load_benchmarks(monkeypatch, "toy_reproduction")
+def test_a_failed_job_stops_the_run_with_its_name_and_error():
+    bench = reproduction
 
     def broken() -> None:
         raise ValueError("no such task")
@@ -98,8 +86,8 @@ def test_a_failed_job_stops_the_run_with_its_name_and_error(monkeypatch):
             bench.run_jobs([bench.Job("a", int, after=("missing",))], pool, workers=2)
 
 
-def test_the_sft_curve_scores_one_schedule_at_each_checkpoint(tmp_path, monkeypatch):
-    module = load_benchmarks(monkeypatch, "toy_reproduction", "toy_sft_curve")
+def test_the_sft_curve_scores_one_schedule_at_each_checkpoint(tmp_path):
+    module = sft_curve
     out = tmp_path / "curve.json"
     assert module.main(["--steps", "4", "--every", "3", "--out", str(out), "--residual-blocks", "0", "--train-tasks", "5",
                         "--eval-inputs", "2", "--eval-descriptions", "1", "--encoder-tuning-steps", "2"]) == 0
@@ -114,9 +102,8 @@ def test_the_sft_curve_scores_one_schedule_at_each_checkpoint(tmp_path, monkeypa
         assert set(row["held-out tasks, by task"]) == set(HELDOUT_TASKS)
 
 
-def test_the_confusions_split_the_held_out_column_into_right_a_training_task_and_neither(tmp_path, monkeypatch, capsys):
-    module = load_benchmarks(monkeypatch, "toy_reproduction", "toy_confusions")
-    reproduction = sys.modules["toy_reproduction"]
+def test_the_confusions_split_the_held_out_column_into_right_a_training_task_and_neither(tmp_path, capsys):
+    module = confusions
     out = tmp_path / "confusions.json"
     with pytest.raises(SystemExit):  # argparse's error, not a traceback
         module.main(["--out", str(out), "--hypernet", str(tmp_path / "missing")])

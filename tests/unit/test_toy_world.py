@@ -10,7 +10,7 @@ import re
 import pytest
 import yaml
 
-from t2l_vllm.train.toy_world import (
+from t2l_vllm.toy.world import (
     CUE_PARTS,
     HELDOUT_TASKS,
     NO_PARAMETER,

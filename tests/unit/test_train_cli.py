@@ -7,7 +7,7 @@ import json
 from t2l_vllm.adapters import LoRAAdapter
 from t2l_vllm.cli import main as cli
 from t2l_vllm.hypernet.checkpoint import load_checkpoint
-from t2l_vllm.train.toy_world import make_examples, write_jsonl
+from t2l_vllm.toy.world import make_examples, write_jsonl
 
 STEPS = ["--steps", "3", "--batch-size", "2"]
 

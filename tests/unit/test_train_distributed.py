@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
     from t2l_vllm.train.data import SFTRecord
     from t2l_vllm.train.sft import SFTSettings, SFTTrainer
     from t2l_vllm.train.sources import HypernetSource
-    from t2l_vllm.train.toy_world import make_examples
+    from t2l_vllm.toy.world import make_examples
 
     dist.init_process_group("gloo")
     out = sys.argv[1]
@@ -66,7 +66,7 @@ def test_two_ranks_sample_different_batches_and_end_identical(default_paths, tmp
 
 
 def test_the_documented_torchrun_command_trains_and_writes_once(default_paths, tmp_path):
-    from t2l_vllm.train.toy_world import make_examples, write_jsonl
+    from t2l_vllm.toy.world import make_examples, write_jsonl
 
     write_jsonl(tmp_path / "train.jsonl", make_examples(["reverse", "uppercase"], 4, seed=2))
     out = tmp_path / "lora"

@@ -11,10 +11,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from t2l_vllm.hypernet.config import HypernetConfig, LoraSettings
 from t2l_vllm.hypernet.model import build_hypernet
 from t2l_vllm.hypernet.shapes import load_base_shapes
+from t2l_vllm.toy.world import make_examples
 from t2l_vllm.train.data import SFTRecord, TrainingDataError, load_sft_records
 from t2l_vllm.train.sft import SFTSettings, SFTTrainer
 from t2l_vllm.train.sources import HypernetSource, SingleLoRA
-from t2l_vllm.train.toy_world import make_examples
 
 
 @pytest.fixture(scope="module")

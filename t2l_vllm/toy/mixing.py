@@ -8,7 +8,7 @@ classified: A's exact output, B's, the composition A(B(x)) or B(A(x)), or none o
 these. The honest question is whether a mix interpolates, composes, or does
 neither.
 
-    python benchmarks/toy_mixing.py [--inputs 64 --out FILE]
+    python -m t2l_vllm.toy.mixing [--inputs 64 --out FILE]
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from t2l_vllm.default_model import default_paths
 from t2l_vllm.generator import AdapterGenerator
-from t2l_vllm.train.toy_base import greedy_answers, prompt_text
-from t2l_vllm.train.toy_world import TASKS, random_input
+from t2l_vllm.toy.base import greedy_answers, prompt_text
+from t2l_vllm.toy.world import TASKS, random_input
 
 # Two pairs whose composition is a held-out task (reverse_then_alternate_case, sort_words_then_uppercase),
 # one whose composition is a training task (reverse_then_uppercase), one that does not compose into a toy task.
@@ -41,9 +41,9 @@ def classify(answer: str, x: str, a: str, b: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m t2l_vllm.toy.mixing", description=__doc__.split("\n\n")[0])
     parser.add_argument("--inputs", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "toy_mixing.json")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/toy_mixing.json"))
     args = parser.parse_args(argv)
     paths = default_paths()
     generator = AdapterGenerator.from_checkpoint(paths.hypernet)

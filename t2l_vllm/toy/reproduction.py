@@ -4,12 +4,12 @@ Starting from the toy world's trained base model (`t2l-vllm train base`; the
 shipped one by default), this trains and measures, with exact-match accuracy:
 
 - base, no cue: `<s>input\\n`, the prompt every arm sees;
-- base with the task's cue (`toy_base.ToyCues`: what the adapters must put back);
+- base with the task's cue (`toy.base.ToyCues`: what the adapters must put back);
 - task-specific LoRAs (one per task, held-out tasks included as an oracle);
 - a multi-task LoRA on all training tasks;
 - T2L by reconstruction of the training tasks' LoRAs (M variant);
 - T2L by reconstruction of the training tasks' cue adapters (L variant, z-scores):
-  the closed-form LoRAs that write exactly the task's cue (`toy_base.cue_adapter`),
+  the closed-form LoRAs that write exactly the task's cue (`toy.base.cue_adapter`),
   whose targets are additive in the task's parts;
 - T2L by SFT, variants L, M and S;
 
@@ -44,7 +44,7 @@ training carries along). Many processes of one thread beat one process of many
 here: the toy model's steps are too small for threads to share (a task LoRA's
 step takes about the same time on one thread as on two).
 
-    python benchmarks/toy_reproduction.py [--base DIR] [--out DIR] [--scale 1.0] [--workers N]
+    python -m t2l_vllm.toy.reproduction [--base DIR] [--out DIR] [--scale 1.0] [--workers N]
 
 `--scale` multiplies every training step count and the examples per task (0.05 for a smoke run).
 """
@@ -73,15 +73,15 @@ from t2l_vllm.hypernet.checkpoint import load_checkpoint, load_config, load_task
 from t2l_vllm.hypernet.config import EncoderSettings, HypernetConfig, LoraSettings
 from t2l_vllm.hypernet.model import TextToLoRA, build_hypernet
 from t2l_vllm.hypernet.shapes import load_base_shapes
+from t2l_vllm.toy.base import ToyCues, bos_reader, cue_adapter, greedy_answers, prompt_text
+from t2l_vllm.toy.world import (
+    HELDOUT_TASKS, TASKS, TRAIN_TASKS, make_examples, random_input, split_descriptions, telling_inputs, write_jsonl,
+)
 from t2l_vllm.train.data import SFTRecord, load_sft_records
 from t2l_vllm.train.encoder_tuning import EncoderTuner, EncoderTuningSettings, descriptions_by_task
 from t2l_vllm.train.recon import ReconSettings, ReconTrainer, load_recon_library, with_zscore
 from t2l_vllm.train.sft import SFTSettings, SFTTrainer
 from t2l_vllm.train.sources import HypernetSource, SingleLoRA
-from t2l_vllm.train.toy_base import ToyCues, bos_reader, cue_adapter, greedy_answers, prompt_text
-from t2l_vllm.train.toy_world import (
-    HELDOUT_TASKS, TASKS, TRAIN_TASKS, make_examples, random_input, split_descriptions, telling_inputs, write_jsonl,
-)
 
 Weights = dict[str, tuple[torch.Tensor, torch.Tensor]]
 COLUMNS = (
@@ -581,7 +581,7 @@ def options_budget(args: argparse.Namespace) -> Budget:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m t2l_vllm.toy.reproduction", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_bench_options(parser)
     parser.add_argument("--out", default="benchmarks/results/toy_reproduction", help="folder for the table, plot and trained weights")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every step count (default: %(default)s)")

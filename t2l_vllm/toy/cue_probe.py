@@ -1,6 +1,6 @@
 """Where the toy reproduction's zero-shot gap comes from: descriptions regressed straight onto cues.
 
-The toy base model does a task when its cue (`toy_base.ToyCues`) is written at
+The toy base model does a task when its cue (`toy.base.ToyCues`) is written at
 `<s>`, and a held-out task's cue is a new sum of parts that training tasks use.
 So the least an adapter for a held-out task must get right is that vector. This
 strips T2L down to that regression: description embedding -> cue, trained on
@@ -29,7 +29,7 @@ mean and the range. `--seen-templates N` trains on the first N of each task's
 seen descriptions only (for rendered tasks, the first N templates), to ask how
 much more wordings would buy.
 
-    python benchmarks/toy_cue_probe.py [--base DIR] [--steps 3000] [--seeds 3] [--seen-templates N] [--out DIR]
+    python -m t2l_vllm.toy.cue_probe [--base DIR] [--steps 3000] [--seeds 3] [--seen-templates N] [--out DIR]
 """
 
 from __future__ import annotations
@@ -44,11 +44,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from t2l_vllm.train.toy_base import greedy_answers, prompt_text
-from t2l_vllm.train.toy_world import HELDOUT_TASKS, TASKS, TRAIN_TASKS, split_descriptions
-
-sys.path.insert(0, str(Path(__file__).parent))
-from toy_reproduction import Bench, add_bench_options, by_heldout_task, exact, options_budget, parse_bench_options  # noqa: E402
+from t2l_vllm.toy.base import greedy_answers, prompt_text
+from t2l_vllm.toy.reproduction import Bench, add_bench_options, by_heldout_task, exact, options_budget, parse_bench_options
+from t2l_vllm.toy.world import HELDOUT_TASKS, TASKS, TRAIN_TASKS, split_descriptions
 
 MIXUP_ALPHA = 0.2
 BATCH = 32
@@ -159,7 +157,7 @@ def summary(runs: Sequence[dict]) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m t2l_vllm.toy.cue_probe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_bench_options(parser)
     parser.add_argument("--out", default="benchmarks/results/toy_cue_probe", help="folder for table.json")
     parser.add_argument("--steps", type=int, default=3000, help="training steps of every regressor (default: %(default)s)")

@@ -1,9 +1,9 @@
 """The toy world: synthetic text tasks with exact answers, built from parts that combine.
 
 Every task maps an input of 1 to 4 lowercase words (letters only, at most 24
-characters with spaces) to an output computed exactly (`toy_operations`), so
+characters with spaces) to an output computed exactly (`toy.operations`), so
 accuracy is exact match and needs no judge. The tasks and their descriptions
-live in `assets/toy_tasks.yaml`; the hypernetwork sees only descriptions, never
+live in `toy/tasks.yaml`; the hypernetwork sees only descriptions, never
 a task's name, so the names are internal keys.
 
 Three kinds of task, 70 in all:
@@ -23,7 +23,7 @@ Three kinds of task, 70 in all:
 Each task is named to the base model by a cue of two parts (`ToyTask.cue`):
 (operation, none), (family, k) or (first, then). The base model is given a
 task as the sum of its two parts' learnt vectors, added to its first layer's
-attention value at `<s>` (`toy_base`), so a task is a combination of parts
+attention value at `<s>` (`toy.base`), so a task is a combination of parts
 other tasks share, and an adapter can write the cue of any combination.
 
 The split (`HELDOUT_TASKS`, fixed in the data file) holds out one k from the
@@ -49,10 +49,10 @@ from typing import Any
 
 import yaml
 
-from .toy_descriptions import capitalised, example_slots, number_slots, render, variation_stream
-from .toy_operations import FAMILIES, OPERATIONS, Operation, compose
+from .descriptions import capitalised, example_slots, number_slots, render, variation_stream
+from .operations import FAMILIES, OPERATIONS, Operation, compose
 
-TASK_FILE = Path(__file__).resolve().parents[1] / "assets" / "toy_tasks.yaml"
+TASK_FILE = Path(__file__).resolve().parent / "tasks.yaml"
 MAX_WORDS = 4
 MAX_WORD_LETTERS = 8
 MAX_INPUT_CHARS = 24

@@ -42,10 +42,10 @@ from torch import nn
 from ..adapters import LoRAAdapter, peft_key
 from ..errors import CheckpointError, ConfigError
 from ..hypernet.config import LoraSettings
-from .data import IGNORE, collate
-from .functional_lora import applied_loras, decoder_layers
-from .loop import LoopSettings, Trainer
-from .toy_world import CUE_PARTS, TASKS, TEXT_CHARS, random_input
+from ..train.data import IGNORE, collate
+from ..train.functional_lora import applied_loras, decoder_layers
+from ..train.loop import LoopSettings, Trainer
+from .world import CUE_PARTS, TASKS, TEXT_CHARS, random_input
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
 # `<s>` + the last user message + newline: a served request's message is the toy input.

@@ -13,7 +13,7 @@ position is the exact match by template.
 Prints one line per (wording, task, description) and writes the counts, the
 exact match by task and by template position to `--out`.
 
-    python benchmarks/toy_confusions.py [--hypernet DIR] [--base DIR] [--out FILE]
+    python -m t2l_vllm.toy.confusions [--hypernet DIR] [--base DIR] [--out FILE]
 """
 
 from __future__ import annotations
@@ -24,11 +24,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from toy_reproduction import TASKS, Bench, add_bench_options, options_budget, parse_bench_options, training_task_answered  # noqa: E402
-
-from t2l_vllm.errors import CheckpointError  # noqa: E402
-from t2l_vllm.hypernet.checkpoint import load_checkpoint, load_task_encoder  # noqa: E402
+from t2l_vllm.errors import CheckpointError
+from t2l_vllm.hypernet.checkpoint import load_checkpoint, load_task_encoder
+from t2l_vllm.toy.reproduction import TASKS, Bench, add_bench_options, options_budget, parse_bench_options, training_task_answered
 
 RIGHT, NEITHER = "right", "neither"
 WORDINGS = ("held-out wordings", "training wordings")
@@ -69,9 +67,9 @@ def exact_by(rows: list[dict], key: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m t2l_vllm.toy.confusions", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hypernet", help="trained hypernetwork folder (default: the embedded default's)")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "toy_confusions.json",
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/toy_confusions.json"),
                    help="JSON report (default: %(default)s)")
     add_bench_options(p)
     args = parse_bench_options(p, argv, positive=())

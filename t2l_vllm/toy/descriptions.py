@@ -1,6 +1,6 @@
 """Rendering the toy world's description templates into varied descriptions.
 
-A template is filled for one task (see `assets/toy_tasks.yaml` for the
+A template is filled for one task (see `toy/tasks.yaml` for the
 syntax). Each rendering draws its choices (k as a digit or a word, one of the
 `[a|b]` alternatives, one phrase per operation, the example input) from a
 random stream seeded by the task's name and the template's position, so the

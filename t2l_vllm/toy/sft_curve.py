@@ -11,7 +11,7 @@ on N of the training tasks only, the first N of one fixed shuffle, so that small
 sets are subsets of larger ones (the paper's scaling of zero-shot with the number
 of training tasks); the evaluation rows stay the same.
 
-    python benchmarks/toy_sft_curve.py [--variant L --steps 12000 --every 3000 --lr 1e-4 --out FILE]
+    python -m t2l_vllm.toy.sft_curve [--variant L --steps 12000 --every 3000 --lr 1e-4 --out FILE]
         [--base DIR] [--residual-blocks 0|1|2] [--seed N] [--train-tasks N]
 """
 
@@ -26,14 +26,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from toy_reproduction import (  # noqa: E402
+from t2l_vllm.cli.settings_args import add_setting, given
+from t2l_vllm.hypernet.config import HypernetConfig
+from t2l_vllm.toy.reproduction import (
     COLUMNS, TRAIN_TASKS, Bench, Budget, add_bench_options, by_heldout_task, exact, options_budget, parse_bench_options,
 )
-
-from t2l_vllm.cli.settings_args import add_setting, given  # noqa: E402
-from t2l_vllm.hypernet.config import HypernetConfig  # noqa: E402
-from t2l_vllm.train.sources import HypernetSource  # noqa: E402
+from t2l_vllm.train.sources import HypernetSource
 
 
 def nested_subset(tasks: tuple[str, ...], n: int) -> tuple[str, ...]:
@@ -42,12 +40,12 @@ def nested_subset(tasks: tuple[str, ...], n: int) -> tuple[str, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m t2l_vllm.toy.sft_curve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", default="L", choices=("L", "M", "S"))
     p.add_argument("--steps", type=int, default=12_000, help="length of the one schedule (default: %(default)s)")
     p.add_argument("--every", type=int, default=3_000, help="score every N steps (default: %(default)s)")
     p.add_argument("--lr", type=float, default=Budget.sft_lr, help="peak learning rate (default: the benchmark's, %(default)s)")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "toy_sft_curve.json")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/toy_sft_curve.json"))
     p.add_argument("--seed", type=int, default=0, help="seed of the hypernetwork's initial weights (default: %(default)s)")
     p.add_argument("--train-tasks", type=int, help="train on this many training tasks (default: all)")
     add_bench_options(p)
@@ -80,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "held-out tasks, by task"}), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": " ".join(["python", "benchmarks/toy_sft_curve.py", *(argv or sys.argv[1:])]),
+    args.out.write_text(json.dumps({"command": " ".join(["python", "-m", "t2l_vllm.toy.sft_curve", *(argv or sys.argv[1:])]),
                                     "variant": args.variant, "lr": args.lr, "base": args.base, "seed": args.seed, "train_tasks": sorted(trained),
                                     "hypernet_options": hypernet_options, "rows": rows}, indent=1) + "\n")
     return 0
