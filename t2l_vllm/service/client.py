@@ -23,15 +23,31 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..adapter_store import StoredAdapter
 from ..cache import Lease
 from ..errors import ConfigError
-from ..router import RouteDecision
-from .protocol import MAX_LINE_BYTES, AdapterServiceError, alive_lock_path, encode, error_from, read_message, remove_socket_lock, socket_lock
+from .locks import alive_lock_path, remove_socket_lock, socket_lock
+from .protocol import (
+    MAX_LINE_BYTES,
+    Acquire,
+    AdapterBody,
+    AdapterServiceError,
+    Failed,
+    Hello,
+    LeaseByName,
+    Leased,
+    Release,
+    Removed,
+    Report,
+    Reported,
+    Route,
+    Routed,
+    decode,
+    encode,
+    read_message,
+)
 from .settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -46,28 +62,13 @@ def service_socket_path(owner: str) -> Path:
     return Path(tempfile.gettempdir()) / f"t2l_vllm-{os.getuid()}" / f"service-{owner}.sock"
 
 
-def stored_adapter(body: dict[str, Any]) -> StoredAdapter:
-    """An adapter as the service describes it (see `protocol.py`)."""
-    return StoredAdapter(body["name"], Path(body["path"]), body["int_id"], body["nbytes"])
-
-
-@dataclass(frozen=True)
-class AdapterReport:
-    """What the playground shows of a description's adapter (see `AdapterClient.report`)."""
-
-    name: str
-    generated: bool  # made for this call; False: it was in the cache already
-    milliseconds: float  # the service's time to get it: batching wait and hypernetwork pass on a miss, the look-up on a hit
-    nearest_tasks: tuple[tuple[str, float], ...]  # (task, cosine), best first
-
-
 class AdapterClient:
     """One connection to the adapter service; methods run on the event loop that connected.
 
     `release` of a lease may be called from any thread.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hello: dict[str, Any], socket_path: str, started: bool) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hello: Hello, socket_path: str, started: bool) -> None:
         self.hello = hello
         self.socket_path = socket_path
         self.started = started  # whether this client started the service
@@ -97,24 +98,25 @@ class AdapterClient:
 
     async def acquire(self, description: object) -> Lease:
         """A leased adapter for the description; raises the service's `T2LError` for bad input."""
-        lease = await self._call({"op": "acquire", "description": description})
-        assert lease is not None
-        return lease
+        reply: Leased = await self._call(Acquire(next(self._numbers), description))
+        assert reply.adapter is not None
+        return self._lease(reply.adapter)
 
     async def lease_by_name(self, name: str) -> Lease | None:
         """A lease on an adapter the service keeps, by name (a client reusing a generated name)."""
-        return await self._call({"op": "lease", "name": name})
+        reply: Leased = await self._call(LeaseByName(next(self._numbers), name))
+        return None if reply.adapter is None else self._lease(reply.adapter)
 
-    async def route(self, query: str) -> RouteDecision:
-        body = await self._call({"op": "route", "query": query})
-        return RouteDecision(body["task"], body["description"], body["score"], body["fallback"], body.get("adapter"))
+    async def route(self, query: str) -> tuple[Routed, Lease | None]:
+        """The router's choice for a query without a description, and the lease on the adapter that
+        serves it (None: the base model), in one round trip."""
+        reply: Routed = await self._call(Route(next(self._numbers), query))
+        return reply, None if reply.adapter is None else self._lease(reply.adapter)
 
-    async def report(self, description: object, nearest: int) -> AdapterReport:
+    async def report(self, description: object, nearest: int) -> Reported:
         """The description's adapter, made now or found in the cache, and the router's nearest tasks
         (none without `--router`); raises the service's `T2LError` for bad input, as `acquire` does."""
-        body = await self._call({"op": "report", "description": description, "nearest": nearest})
-        tasks = tuple((item["task"], item["score"]) for item in body["nearest_tasks"])
-        return AdapterReport(body["name"], body["generated"], body["milliseconds"], tasks)
+        return await self._call(Report(next(self._numbers), description, nearest))
 
     async def close(self) -> None:
         self._closing = True
@@ -134,19 +136,18 @@ class AdapterClient:
             pass
 
     # --- plumbing ------------------------------------------------------------------
-    async def _call(self, message: dict[str, Any]) -> Any:
+    async def _call(self, request: Acquire | LeaseByName | Route | Report) -> Any:
         if self._lost is not None:
             raise self._lost
-        number = next(self._numbers)
         future = self._loop.create_future()
-        self._pending[number] = future
-        self._writer.write(encode({**message, "id": number}))
+        self._pending[request.id] = future
+        self._writer.write(encode(request))
         return await future  # cancelled: the reader gives back a lease that arrives later
 
     def _release(self, lease_number: int) -> None:
         def send() -> None:
             if self._lost is None and not self._writer.is_closing():
-                self._writer.write(encode({"op": "release", "lease": lease_number}))
+                self._writer.write(encode(Release(lease_number)))
 
         if self._loop.is_closed():
             return
@@ -159,9 +160,10 @@ class AdapterClient:
         else:
             self._loop.call_soon_threadsafe(send)
 
-    def _lease(self, body: dict[str, Any]) -> Lease:
-        number = body["lease"]
-        return Lease(stored_adapter(body), lambda _name: self._release(number))
+    def _lease(self, body: AdapterBody) -> Lease:
+        number = body.lease
+        assert number is not None
+        return Lease(body.stored(), lambda _name: self._release(number))
 
     async def _read_forever(self) -> None:
         try:
@@ -179,25 +181,23 @@ class AdapterClient:
             for callback in self._on_lost:
                 callback()
 
-    def _dispatch(self, message: dict[str, Any]) -> None:
-        if message.get("op") == "removed":
+    def _dispatch(self, message: Any) -> None:
+        if isinstance(message, Removed):
             for callback in self._on_removed:
-                callback(message["name"])
+                callback(message.name)
             return
-        future = self._pending.pop(message.get("id"), None)  # type: ignore[arg-type]
+        future = self._pending.pop(getattr(message, "id", None), None)
         if future is None:
             return
-        ok = message.get("ok")
+        adapter = getattr(message, "adapter", None)
         if future.cancelled():
-            if isinstance(ok, dict) and ok.get("lease") is not None:
-                self._release(ok["lease"])  # its waiter went away: give the lease straight back
+            if adapter is not None and adapter.lease is not None:
+                self._release(adapter.lease)  # its waiter went away: give the lease straight back
             return
-        if "error" in message:
-            future.set_exception(error_from(message["error"]))
-        elif isinstance(ok, dict) and "lease" in ok:
-            future.set_result(self._lease(ok))
+        if isinstance(message, Failed):
+            future.set_exception(message.error())
         else:
-            future.set_result(ok)
+            future.set_result(message)
 
 
 class BlockingAdapterClient:
@@ -248,7 +248,7 @@ class BlockingAdapterClient:
 # --- starting and connecting (blocking; callers on an event loop run it in a thread) -----------
 
 
-def connect_or_start(socket_path: str, settings: ServiceSettings) -> tuple[socket.socket, dict[str, Any], bool]:
+def connect_or_start(socket_path: str, settings: ServiceSettings) -> tuple[socket.socket, Hello, bool]:
     """A connected socket, the service's hello, and whether this call started the service."""
     Path(socket_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with socket_lock(socket_path):
@@ -298,15 +298,15 @@ def _connect(socket_path: str) -> socket.socket:
     return sock
 
 
-def _read_hello(sock: socket.socket) -> dict[str, Any]:
+def _read_hello(sock: socket.socket) -> Hello:
     line = bytearray()
     while not line.endswith(b"\n"):  # byte by byte: nothing after the hello is consumed here
         byte = sock.recv(1)
         if not byte:
             raise AdapterServiceError("the adapter service closed the connection before greeting.")
         line += byte
-    hello = json.loads(line)
-    if hello.get("op") != "hello":
+    hello = decode(bytes(line))
+    if not isinstance(hello, Hello):
         raise AdapterServiceError(f"the adapter service greeted with {hello!r}.")
     return hello
 

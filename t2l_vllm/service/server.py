@@ -26,21 +26,42 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..adapter_store import AdapterStore, StoredAdapter
 from ..cache import AdapterCache, Lease
-from ..errors import ConfigError, T2LError
+from ..errors import ConfigError, InvalidDescriptionError, T2LError
 from ..generator import AdapterGenerator
 from ..metrics import T2LMetrics
 from ..progress import progress
 from ..router import EmbeddingRouter
 from ..strength import check_strength
 from .fault_injection import with_test_faults
-from .protocol import MAX_LINE_BYTES, alive_lock_path, encode, error_body, lock_file, read_message, remove_socket_lock, socket_lock
+from .locks import alive_lock_path, lock_file, remove_socket_lock, socket_lock
+from .protocol import (
+    MAX_LINE_BYTES,
+    Acquire,
+    AdapterBody,
+    Failed,
+    Hello,
+    LeaseByName,
+    Leased,
+    Message,
+    Release,
+    Reply,
+    Report,
+    Reported,
+    Request,
+    Removed,
+    Route,
+    Routed,
+    RouterInfo,
+    encode,
+    read_message,
+)
 from .settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -58,7 +79,7 @@ class _Session:
     numbers: Any = field(default_factory=lambda: itertools.count(1))
     open: bool = True
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: Message) -> None:
         if self.open and not self.writer.is_closing():
             self.writer.write(encode(message))
 
@@ -82,10 +103,6 @@ class _Session:
             self.release(number)
 
 
-def adapter_body(stored: StoredAdapter, lease: int | None) -> dict[str, Any]:
-    return {"name": stored.name, "int_id": stored.int_id, "path": str(stored.path), "nbytes": stored.nbytes, "lease": lease}
-
-
 class AdapterService:
     """Serves acquire / lease / route / release to the clients of one deployment."""
 
@@ -107,6 +124,10 @@ class AdapterService:
         self.cache: AdapterCache | None = None
         self._preloaded: list[Lease] = []  # held by the service itself: never released
         self._trained: dict[str, Lease] = {}  # router task -> its trained adapter, held like the preloaded
+        # Each request's handler, (session, request) -> its reply: the one dispatch table.
+        self._handlers: dict[type, Callable[[_Session, Any], Awaitable[Reply]]] = {
+            Acquire: self._acquire, LeaseByName: self._lease_by_name, Route: self._route, Report: self._report,
+        }
 
     def _check_strength(self) -> None:
         """Holds probe adapters against the served base model's weights (`strength.py`): a scaling bug is
@@ -120,28 +141,25 @@ class AdapterService:
             raise ConfigError(message + " Refused (`--strict`).")
         logger.warning("%s", message)
 
-    def hello(self) -> dict[str, Any]:
+    def hello(self) -> Hello:
         config = self.generator.config
         router = self.router
-        return {
-            "op": "hello",
-            "pid": os.getpid(),
-            "hypernet": self.settings.hypernet,
-            "variant": config.variant,
-            "fingerprint": self.generator.fingerprint,
-            "base_model": config.base.name,
-            "rank": config.lora.rank,
-            "target_modules": list(config.lora.target_modules),
-            "cache_entries": self.settings.cache.max_entries,
-            "cache_bytes": self.settings.cache.max_bytes,
-            "store": str(self.store.root),
-            "metrics_dir": self.metrics_dir if self.private_metrics else None,
-            "preloaded": [adapter_body(lease.stored, None) for lease in self._preloaded],
-            "router": None if router is None else {
-                "tasks": len(router.library.tasks), "library": str(router.library.path),
-                "threshold": router.threshold, "fallback": router.fallback,
-            },
-        }
+        return Hello(
+            pid=os.getpid(),
+            hypernet=self.settings.hypernet,
+            variant=config.variant,
+            fingerprint=self.generator.fingerprint,
+            base_model=config.base.name,
+            rank=config.lora.rank,
+            target_modules=list(config.lora.target_modules),
+            cache_entries=self.settings.cache.max_entries,
+            cache_bytes=self.settings.cache.max_bytes,
+            store=str(self.store.root),
+            metrics_dir=self.metrics_dir if self.private_metrics else None,
+            preloaded=[AdapterBody.of(lease.stored) for lease in self._preloaded],
+            router=None if router is None else RouterInfo(
+                len(router.library.tasks), str(router.library.path), router.threshold, router.fallback),
+        )
 
     async def run(self, socket_path: str, ready: Callable[[], None]) -> None:
         """Serves until the last client has gone (or none came, or SIGTERM), then cleans up."""
@@ -252,7 +270,7 @@ class AdapterService:
 
     def _removed(self, stored: StoredAdapter) -> None:
         for session in self._sessions:
-            session.send({"op": "removed", "name": stored.name})
+            session.send(Removed(stored.name))
 
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = _Session(writer)
@@ -261,9 +279,11 @@ class AdapterService:
         session.send(self.hello())
         try:
             while (message := await read_message(reader)) is not None:
-                if message.get("op") == "release":
-                    session.release(int(message["lease"]))
+                if isinstance(message, Release):
+                    session.release(message.lease)
                     continue
+                if not isinstance(message, tuple(self._handlers)):
+                    raise ValueError(f"a client sent {message.OP!r}, which only the service sends")
                 task = asyncio.get_running_loop().create_task(self._answer(session, message))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -276,41 +296,51 @@ class AdapterService:
             if not self._sessions:
                 await self._stop_if_idle()
 
-    async def _answer(self, session: _Session, message: dict[str, Any]) -> None:
-        number = message.get("id")
+    async def _answer(self, session: _Session, request: Request) -> None:
         try:
-            session.send({"id": number, "ok": await self._handle(session, message)})
+            reply: Reply = await self._handlers[type(request)](session, request)
         except T2LError as err:
-            session.send({"id": number, "error": error_body(err)})
+            reply = Failed.of(request.id, err)
         except Exception as err:  # noqa: BLE001 - a bug answers this request, not the whole service
-            logger.exception("adapter service request %r failed", message.get("op"))
-            session.send({"id": number, "error": error_body(T2LError(f"the adapter service failed: {err}"))})
+            logger.exception("adapter service request %r failed", request.OP)
+            reply = Failed.of(request.id, T2LError(f"the adapter service failed: {err}"))
+        session.send(reply)
 
-    async def _handle(self, session: _Session, message: dict[str, Any]) -> Any:
+    async def _acquire(self, session: _Session, request: Acquire) -> Leased:
         assert self.cache is not None
-        op = message.get("op")
-        if op == "acquire":
-            lease = await self.cache.acquire(message.get("description"))
-            return adapter_body(lease.stored, session.keep(lease))
-        if op == "lease":
-            lease = self.cache.lease_by_name(str(message.get("name")))
-            return None if lease is None else adapter_body(lease.stored, session.keep(lease))
-        if op == "route":
-            return await self._route(str(message.get("query", "")))
-        if op == "report":
-            return await self._report(message.get("description"), int(message.get("nearest", 0)))
-        raise T2LError(f"unknown adapter service operation {op!r}.")
+        lease = await self.cache.acquire(request.description)
+        return Leased(request.id, AdapterBody.of(lease.stored, session.keep(lease)))
 
-    async def _route(self, query: str) -> dict[str, Any]:
+    async def _lease_by_name(self, session: _Session, request: LeaseByName) -> Leased:
+        assert self.cache is not None
+        lease = self.cache.lease_by_name(request.name)
+        return Leased(request.id, None if lease is None else AdapterBody.of(lease.stored, session.keep(lease)))
+
+    async def _route(self, session: _Session, request: Route) -> Routed:
+        """The router's choice for the query, with the lease on the adapter that serves it: the task's trained
+        adapter, or the one generated for its description. A router description the generator refuses (a
+        query used as its own description, too long) serves the base model."""
+        assert self.cache is not None
         if self.router is None:
             raise T2LError("this deployment has no router (`--router`).")
-        decision = (await asyncio.to_thread(self.router.route, [query]))[0]
+        decision = (await asyncio.to_thread(self.router.route, [request.query]))[0]
         self.metrics.router_decisions.labels(task=decision.label).inc()
         trained = self._trained.get(decision.task) if decision.task is not None else None
-        return {"task": decision.task, "description": decision.description, "score": decision.score, "fallback": decision.fallback,
-                "adapter": None if trained is None else trained.name}
+        if trained is not None:
+            lease = self.cache.lease_by_name(trained.name)
+            if lease is None:
+                raise T2LError(f"the trained adapter `{trained.name}` of router task `{decision.task}` is no longer kept.")
+        elif decision.description is not None:
+            try:
+                lease = await self.cache.acquire(decision.description)
+            except InvalidDescriptionError:
+                return Routed(request.id, None, None, decision.score, "base", None)
+        else:
+            lease = None
+        adapter = None if lease is None else AdapterBody.of(lease.stored, session.keep(lease))
+        return Routed(request.id, decision.task, decision.description, decision.score, decision.fallback, adapter)
 
-    async def _report(self, description: object, nearest: int) -> dict[str, Any]:
+    async def _report(self, session: _Session, request: Report) -> Reported:
         """The description's adapter got as a request gets it (generated on a miss), how long that took,
         and the router library's `nearest` closest tasks: what the playground shows.
 
@@ -318,22 +348,18 @@ class AdapterService:
         Bad descriptions raise the `InvalidDescriptionError` a request would get.
         """
         assert self.cache is not None
-        normal = self.generator.normalize(description)
+        normal = self.generator.normalize(request.description)
         name = self.generator.name_of(normal)
         start = time.perf_counter()
         lease = self.cache.lease_by_name(name)  # a hit, or None: nothing counted, so `acquire` counts the miss
         found = lease is not None
         if lease is None:
-            lease = await self.cache.acquire(description)
+            lease = await self.cache.acquire(request.description)
         milliseconds = (time.perf_counter() - start) * 1000
         lease.release()
         tasks: list[tuple[str, float]] = []
-        if self.router is not None and nearest > 0:
+        if self.router is not None and request.nearest > 0:
             text = normal if isinstance(normal, str) else " ".join(part for part, _ in normal.parts)
-            tasks = await asyncio.to_thread(self.router.nearest_tasks, text, nearest)
-        return {
-            "name": lease.name,
-            "generated": not found and lease.name == name,  # another name: a semantic-cache reuse, nothing made
-            "milliseconds": milliseconds,
-            "nearest_tasks": [{"task": task, "score": score} for task, score in tasks],
-        }
+            tasks = await asyncio.to_thread(self.router.nearest_tasks, text, request.nearest)
+        # another name than asked for: a semantic-cache reuse, nothing made
+        return Reported(request.id, lease.name, not found and lease.name == name, milliseconds, tuple(tasks))

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 def register() -> None:
     from .configured import name_endpoint_plugin_if_configured
-    from .internals import install_cpu_lora_fix, install_leak_free_lora_loading, install_lora_info_summary
+    from .internals import install_fixes
 
-    install_cpu_lora_fix()
-    install_lora_info_summary()
-    install_leak_free_lora_loading()
+    install_fixes()  # each where its probe shows the bug; a missing target refuses to serve (`check_fixes`)
     name_endpoint_plugin_if_configured()  # before the API server loads its endpoint plugins

@@ -16,11 +16,10 @@ as the failure it is.
 
 from __future__ import annotations
 
-import multiprocessing
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-ENGINE_PROCESS_PREFIX = "EngineCore"  # vLLM names them EngineCore, or EngineCore_DP<rank>
+from .internals import engine_core_processes
 
 
 class EngineExits:
@@ -38,7 +37,7 @@ class EngineExits:
 
     def watch_children(self) -> None:
         """Notes this process's engine core children; call once the engine is running."""
-        self._engines = [p for p in multiprocessing.active_children() if p.name.startswith(ENGINE_PROCESS_PREFIX)]
+        self._engines = engine_core_processes()
 
     def failure(self) -> str | None:
         """What went wrong, if an engine core process ended with a non-zero status; None otherwise."""

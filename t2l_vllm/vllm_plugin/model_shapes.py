@@ -25,51 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
-
-def lora_shapes(model_dir: str, init_file: str) -> dict[str, list[int]]:
-    """[in, out] of every LoRA target of every decoder layer, by the name an adapter gives it."""
-    from vllm.config import set_current_vllm_config
-    from vllm.distributed.parallel_state import (
-        destroy_distributed_environment,
-        destroy_model_parallel,
-        ensure_model_parallel_initialized,
-        init_distributed_environment,
-    )
-    from vllm.engine.arg_utils import EngineArgs
-    from vllm.model_executor.layers.linear import LinearBase
-    from vllm.model_executor.model_loader.utils import initialize_model
-
-    config = EngineArgs(
-        model=model_dir, dtype="float32", skip_tokenizer_init=True, enable_lora=True, max_model_len=128
-    ).create_engine_config()
-    with set_current_vllm_config(config):
-        init_distributed_environment(
-            world_size=1, rank=0, local_rank=0, distributed_init_method=f"file://{init_file}", backend="gloo"
-        )
-        ensure_model_parallel_initialized(1, 1)  # groups depend on the model (an MoE has an expert group)
-        try:
-            with torch.device("meta"):
-                model = initialize_model(config)
-        finally:
-            destroy_model_parallel()
-            destroy_distributed_environment()
-    packed = getattr(model, "packed_modules_mapping", {})
-    shapes: dict[str, list[int]] = {}
-    for name, module in model.named_modules():
-        if ".layers." not in name or not isinstance(module, LinearBase):
-            continue
-        prefix, _, last = name.rpartition(".")
-        parts = packed.get(last, [last])
-        sizes = list(getattr(module, "output_sizes", None) or [module.output_size])
-        if len(parts) == 1:
-            sizes = [sum(sizes)]
-        if len(parts) != len(sizes):
-            raise SystemExit(f"{name}: packed from {parts} but has output sizes {sizes}")
-        for part, size in zip(parts, sizes):
-            shapes[f"{prefix}.{part}"] = [int(module.input_size), int(size)]
-    return shapes
+from .internals import lora_shapes
 
 
 def vllm_shapes(model_dirs: list[str], timeout_s: float = 900) -> dict[str, dict[str, list[int]]]:

@@ -27,6 +27,7 @@ from ..hypernet.checkpoint import load_config
 from ..hypernet.shapes import check_shapes_fit, load_base_shapes
 from ..service.client import BlockingAdapterClient, service_socket_path
 from ..service.settings import ServiceSettings
+from .internals import check_fixes
 from .lora_registry import lora_request
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class T2LEngine:
     ) -> None:
         from vllm import LLM
 
+        check_fixes()
         model, hypernet = resolve_model_and_hypernet(model, hypernet)
         config, _ = load_config(hypernet)
         check_shapes_fit(config.base, load_base_shapes(model), list(config.lora.target_modules))
@@ -86,7 +88,7 @@ class T2LEngine:
     @property
     def fingerprint(self) -> str:
         """The hypernetwork's fingerprint (names every adapter it generates)."""
-        return self.adapters.client.hello["fingerprint"]
+        return self.adapters.client.hello.fingerprint
 
     def generate(self, prompts: Sequence[str], descriptions: Descriptions = None, sampling_params: Any = None, **kwargs: Any) -> list:
         """`vllm.LLM.generate` with one adapter per prompt; returns vLLM's outputs, in order."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from functools import cache
 from http import HTTPStatus
 from importlib import resources
@@ -28,7 +27,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ..errors import T2LError
 from ..service.settings import ServiceSettings
 from .configured import plugin_settings
-from .server import DESCRIPTION_FIELD, T2LState, _answer_to, _has_api_key, _refuse, openai_error
+from .http import DESCRIPTION_FIELD, answer_to, has_api_key, json_body, openai_error, refuse
+from .state import T2LState
 
 PAGE_PATH = "/t2l/playground"
 ADAPTER_PATH = "/t2l/adapter"
@@ -64,7 +64,7 @@ def page_html() -> str:
 def authorised(request: Request) -> bool:
     """Whether the request carries a key `--api-key` accepts, as a bearer token or as the password of
     HTTP Basic auth (True when the server has no key). The comparison is vLLM's own."""
-    if _has_api_key(request):
+    if has_api_key(request):
         return True
     scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "basic":
@@ -75,7 +75,7 @@ def authorised(request: Request) -> bool:
         return False
     headers = [(k, v) for k, v in request.scope["headers"] if k != b"authorization"]
     as_bearer = Request({**request.scope, "headers": [*headers, (b"authorization", f"Bearer {password}".encode())]})
-    return _has_api_key(as_bearer)
+    return has_api_key(as_bearer)
 
 
 async def _page(request: Request) -> Response:
@@ -94,18 +94,17 @@ async def _adapter(request: Request) -> Response:
     t2l: T2LState | None = getattr(request.app.state, "t2l", None)
     if not authorised(request):
         return openai_error(HTTPStatus.UNAUTHORIZED, "a missing or wrong API key; send `Authorization: Bearer KEY` with the server's `--api-key`.")
-    try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-        return _refuse(t2l, HTTPStatus.BAD_REQUEST, f"the request body is not valid JSON: {err}")
+    body, problem = await json_body(request)
+    if problem is not None:
+        return refuse(t2l, HTTPStatus.BAD_REQUEST, problem)
     if not isinstance(body, dict) or DESCRIPTION_FIELD not in body:
-        return _refuse(t2l, HTTPStatus.BAD_REQUEST, f'the request body must be a JSON object with `{DESCRIPTION_FIELD}`.', DESCRIPTION_FIELD)
+        return refuse(t2l, HTTPStatus.BAD_REQUEST, f'the request body must be a JSON object with `{DESCRIPTION_FIELD}`.', DESCRIPTION_FIELD)
     if t2l is None:  # vLLM initialises the plugin's state before serving; kept as an answer, not a crash
         return openai_error(HTTPStatus.SERVICE_UNAVAILABLE, "the t2l_vllm plugin has not started its adapter service.")
     try:
         report = await t2l.adapters.report(body[DESCRIPTION_FIELD], NEAREST_TASKS)
     except T2LError as err:
-        return _refuse(t2l, *_answer_to(err))
+        return refuse(t2l, *answer_to(err))
     return JSONResponse({
         "name": report.name,
         "generated": report.generated,

@@ -71,7 +71,7 @@ def every_post_route() -> list[str]:
 
 
 def test_every_route_that_serves_or_refuses_the_field_needs_the_api_key(server):
-    from t2l_vllm.vllm_plugin.server import served_routes
+    from t2l_vllm.vllm_plugin.internals import served_request_models as served_routes
 
     routes = every_post_route()
     assert set(served_routes()) <= set(routes) and len(routes) > 10

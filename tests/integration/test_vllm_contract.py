@@ -13,7 +13,7 @@ from vllm.lora.ops.torch_ops import lora_ops
 from vllm.lora.punica_wrapper import punica_cpu
 from vllm.lora.request import LoRARequest
 
-from t2l_vllm.vllm_plugin.internals import TESTED_VLLM, install_cpu_lora_fix, last_slot_leaks_into_no_lora_rows
+from t2l_vllm.vllm_plugin.internals import TESTED_VLLM, install_fixes, last_slot_leaks_into_no_lora_rows
 
 
 def test_vllm_is_the_tested_release():
@@ -32,7 +32,7 @@ def test_unpatched_cpu_shrink_still_has_the_negative_index_bug():
 
 
 def test_patched_shrink_zeroes_no_lora_rows_and_keeps_the_others():
-    assert install_cpu_lora_fix()
+    assert install_fixes()["cpu-lora-no-lora-rows"] == "installed"
     assert punica_cpu.bgmv_shrink is lora_ops.bgmv_shrink
     assert not last_slot_leaks_into_no_lora_rows(lora_ops.bgmv_shrink)
 
@@ -65,9 +65,7 @@ def test_lora_info_labels_count_generated_adapters_instead_of_naming_them():
 def test_the_stat_logger_vllm_builds_summarises_its_lora_info_gauge():
     from vllm.v1.metrics.loggers import PrometheusStatLogger
 
-    from t2l_vllm.vllm_plugin.internals import install_lora_info_summary
-
-    assert install_lora_info_summary()
+    assert install_fixes()["lora-info-labels"] == "installed"
     assert getattr(PrometheusStatLogger.__init__, "_t2l_summarises_generated_adapters", False)
     source = inspect.getsource(inspect.unwrap(PrometheusStatLogger.__init__.__closure__[0].cell_contents))
     assert "self.gauge_lora_info" in source and 'name="vllm:lora_requests_info"' in source
@@ -185,9 +183,84 @@ def test_whole_file_safe_open_reads_the_same_tensors_and_keeps_nothing(adapter_f
 def test_vllm_lora_loader_reads_safetensors_through_its_module_global_safe_open():
     from vllm.lora import lora_model
 
-    from t2l_vllm.vllm_plugin.internals import WholeFileSafeOpen, install_leak_free_lora_loading
+    from t2l_vllm.vllm_plugin.internals import WholeFileSafeOpen
 
     assert "safetensors.safe_open(lora_tensor_path" in inspect.getsource(lora_model.LoRAModel.from_local_checkpoint)
-    assert install_leak_free_lora_loading()
+    assert install_fixes()["lora-loader-leak"] == "installed"
     assert lora_model.safetensors.safe_open is WholeFileSafeOpen
     assert lora_model.safetensors.torch is __import__("safetensors.torch").torch  # the rest of the module is the real one
+
+
+# --- the reach-ins of the endpoint plugin (internals.py) ---------------------------------------------
+def test_a_fix_whose_target_is_gone_refuses_to_serve(monkeypatch):
+    """A fake fault, named as one: a probe that cannot import its target, as after a vLLM upgrade."""
+    from t2l_vllm.errors import ConfigError
+    from t2l_vllm.vllm_plugin import internals
+
+    def gone() -> bool:
+        raise ImportError("No module named 'vllm.lora.ops.torch_ops'")
+
+    broken = internals.Fix("cpu-lora-no-lora-rows", "a base request gets the last slot's adapter", lambda: False, gone, lambda: None)
+    monkeypatch.setattr(internals, "FIXES", (broken,))
+    assert internals.install_fixes()["cpu-lora-no-lora-rows"].startswith("target missing: ImportError")
+    with pytest.raises(ConfigError, match="cannot correct vLLM here: a base request gets the last slot's adapter"):
+        internals.check_fixes()
+
+
+def test_each_fix_is_installed_because_its_probe_shows_the_bug():
+    from t2l_vllm.vllm_plugin.internals import FIXES, install_fixes
+
+    assert set(install_fixes().values()) == {"installed"}
+    assert all(fix.installed() for fix in FIXES)
+
+
+def test_vllm_serves_the_generation_routes_with_pydantic_request_models():
+    from t2l_vllm.vllm_plugin.internals import served_request_models
+
+    bodies = {"/v1/chat/completions": {"messages": [{"role": "user", "content": "hi"}]}, "/v1/completions": {"prompt": "hi"},
+              "/v1/responses": {"input": "hi"}}
+    for path, model in served_request_models().items():
+        request = model.model_validate({"model": "m", **bodies[path]})
+        copy = request.model_copy(update={"model": "t2l-x"})
+        assert (copy.model, request.model) == ("t2l-x", "m"), path
+
+
+def test_the_api_key_check_is_vllms_middleware_rebuilt_from_the_app():
+    from fastapi import FastAPI
+    from starlette.requests import Request
+    from vllm.entrypoints.serve.middleware.authenticate import AuthenticationMiddleware
+
+    from t2l_vllm.vllm_plugin.internals import key_accepted
+
+    app = FastAPI()
+    assert key_accepted(Request({"type": "http", "app": app, "headers": []}))  # no key configured
+    app.add_middleware(AuthenticationMiddleware, tokens=["secret"])
+
+    def request(key: str) -> Request:
+        return Request({"type": "http", "app": app, "headers": [(b"authorization", f"Bearer {key}".encode())]})
+
+    assert key_accepted(request("secret")) and not key_accepted(request("wrong"))
+
+
+def test_the_async_engine_client_shuts_down_through_a_method_the_plugin_can_watch():
+    import threading
+    from types import SimpleNamespace
+
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from t2l_vllm.vllm_plugin.internals import notice_shutdown
+
+    assert callable(AsyncLLM.shutdown)
+    calls = []
+    client, stopping = SimpleNamespace(shutdown=lambda *a: calls.append(a)), threading.Event()
+    notice_shutdown(client, stopping)
+    client.shutdown(1)
+    assert stopping.is_set() and calls == [(1,)]
+
+
+def test_vllm_names_its_engine_core_processes_as_the_plugin_looks_for_them():
+    from vllm.v1.engine import utils
+
+    from t2l_vllm.vllm_plugin.internals import ENGINE_PROCESS_PREFIX
+
+    assert f'name=f"{ENGINE_PROCESS_PREFIX}_DP{{global_index}}" if is_dp else "{ENGINE_PROCESS_PREFIX}"' in inspect.getsource(utils)

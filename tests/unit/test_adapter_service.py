@@ -27,12 +27,12 @@ def socket_files(socket_path) -> list[str]:
 
 
 def folders(client: AdapterClient) -> set[str]:
-    return {p.name for p in Path(client.hello["store"]).iterdir() if not p.name.startswith(".")}
+    return {p.name for p in Path(client.hello.store).iterdir() if not p.name.startswith(".")}
 
 
 def service_metric(client: AdapterClient, name: str) -> float:
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=client.hello["metrics_dir"])
+    MultiProcessCollector(registry, path=client.hello.metrics_dir)
     return sum(s.value for m in registry.collect() for s in m.samples if s.name == name)
 
 
@@ -50,7 +50,7 @@ def test_two_clients_share_one_service_one_generation_per_description_and_folder
         path = service_socket_path(f"test-{tmp_path.name}")
         first = await AdapterClient.connect_or_start(path, settings)
         second = await AdapterClient.connect_or_start(path, settings)
-        assert first.started and not second.started and second.hello["pid"] == first.hello["pid"]
+        assert first.started and not second.started and second.hello.pid == first.hello.pid
         removed: list[str] = []
         second.on_removed(removed.append)
 
@@ -70,7 +70,7 @@ def test_two_clients_share_one_service_one_generation_per_description_and_folder
         await wait_for(lambda: held.name in removed)
         assert not held.stored.path.exists()
 
-        store = Path(first.hello["store"])
+        store = Path(first.hello.store)
         await first.close()
         await second.close()
         assert wait_until_stopped(path, 30)
@@ -136,7 +136,7 @@ def test_preloaded_adapters_are_listed_in_the_greeting_and_outlive_any_churn(def
         preload = ("Preloaded task one: count the vowels.", "Preloaded task two: sort the letters.", "Preloaded task three: shout.")
         settings = replace(settings_for(default_paths, tmp_path, max_entries=2), preload=preload)
         client = await AdapterClient.connect_or_start(service_socket_path(f"test-{tmp_path.name}"), settings)
-        names = [body["name"] for body in client.hello["preloaded"]]
+        names = [body.name for body in client.hello.preloaded]
         assert len(names) == 3 and len(set(names)) == 3
         for i in range(6):  # churn the 2-entry cache well past the preloaded adapters
             (await client.acquire(f"Churn task {i}: reverse the words.")).release()
@@ -169,7 +169,7 @@ def test_a_lock_file_removed_by_its_holder_is_never_held_twice(tmp_path):
     so lock files can be deleted and two processes never both hold the same lock."""
     import threading
 
-    from t2l_vllm.service.protocol import lock_file
+    from t2l_vllm.service.locks import lock_file
 
     path = str(tmp_path / "x.lock")
     holder = lock_file(path)

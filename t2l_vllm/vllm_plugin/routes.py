@@ -1,0 +1,246 @@
+"""The generation routes with `task_description`, and the refusal of the field everywhere else.
+
+    body -> task_description? -> lease on a generated adapter from the deployment's
+            adapter service (one process for all API servers: cache, batcher, store)
+         -> register the adapter's name with vLLM's model registry
+         -> model := adapter name -> vLLM's original handler (streaming or not)
+         -> headers x-t2l-adapter / x-t2l-source -> release the lease when the
+            response (or stream) ends
+
+A request without a description is routed (`--router`): the router's task
+description, the query itself, or none. With no router, or when the router
+chooses the base model, the request reaches vLLM's handler unchanged. Nothing
+here can take the engine down: a folder vLLM may load is never deleted while a
+request holds its lease.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from ..cache import Lease
+from ..errors import T2LError
+from ..router import query_of_request
+from .configured import NOT_CONFIGURED
+from .http import (
+    ADAPTER_HEADER,
+    DESCRIPTION_FIELD,
+    SCORE_HEADER,
+    SOURCE_HEADER,
+    TASK_HEADER,
+    answer_to,
+    has_api_key,
+    json_body,
+    refuse,
+)
+from .internals import post_routes, served_request_models
+from .state import T2LState
+
+SHUTTING_DOWN = (
+    "The server is shutting down: it finishes the requests it has started and starts no new ones. "
+    "Send this request again (to another replica)."
+)
+
+
+@dataclass(frozen=True)
+class _Route:
+    """One wrapped vLLM route: its path, request model and original endpoint."""
+
+    path: str
+    request_model: type
+    original: Callable[..., Awaitable[Response]]
+
+
+def attach_routes(app: FastAPI) -> None:
+    """Serves `task_description` on the generation routes and refuses it on every other POST route.
+
+    vLLM replaces a route it already has with a plugin's route of the same path
+    and method, so each wrapper stands in for vLLM's and calls vLLM's own code.
+    """
+    posts = post_routes(app)
+    served = served_request_models()
+    router = APIRouter()
+    for path, model in served.items():
+        if path not in posts:
+            raise RuntimeError(f"t2l_vllm: vLLM has no POST {path} route to extend; is this the vLLM t2l_vllm requires?")
+        router.add_api_route(path, _endpoint(_Route(path, model, posts[path].endpoint)), methods=["POST"])
+    for path, route in posts.items():
+        if path not in served:
+            router.add_api_route(path, _refusing_endpoint(route, list(served)), methods=["POST"], include_in_schema=False)
+    app.include_router(router)
+
+
+def _endpoint(route: _Route) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(raw_request: Request) -> Response:
+        t2l: T2LState | None = getattr(raw_request.app.state, "t2l", None)
+        body, problem = await json_body(raw_request)
+        if problem is not None:
+            return refuse(t2l, HTTPStatus.BAD_REQUEST, problem)
+        if not isinstance(body, dict):
+            return refuse(t2l, HTTPStatus.BAD_REQUEST, "the request body must be a JSON object.")
+        has_description = DESCRIPTION_FIELD in body
+        description = body.pop(DESCRIPTION_FIELD, None)
+        if has_description and description is None:
+            return refuse(t2l, HTTPStatus.BAD_REQUEST, f"`{DESCRIPTION_FIELD}` is null; give a string or leave the field out.", DESCRIPTION_FIELD)
+        if has_description and t2l is None:
+            return refuse(t2l, HTTPStatus.BAD_REQUEST, f"`{DESCRIPTION_FIELD}` is not served: {NOT_CONFIGURED}.", DESCRIPTION_FIELD)
+        if has_description and t2l is not None and (problem_of_model := _check_model(t2l, body.get("model"))) is not None:
+            return refuse(t2l, *problem_of_model)
+        try:  # the whole body is checked before any adapter is made for it
+            request = route.request_model.model_validate(body)
+        except ValidationError as err:
+            raise RequestValidationError(err.errors()) from err
+        if t2l is None:
+            return await _forward(route, request, raw_request, None, _Choice("none"), None)
+        if t2l.stopping.is_set():  # no pass, no routing for a request that cannot start
+            return refuse(t2l, HTTPStatus.SERVICE_UNAVAILABLE, SHUTTING_DOWN)
+        try:
+            if has_description:
+                lease, choice = await _lease(t2l, description, body.get("model"))
+            else:
+                lease, choice = await _route(t2l, body)
+        except T2LError as err:
+            return refuse(t2l, *answer_to(err))
+        return await _forward(route, request, raw_request, lease, choice, t2l)
+
+    endpoint.__name__ = f"t2l_{route.path.strip('/').replace('/', '_')}"
+    return endpoint
+
+
+def _refusing_endpoint(route: Any, served: list[str]) -> Callable[[Request], Awaitable[Response]]:
+    """vLLM's own handler for `route`, unless the JSON body carries `task_description`: then a 400
+    that says where the field is served, rather than an answer that silently ignored it."""
+    handler = route.get_route_handler()
+
+    async def endpoint(raw_request: Request) -> Response:
+        body, _ = await json_body(raw_request)
+        if isinstance(body, dict) and DESCRIPTION_FIELD in body:
+            if not has_api_key(raw_request):
+                return JSONResponse({"error": "Unauthorized"}, status_code=HTTPStatus.UNAUTHORIZED.value)  # vLLM's own answer
+            routes = ", ".join(f"POST {path}" for path in served)
+            return refuse(
+                getattr(raw_request.app.state, "t2l", None), HTTPStatus.BAD_REQUEST,
+                f"`{DESCRIPTION_FIELD}` is not served on {route.path}; it is served on {routes}.", DESCRIPTION_FIELD,
+            )
+        return await handler(raw_request)
+
+    endpoint.__name__ = f"t2l_refusing_{route.path.strip('/').replace('/', '_')}"
+    return endpoint
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """Where a request's description came from, and the router's verdict if it chose."""
+
+    source: str  # request | router | none
+    task: str | None = None
+    score: float | None = None
+
+    def headers(self) -> dict[str, str]:
+        headers = {SOURCE_HEADER: self.source}
+        if self.task is not None:
+            headers[TASK_HEADER] = quote(self.task, safe=":_-.")  # task names may be any Unicode
+        if self.score is not None:
+            headers[SCORE_HEADER] = f"{self.score:.4f}"
+        return headers
+
+
+async def _route(t2l: T2LState, body: dict) -> tuple[Lease | None, _Choice]:
+    """The lease the router's choice needs for a request without a description (None: the request goes
+    as it is), in one round trip to the service.
+
+    Only requests for the base model are routed; one that names a LoRA adapter or an unknown model
+    goes to vLLM unchanged, which serves or refuses it as usual (a client reusing a generated adapter's
+    name is leased that adapter).
+    """
+    model = body.get("model")
+    if not t2l.routed or _check_model(t2l, model) is not None:
+        return await _lease(t2l, None, model)
+    query = query_of_request(body)
+    if query is None or not query.strip():
+        return None, _Choice("none")
+    decision, lease = await t2l.adapters.route(query)
+    return _registered(t2l, lease), _Choice("router", decision.label, decision.score)
+
+
+async def _lease(t2l: T2LState, description: str | None, model: object) -> tuple[Lease | None, _Choice]:
+    """The lease a request runs under: its description's adapter, or a generated adapter it names;
+    None for the base model or another LoRA."""
+    if description is not None:
+        return _registered(t2l, await t2l.adapters.acquire(description)), _Choice("request")
+    if isinstance(model, str) and not t2l.models.is_base_model(model):
+        lease = await t2l.adapters.lease_by_name(model)  # a client reusing a generated adapter's name
+        if lease is not None:
+            return _registered(t2l, lease), _Choice("request")
+    return None, _Choice("none")
+
+
+def _registered(t2l: T2LState, lease: Lease | None) -> Lease | None:
+    """The lease, its adapter entered in vLLM's registry (given back if that fails)."""
+    if lease is None:
+        return None
+    try:
+        t2l.loras.add(lease.stored)
+    except BaseException:
+        lease.release()
+        raise
+    return lease
+
+
+def _check_model(t2l: T2LState, model: object) -> tuple[HTTPStatus, str, str] | None:
+    """A description applies to the base model; `model` may be omitted or name it."""
+    if model is None or (isinstance(model, str) and t2l.models.is_base_model(model)):
+        return None
+    if isinstance(model, str) and model in t2l.loras:
+        return (HTTPStatus.BAD_REQUEST, f"`{DESCRIPTION_FIELD}` cannot be combined with the LoRA adapter `{model}`; name the base model.", "model")
+    return (HTTPStatus.NOT_FOUND, f"The model `{model}` does not exist.", "model")
+
+
+async def _forward(route: _Route, request: Any, raw_request: Request, lease: Lease | None, choice: _Choice, t2l: T2LState | None) -> Response:
+    """Runs vLLM's own handler on the (possibly re-targeted) request; the lease ends with the response."""
+    try:
+        if lease is not None:
+            request = request.model_copy(update={"model": lease.name})  # a new request: vLLM's object is not changed
+        response = await route.original(request, raw_request)
+        if response is None:  # vLLM's with_cancellation: the client went away
+            response = Response(status_code=499)
+        elif t2l is not None and t2l.stopping.is_set() and response.status_code == HTTPStatus.INTERNAL_SERVER_ERROR:
+            response = refuse(t2l, HTTPStatus.SERVICE_UNAVAILABLE, SHUTTING_DOWN)  # it met the stopped tokenizer
+        response.headers[ADAPTER_HEADER] = lease.name if lease is not None else "base"
+        response.headers.update(choice.headers())
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
+    if t2l is not None:
+        t2l.metrics.requests.labels(source=choice.source).inc()
+    return response if lease is None else _LeasedResponse(response, lease)
+
+
+class _LeasedResponse(Response):
+    """Sends `inner` and releases the lease when sending ends, however it ends.
+
+    Releasing from inside a streaming body would leak the lease when the client
+    disconnects before the first chunk (the body generator never starts).
+    """
+
+    def __init__(self, inner: Response, lease: Lease) -> None:  # noqa: D107 - no body of its own
+        self.inner, self.lease = inner, lease
+        self.status_code = inner.status_code
+        self.background = inner.background
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.inner.background = self.background  # FastAPI may have attached tasks to the wrapper
+        try:
+            await self.inner(scope, receive, send)
+        finally:
+            self.lease.release()
