@@ -14,13 +14,9 @@ import argparse
 from dataclasses import replace
 
 from ..cache import CacheSettings
-from ..descriptions import normalize_description
-from ..errors import ConfigError, InvalidDescriptionError
-from ..hypernet.checkpoint import load_checkpoint
-from ..hypernet.config import HypernetConfig
-from ..hypernet.shapes import check_shapes_fit, load_base_shapes
 from ..paths import CONFIG_ENV, settings_file
-from ..router import RouterSettings, TaskLibrary
+from ..router import RouterSettings
+from ..service.deployment import check_deployment
 from ..service.settings import ServiceSettings, load_settings_file
 from .common import add_generator_options, generator_settings, read_description_file
 from .output import quiet_vllm_options
@@ -56,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     base = settings_file_settings()
     model, hypernet = resolve_model_and_hypernet(args.model, args.hypernet or (base.hypernet if base else None))
     settings = replace(service_settings(args, hypernet, base), base_model=model)
-    config = check_before_vllm_starts(settings, model)
+    config = check_deployment(settings, model)
     serve(model, config.lora.rank, settings, [*args.unknown_options, *quiet_vllm_options(args.verbose, args.unknown_options)])
     return 0
 
@@ -71,24 +67,6 @@ def settings_file_settings() -> ServiceSettings | None:
     return settings
 
 
-def check_before_vllm_starts(settings: ServiceSettings, model: str) -> HypernetConfig:
-    """Everything a bad flag or file can break, checked in seconds instead of after the engine's
-    start (minutes on a large model): the hypernetwork's weights against their fingerprint and
-    against the base model's shapes, the router library, and every preloaded description."""
-    hypernet, _ = load_checkpoint(settings.hypernet)  # raises on altered, corrupt or mismatched weights
-    config = hypernet.config
-    del hypernet
-    check_shapes_fit(config.base, load_base_shapes(model), list(config.lora.target_modules))
-    if settings.router is not None:
-        TaskLibrary.load(settings.router.library)
-    for line, description in enumerate(settings.preload, 1):
-        try:
-            normalize_description(description, settings.generator.max_description_chars)
-        except InvalidDescriptionError as err:
-            raise ConfigError(f"`--preload`, description {line}: {err}") from None
-    return config
-
-
 def service_settings(args: argparse.Namespace, hypernet: str, base: ServiceSettings | None = None) -> ServiceSettings:
     """The adapter service's settings: the flags the user gave, over `base` (the settings file), over
     the dataclasses' defaults. Each dataclass checks its own values."""
@@ -101,6 +79,6 @@ def service_settings(args: argparse.Namespace, hypernet: str, base: ServiceSetti
         hypernet=hypernet,
         generator=generator,
         cache=settings_from(args, CacheSettings, base.cache),
-        router=replace(router, max_description_chars=generator.max_description_chars) if router else None,
+        router=router,
         preload=tuple(read_description_file(args.preload, "--preload")) if args.preload else base.preload,
     )

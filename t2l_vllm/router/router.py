@@ -53,9 +53,6 @@ class RouterSettings:
     )
     top_k: int = field(default=3, metadata={"help": "entries averaged per task with topk scoring"})
     shortlist: int = field(default=64, metadata={"help": "tasks the centroids shortlist for topk scoring of a large library"})
-    max_description_chars: int = field(
-        default=DEFAULT_MAX_DESCRIPTION_CHARS, metadata={"help": "a query used as its own description is cut to this length"}
-    )
 
     def __post_init__(self) -> None:
         if self.fallback is not None and self.fallback not in FALLBACKS:
@@ -74,9 +71,18 @@ def router_encoder(model: str = DEFAULT_ENCODER) -> TaskEncoder:
 class EmbeddingRouter:
     """Chooses a task description for queries without one. Thread-safe for reads."""
 
-    def __init__(self, library: TaskLibrary, settings: RouterSettings = RouterSettings(), encoder: TaskEncoder | None = None) -> None:
+    def __init__(
+        self,
+        library: TaskLibrary,
+        settings: RouterSettings = RouterSettings(),
+        encoder: TaskEncoder | None = None,
+        max_description_chars: int = DEFAULT_MAX_DESCRIPTION_CHARS,
+    ) -> None:
+        """`max_description_chars`: the generator's limit (`GeneratorSettings`, its one home); a query
+        used as its own description is cut to it, so that the generator accepts it."""
         self.library = library
         self.settings = settings
+        self.max_description_chars = max_description_chars
         self.threshold = settings.threshold if settings.threshold is not None else (library.threshold if library.threshold is not None else DEFAULT_THRESHOLD)
         self.fallback: Fallback = settings.fallback or library.fallback
         self.encoder = encoder or router_encoder(settings.encoder)
@@ -86,8 +92,8 @@ class EmbeddingRouter:
         )
 
     @classmethod
-    def from_settings(cls, settings: RouterSettings) -> "EmbeddingRouter":
-        return cls(TaskLibrary.load(settings.library), settings)
+    def from_settings(cls, settings: RouterSettings, max_description_chars: int = DEFAULT_MAX_DESCRIPTION_CHARS) -> "EmbeddingRouter":
+        return cls(TaskLibrary.load(settings.library), settings, max_description_chars=max_description_chars)
 
     def best_tasks(self, queries: Sequence[str]) -> list[tuple[str, float]]:
         """The best task and the router's confidence in it for each query, before any threshold.
@@ -116,7 +122,7 @@ class EmbeddingRouter:
             return RouteDecision(task, self.library.task(task).descriptions[0], score)
         if self.fallback == "base":
             return RouteDecision(None, None, score, "base")
-        text = " ".join(query.split())[: self.settings.max_description_chars]
+        text = " ".join(query.split())[: self.max_description_chars]
         return RouteDecision(None, text or None, score, "query")
 
 

@@ -113,7 +113,8 @@ class AdapterService:
         self.metrics = T2LMetrics()
         self.generator = with_test_faults(AdapterGenerator.from_checkpoint(settings.hypernet, settings.generator))
         self._check_strength()
-        self.router = None if settings.router is None else EmbeddingRouter.from_settings(settings.router)
+        self.router = None if settings.router is None else EmbeddingRouter.from_settings(
+            settings.router, settings.generator.max_description_chars)
         self.store = AdapterStore(settings.adapter_dir)
         self._sessions: set[_Session] = set()
         self._tasks: set[asyncio.Task] = set()

@@ -10,7 +10,8 @@ plain `vllm serve` learns its hypernetwork, and the base `t2l-vllm serve` starts
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,29 +56,40 @@ class ServiceSettings:
     def from_dict(cls, doc: dict[str, Any]) -> "ServiceSettings":
         """The settings a mapping such as `asdict(settings)` describes, missing keys at their defaults.
 
-        Raises `ConfigError` naming an unknown key (a typo would otherwise be ignored)
-        or a value that its class refuses.
+        Read field by field from the dataclass itself, nested settings included, so a new
+        field needs no code here. Raises `ConfigError` naming an unknown key (a typo would
+        otherwise be ignored), a missing required one, or a value that its class refuses.
         """
         _check_keys(doc, cls, "")
-        for key, nested in (("generator", GeneratorSettings), ("cache", CacheSettings), ("router", RouterSettings)):
-            if doc.get(key) is not None:
-                _check_keys(doc[key], nested, f"{key}.")
-        router = doc.get("router")
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in doc:
+                if f.default is MISSING and f.default_factory is MISSING:
+                    raise ConfigError(f"t2l_vllm settings: `{f.name}` is missing.")
+                continue
+            values[f.name] = _field_value(hints[f.name], f.name, doc[f.name])
         try:
-            return cls(
-                hypernet=doc["hypernet"],
-                adapter_dir=doc.get("adapter_dir"),
-                generator=GeneratorSettings(**doc.get("generator") or {}),
-                cache=CacheSettings(**doc.get("cache") or {}),
-                router=None if router is None else RouterSettings(**router),
-                preload=tuple(doc.get("preload") or ()),
-                base_model=doc.get("base_model"),
-                playground=doc.get("playground", cls.playground),
-            )
-        except KeyError as err:
-            raise ConfigError(f"t2l_vllm settings: `{err.args[0]}` is missing.") from None
+            return cls(**values)
         except TypeError as err:  # a value of the wrong kind, e.g. a mapping where a number goes
             raise ConfigError(f"t2l_vllm settings: {err}") from None
+
+
+def _field_value(hint: Any, name: str, value: Any) -> Any:
+    """A field's value from a mapping: nested settings built from theirs, sequences as tuples."""
+    args = typing.get_args(hint)
+    nested = next((a for a in (hint, *args) if is_dataclass(a)), None)
+    if nested is not None:
+        if value is None:
+            return None if type(None) in args else nested()
+        _check_keys(value, nested, f"{name}.")
+        try:
+            return nested(**value)
+        except TypeError as err:
+            raise ConfigError(f"t2l_vllm settings: `{name}`: {err}") from None
+    if typing.get_origin(hint) is tuple:
+        return tuple(value or ())
+    return value
 
 
 def load_settings_file(path: str | Path) -> ServiceSettings:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 
 def register() -> None:
-    from .configured import name_endpoint_plugin_if_configured
+    from .configured import check_plain_launch, name_endpoint_plugin_if_configured
     from .internals import install_fixes
 
     install_fixes()  # each where its probe shows the bug; a missing target refuses to serve (`check_fixes`)
-    name_endpoint_plugin_if_configured()  # before the API server loads its endpoint plugins
+    name_endpoint_plugin_if_configured()
+    check_plain_launch()  # a plain `vllm serve` with $T2L_VLLM_CONFIG: its settings, before the engine starts  # before the API server loads its endpoint plugins

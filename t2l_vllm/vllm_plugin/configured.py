@@ -11,11 +11,19 @@ vLLM loads an endpoint plugin only when `VLLM_PLUGINS` names it. Setting
 general plugin (which vLLM loads without being named) names it there, together
 with every other installed plugin, when `VLLM_PLUGINS` is unset: the other
 plugin groups then load exactly what they would have loaded anyway.
+
+A plain launch is checked as `t2l-vllm serve` checks it, by the same
+`check_deployment`, before its engine starts: the general plugin has the file
+checked against vLLM's engine arguments the moment vLLM makes its engine config
+from them (`check_plain_launch`). The check runs once per launch: processes it
+starts inherit `CHECKED_ENV`, which `t2l-vllm serve` and the offline engine set
+too, having checked their own settings.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from argparse import Namespace
 from dataclasses import replace
 from importlib.metadata import entry_points
@@ -28,6 +36,7 @@ if TYPE_CHECKING:  # imported where used: `register` runs this module's cheap ha
 
 PLUGIN_NAME = "t2l_vllm"
 ENDPOINT_GROUP = "vllm.endpoint_plugins"
+CHECKED_ENV = "T2L_VLLM_LAUNCH_CHECKED"  # set once a launch's settings passed `check_deployment`
 
 NOT_CONFIGURED = (
     f"this server has no hypernetwork configured: set {CONFIG_ENV} to a t2l_vllm settings file "
@@ -37,9 +46,9 @@ NOT_CONFIGURED = (
 
 def plugin_settings(args: Namespace) -> ServiceSettings | None:
     """The settings this API server serves with: `t2l-vllm serve`'s, else the `$T2L_VLLM_CONFIG` file's
-    (checked against vLLM's options), else None (not configured).
+    (the served model filled in from vLLM's options), else None (not configured).
 
-    Raises `ConfigError` for a file that cannot be read or a launch it cannot serve.
+    Raises `ConfigError` for a file that cannot be read.
     """
     from ..service.settings import load_settings_file
 
@@ -49,25 +58,33 @@ def plugin_settings(args: Namespace) -> ServiceSettings | None:
     path = settings_file()
     if path is None:
         return None
-    settings = replace(load_settings_file(path), base_model=args.model)
-    check_vllm_options(args, settings)
-    return settings
+    return replace(load_settings_file(path), base_model=args.model)
 
 
-def check_vllm_options(args: Namespace, settings: ServiceSettings) -> None:
-    """What `t2l-vllm serve` sets itself, a plain vLLM launch must have been given: LoRA on, a rank
-    that fits the hypernetwork's adapters, and the base model the hypernetwork was made for."""
-    from ..errors import ConfigError
-    from ..hypernet.checkpoint import load_config
-    from ..hypernet.shapes import check_shapes_fit, load_base_shapes
+def check_plain_launch() -> None:
+    """For a plain `vllm serve` with `$T2L_VLLM_CONFIG`: has the file checked against vLLM's engine
+    arguments as soon as they are parsed, before any engine starts (`internals.check_engine_args_first`)."""
+    from .internals import check_engine_args_first
 
-    config, _ = load_config(settings.hypernet)
-    rank = config.lora.rank
-    if not getattr(args, "enable_lora", False):
-        raise ConfigError(f"{CONFIG_ENV} names a hypernetwork, but LoRA is off: start vLLM with `--enable-lora --max-lora-rank {rank}`.")
-    if (getattr(args, "max_lora_rank", None) or 0) < rank:
-        raise ConfigError(f"the hypernetwork writes rank-{rank} adapters: raise `--max-lora-rank` to at least {rank}, got {args.max_lora_rank}.")
-    check_shapes_fit(config.base, load_base_shapes(args.model), list(config.lora.target_modules))
+    if settings_file() is not None and not os.environ.get(CHECKED_ENV):
+        check_engine_args_first(_check_settings_file)
+
+
+def _check_settings_file(engine_args: object) -> None:
+    """`check_deployment` for the settings file and the engine arguments; ends the launch with the reason."""
+    from ..errors import T2LError
+    from ..service.deployment import check_deployment
+    from ..service.settings import load_settings_file
+
+    path = settings_file()
+    if path is None or os.environ.get(CHECKED_ENV):
+        return
+    try:
+        check_deployment(load_settings_file(path), engine_args.model, engine_args.enable_lora, engine_args.max_lora_rank)  # type: ignore[attr-defined]
+    except T2LError as err:
+        print(f"t2l_vllm: {CONFIG_ENV}={path}: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    os.environ[CHECKED_ENV] = "1"  # the processes this launch starts inherit it
 
 
 def name_endpoint_plugin_if_configured() -> None:

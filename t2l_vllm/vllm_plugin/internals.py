@@ -30,7 +30,8 @@ serving on would leave a known wrong answer in place:
 And the reach-ins the plugin's serving needs: vLLM's request models and POST
 routes (`served_request_models`, `post_routes`), its API-key check
 (`key_accepted`), the moment it begins shutting an engine client down
-(`notice_shutdown`), the names of its engine core processes
+(`notice_shutdown`), its engine arguments before the engine starts
+(`check_engine_args_first`), the names of its engine core processes
 (`engine_core_processes`), and its model construction on the meta device
 (`lora_shapes`, for `t2l-vllm check`).
 """
@@ -325,6 +326,30 @@ def check_fixes() -> None:
 
 
 # --- what the endpoint plugin needs of vLLM's app and engine ------------------------------------------
+_CHECKED_FLAG = "_t2l_checks_engine_args"
+
+
+def check_engine_args_first(check: Callable[[Any], None]) -> None:
+    """Makes `EngineArgs.create_engine_config` call `check(engine_args)` before it builds anything.
+
+    vLLM loads general plugins once per process, while it builds its argument parser,
+    before any options are parsed; the engine's config is the first thing made from
+    them, before any engine process starts. Once per process.
+    """
+    from vllm.engine.arg_utils import EngineArgs
+
+    original = EngineArgs.create_engine_config
+    if getattr(original, _CHECKED_FLAG, False):
+        return
+
+    def create_engine_config(self: Any, *args: Any, **kwargs: Any) -> Any:
+        check(self)
+        return original(self, *args, **kwargs)
+
+    setattr(create_engine_config, _CHECKED_FLAG, True)
+    EngineArgs.create_engine_config = create_engine_config
+
+
 def served_request_models() -> dict[str, type]:
     """The generation routes the plugin extends, with vLLM's request model for each."""
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest

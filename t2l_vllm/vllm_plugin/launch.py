@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from ..errors import ConfigError, EngineDiedError
 from ..service.settings import ServiceSettings
 from .engine_exits import EngineExits
-from .configured import PLUGIN_NAME
+from .configured import CHECKED_ENV, PLUGIN_NAME
 
 
 def serve(model: str, lora_rank: int, settings: ServiceSettings, vllm_options: Sequence[str]) -> None:
@@ -33,6 +33,7 @@ def serve(model: str, lora_rank: int, settings: ServiceSettings, vllm_options: S
     # Endpoint plugins load only when named in VLLM_PLUGINS; keep what the user named.
     named = [p for p in os.environ.get("VLLM_PLUGINS", "").split(",") if p]
     os.environ["VLLM_PLUGINS"] = ",".join(dict.fromkeys([*named, PLUGIN_NAME]))
+    os.environ[CHECKED_ENV] = "1"  # the CLI checked these settings, flags included (`check_deployment`)
     cli_env_setup()
     args = make_arg_parser(FlexibleArgumentParser(prog="t2l-vllm serve")).parse_args(["--model", model, *vllm_options])
     check_adapter_dir_reaches_every_node(args, settings)

@@ -24,9 +24,10 @@ from ..default_model import default_paths
 from ..errors import ConfigError
 from ..generator import GeneratorSettings
 from ..hypernet.checkpoint import load_config
-from ..hypernet.shapes import check_shapes_fit, load_base_shapes
 from ..service.client import BlockingAdapterClient, service_socket_path
+from ..service.deployment import check_deployment
 from ..service.settings import ServiceSettings
+from .configured import CHECKED_ENV
 from .internals import check_fixes
 from .lora_registry import lora_request
 
@@ -75,12 +76,11 @@ class T2LEngine:
 
         check_fixes()
         model, hypernet = resolve_model_and_hypernet(model, hypernet)
-        config, _ = load_config(hypernet)
-        check_shapes_fit(config.base, load_base_shapes(model), list(config.lora.target_modules))
-        llm_kwargs.setdefault("enable_lora", True)
+        self.settings = ServiceSettings(hypernet, adapter_dir, generator_settings, cache_settings, base_model=model)
+        config = check_deployment(self.settings, model, llm_kwargs.setdefault("enable_lora", True))
+        os.environ[CHECKED_ENV] = "1"  # checked: a $T2L_VLLM_CONFIG file is not this engine's settings
         llm_kwargs["max_lora_rank"] = max(llm_kwargs.get("max_lora_rank", 0), config.lora.rank)
         self.model = model
-        self.settings = ServiceSettings(hypernet, adapter_dir, generator_settings, cache_settings)
         self.adapters = BlockingAdapterClient(service_socket_path(f"offline-{os.getpid()}-{next(_ENGINES)}"), self.settings)
         self._finalizer = weakref.finalize(self, self.adapters.close)  # the service removes its folders when we leave
         self.llm = LLM(model=model, **llm_kwargs)

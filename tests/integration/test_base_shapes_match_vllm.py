@@ -24,7 +24,7 @@ from t2l_vllm.hypernet.checkpoint import load_checkpoint
 from t2l_vllm.hypernet.shapes import ModuleShape, load_base_shapes
 from t2l_vllm.testing.reference_checkpoint import EMBEDDING_DIM, write_reference_checkpoint
 from t2l_vllm.testing.tiny_models import TINY_FAMILIES, build_tiny_model
-from t2l_vllm.vllm_plugin.model_shapes import vllm_shapes
+from t2l_vllm.vllm_plugin.model_shapes import vllm_shapes as shapes_from_vllm
 
 REFERENCE_BASES = Path(__file__).parents[1] / "data" / "reference_bases"
 REFERENCE_NAMES = sorted(p.name for p in REFERENCE_BASES.iterdir())
@@ -43,7 +43,7 @@ def bases(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def vllm_shapes(bases, tmp_path_factory) -> dict[str, dict[str, list[int]]]:
     """{base name: {"model.layers.{i}.self_attn.q_proj": [in, out], ...}} from vLLM's model classes."""
-    by_dir = vllm_shapes([str(folder) for folder in bases.values()])
+    by_dir = shapes_from_vllm([str(folder) for folder in bases.values()])
     return {name: by_dir[str(folder)] for name, folder in bases.items()}
 
 

@@ -264,3 +264,22 @@ def test_vllm_names_its_engine_core_processes_as_the_plugin_looks_for_them():
     from t2l_vllm.vllm_plugin.internals import ENGINE_PROCESS_PREFIX
 
     assert f'name=f"{ENGINE_PROCESS_PREFIX}_DP{{global_index}}" if is_dp else "{ENGINE_PROCESS_PREFIX}"' in inspect.getsource(utils)
+
+
+def test_vllm_makes_its_engine_config_from_the_engine_arguments_before_an_engine_starts(monkeypatch):
+    """Where a plain `vllm serve` with $T2L_VLLM_CONFIG is checked (`check_engine_args_first`)."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    from t2l_vllm.vllm_plugin.internals import check_engine_args_first
+
+    monkeypatch.setattr(EngineArgs, "create_engine_config", EngineArgs.create_engine_config)  # restored after the test
+
+    seen = []
+    check_engine_args_first(seen.append)
+    check_engine_args_first(seen.append)  # once per process: the second call adds nothing
+    args = EngineArgs(model="m")
+    with pytest.raises(Exception):  # noqa: B017 - "m" is no model; the check ran before vLLM looked
+        args.create_engine_config()
+    assert seen == [args]
+    source = inspect.getsource(__import__("vllm.v1.engine.async_llm", fromlist=["AsyncLLM"]).AsyncLLM.from_engine_args)
+    assert "create_engine_config" in source

@@ -62,7 +62,7 @@ def test_base_fallback_and_overrides(small_router):
 
 
 def test_query_fallback_is_cut_to_the_description_limit(small_router):
-    router = EmbeddingRouter(small_router.library, RouterSettings(threshold=2.0, max_description_chars=10), encoder=small_router.encoder)
+    router = EmbeddingRouter(small_router.library, RouterSettings(threshold=2.0), encoder=small_router.encoder, max_description_chars=10)
     assert router.route(["abcdefghijklmnop"])[0].description == "abcdefghij"
 
 

@@ -96,7 +96,7 @@ def test_serve_flags_given_override_the_settings_file_which_overrides_the_defaul
     assert settings.cache.max_wait_ms == 2  # the file
     assert settings.cache.max_batch_size == CacheSettings().max_batch_size  # the dataclass
     assert settings.generator.max_description_chars == 100
-    assert settings.router == RouterSettings(library="starter", threshold=0.4, top_k=5, max_description_chars=100)
+    assert settings.router == RouterSettings(library="starter", threshold=0.4, top_k=5)
     assert settings.preload == ("Sort the words.",)
     assert service_settings(parse_serve(), "/models/h") == ServiceSettings("/models/h")
 
