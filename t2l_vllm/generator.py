@@ -15,9 +15,9 @@ import torch
 
 from .adapters import DEFAULT_MAX_DELTA_NORM, LoRAAdapter, check_weights, peft_key
 from .descriptions import DEFAULT_MAX_DESCRIPTION_CHARS, DescriptionMix, NormalTask, adapter_key, adapter_name, normalize_task
-from .encoder import TaskEncoder
+from .encoder import TaskEncoder, load_task_encoder
 from .errors import AdapterCheckError, ConfigError, T2LError
-from .hypernet.checkpoint import load_checkpoint, load_task_encoder
+from .hypernet.checkpoint import load_checkpoint
 from .hypernet.model import TextToLoRA
 
 logger = logging.getLogger(__name__)

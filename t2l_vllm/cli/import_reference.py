@@ -7,6 +7,7 @@ e.g. `trained_t2l/llama_8b_t2l` from the Hugging Face repo SakanaAI/text-to-lora
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,10 +23,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..encoder.identity import cached_snapshot, weights_sha256
     from ..hypernet.checkpoint import load_config
-    from ..hypernet.reference_import import convert_reference_checkpoint
+    from ..hypernet.reference_import import convert_reference_checkpoint, read_encoder_name
 
-    digest = convert_reference_checkpoint(args.source, args.output, args.model, args.rslora_as_written, args.encoder_path)
+    encoder = Path(args.encoder_path) if args.encoder_path else cached_snapshot(read_encoder_name(args.source))
+    sha256 = weights_sha256(encoder) if encoder is not None else ""
+    digest = convert_reference_checkpoint(args.source, args.output, args.model, args.rslora_as_written, sha256)
     config, _ = load_config(args.output)
     encoder = config.encoder
     identity = f"weights sha256 {encoder.weights_sha256}" if encoder.weights_sha256 else "by name only (no local copy found to hash)"

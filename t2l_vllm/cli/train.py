@@ -132,7 +132,7 @@ def _run_supervised(args: argparse.Namespace) -> int:
     eval_records = load_sft_records(args.eval) if args.eval else []
     device = _distributed_device(args.device)
     if args.kind == "sft":
-        from ..hypernet.checkpoint import load_task_encoder
+        from ..encoder import load_task_encoder
 
         folder = hypernet_dir(args)
         hypernet, _ = load_checkpoint(folder, device=device)
@@ -181,7 +181,8 @@ def _run_encoder(args: argparse.Namespace) -> int:
 
 
 def _run_recon(args: argparse.Namespace) -> int:
-    from ..hypernet.checkpoint import load_checkpoint, load_task_encoder
+    from ..encoder import load_task_encoder
+    from ..hypernet.checkpoint import load_checkpoint
     from ..hypernet.model import build_hypernet
     from ..train.recon import ReconTrainer, load_recon_library, with_zscore
 

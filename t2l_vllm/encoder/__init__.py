@@ -16,11 +16,12 @@ from .task_encoder import (
     add_full_stop,
     check_reads,
     encoder_settings_for,
+    load_task_encoder,
     top_layer_parameters,
     write_tuned_weights,
 )
 
 __all__ = [
     "DEFAULT_ENCODER", "ENCODER_PRESETS", "GTE_LARGE", "TaskEncoder", "add_full_stop", "check_reads", "encoder_settings_for",
-    "load_sentence_transformer", "quiet_hf_progress", "resolve_model_path", "top_layer_parameters", "write_tuned_weights",
+    "load_sentence_transformer", "load_task_encoder", "quiet_hf_progress", "resolve_model_path", "top_layer_parameters", "write_tuned_weights",
 ]

@@ -149,3 +149,11 @@ def write_tuned_weights(model, settings: EncoderSettings, weights: Mapping[str, 
         for name, p in params.items():
             p.copy_(weights[name])
     return {name: w.detach().to("cpu", torch.float32) for name, w in weights.items()}
+
+
+def load_task_encoder(folder, config, device: str | torch.device = "cpu", source: str | None = None) -> TaskEncoder:
+    """The task encoder a hypernetwork checkpoint's `config` reads: its model with the tuned layers the
+    checkpoint `folder` keeps. `source`: a local folder holding that model, loaded in place of its name."""
+    from ..hypernet.checkpoint import load_encoder_weights
+
+    return TaskEncoder(config.encoder, device=device, tuned_weights=load_encoder_weights(folder, config), source=source)

@@ -20,7 +20,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..encoder import TaskEncoder
 from ..errors import CheckpointError, ConfigError
 from .config import HypernetConfig
 from .model import TextToLoRA, build_hypernet
@@ -135,12 +134,3 @@ def load_encoder_weights(folder: str | Path, config: HypernetConfig) -> dict[str
         return load_file(str(path))
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"`{path}` is corrupt: {err}") from err
-
-
-def load_task_encoder(
-    folder: str | Path, config: HypernetConfig, device: str | torch.device = "cpu", source: str | None = None
-) -> TaskEncoder:
-    """The task encoder a checkpoint's hypernetwork reads: its config's model with its tuned layers.
-
-    `source`: a local folder holding that model, loaded in place of its name (see `TaskEncoder`)."""
-    return TaskEncoder(config.encoder, device=device, tuned_weights=load_encoder_weights(folder, config), source=source)

@@ -10,8 +10,8 @@ its base LLM or unpickling arbitrary objects (`hypermod.pt` is read weights-only
 Adapters are served at the scaling the reference's published results were
 measured at, alpha/r (`LoraSettings.calibration`), although its
 `adapter_config.json` says `use_rslora: true`; `rslora_as_written` keeps the flag.
-The encoder's weights hash is recorded when a copy of it is at hand (a folder
-given, or the Hugging Face cache), so that it may later load from any folder.
+The encoder's weights hash, when the caller has it (`t2l-vllm import-reference`
+hashes a local or cached copy), is recorded, so that it may later load from any folder.
 
 Base-model shapes come from the checkpoint itself (the reference keeps a per-layer
 A/B offset for every target module, shaped like the LoRA it emits), so a base model
@@ -89,7 +89,7 @@ def import_reference_checkpoint(
     path: str | os.PathLike[str],
     base_model: str | None = None,
     rslora_as_written: bool = False,
-    encoder_path: str | None = None,
+    encoder_sha256: str = "",
 ) -> TextToLoRA:
     """Loads a reference checkpoint (run folder or `hypermod.pt`) as an eval-mode `TextToLoRA`.
 
@@ -97,8 +97,8 @@ def import_reference_checkpoint(
     must fit the checkpoint (else `ShapeMismatchError`; `ConfigError` if its config
     cannot be read) and are recorded with its name. `rslora_as_written`: serve the
     adapters with the reference's `use_rslora` flag as written instead of at the
-    published calibration. `encoder_path`: a local copy of the reference's encoder,
-    whose weights' hash is recorded (else the Hugging Face cache's copy, if any).
+    published calibration. `encoder_sha256`: the hash of the encoder's weights to
+    record as its identity (`encoder/identity.py`; empty: named only).
     Raises `CheckpointError` naming the file for a missing, corrupt or inconsistent
     checkpoint, or a reference setting this project has no counterpart for.
     """
@@ -134,7 +134,7 @@ def import_reference_checkpoint(
                 add_full_stop=True,
                 scale="sqrt_dim",
                 trust_remote_code=True,
-                weights_sha256=_encoder_hash(encoder_model, encoder_path),
+                weights_sha256=encoder_sha256,
             ),
             position_encoding=position_encoding,
             output=_output_transform(args, state, lora.target_modules, args_path),
@@ -152,10 +152,19 @@ def convert_reference_checkpoint(
     dst: str | os.PathLike[str],
     base_model: str | None = None,
     rslora_as_written: bool = False,
-    encoder_path: str | None = None,
+    encoder_sha256: str = "",
 ) -> str:
     """Imports a reference checkpoint and saves it in this project's format; returns its fingerprint."""
-    return save_checkpoint(import_reference_checkpoint(src, base_model, rslora_as_written, encoder_path), dst)
+    return save_checkpoint(import_reference_checkpoint(src, base_model, rslora_as_written, encoder_sha256), dst)
+
+
+def read_encoder_name(path: str | os.PathLike[str]) -> str:
+    """The task encoder a reference checkpoint (run folder or `hypermod.pt`) was trained with, by hub name."""
+    weights_path, folder = _locate(Path(path))
+    args_path = folder / ARGS_NAME
+    if not args_path.is_file():
+        raise CheckpointError(f"reference checkpoint `{folder}` has no {ARGS_NAME} (needed for `{weights_path}`).")
+    return _encoder_model({**_ARG_DEFAULTS, **_read_args(args_path)}, args_path)
 
 
 # --- files ------------------------------------------------------------------
@@ -263,14 +272,6 @@ def _encoder_model(args: dict[str, Any], path: Path) -> str:
     if "SFR" in name or "gte" not in name:
         raise _unsupported(path, "emb_model", name, "only gte encoders (CLS pooling) are reproduced")
     return name
-
-
-def _encoder_hash(name: str, encoder_path: str | None) -> str:
-    """The identity hash of the reference's encoder weights: of the folder given, else of the cache's copy, else ""."""
-    from ..encoder.identity import cached_snapshot, weights_sha256
-
-    folder = Path(encoder_path) if encoder_path else cached_snapshot(name)
-    return "" if folder is None else weights_sha256(folder)
 
 
 def _output_transform(

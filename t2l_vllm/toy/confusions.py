@@ -25,7 +25,8 @@ from collections import Counter
 from pathlib import Path
 
 from t2l_vllm.errors import CheckpointError
-from t2l_vllm.hypernet.checkpoint import load_checkpoint, load_task_encoder
+from t2l_vllm.hypernet.checkpoint import load_checkpoint
+from t2l_vllm.encoder import load_task_encoder
 from t2l_vllm.toy.reproduction import TASKS, Bench, add_bench_options, options_budget, parse_bench_options, training_task_answered
 
 RIGHT, NEITHER = "right", "neither"

@@ -69,7 +69,8 @@ from typing import Any
 import torch
 
 from t2l_vllm.encoder import TaskEncoder
-from t2l_vllm.hypernet.checkpoint import load_checkpoint, load_config, load_task_encoder, save_checkpoint
+from t2l_vllm.hypernet.checkpoint import load_checkpoint, load_config, save_checkpoint
+from t2l_vllm.encoder import load_task_encoder
 from t2l_vllm.hypernet.config import EncoderSettings, HypernetConfig, LoraSettings
 from t2l_vllm.hypernet.model import TextToLoRA, build_hypernet
 from t2l_vllm.hypernet.shapes import load_base_shapes

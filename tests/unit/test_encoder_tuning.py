@@ -12,7 +12,8 @@ from t2l_vllm.cli import main as cli
 from t2l_vllm.encoder import TaskEncoder
 from t2l_vllm.errors import CheckpointError, ConfigError
 from t2l_vllm.generator import AdapterGenerator
-from t2l_vllm.hypernet.checkpoint import ENCODER_WEIGHTS_FILE, load_checkpoint, load_task_encoder, save_checkpoint
+from t2l_vllm.hypernet.checkpoint import ENCODER_WEIGHTS_FILE, load_checkpoint, save_checkpoint
+from t2l_vllm.encoder import load_task_encoder
 from t2l_vllm.hypernet.config import EncoderSettings, HypernetConfig
 from t2l_vllm.hypernet.model import build_hypernet
 from t2l_vllm.hypernet.shapes import load_base_shapes

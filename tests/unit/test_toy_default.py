@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from t2l_vllm.hypernet.checkpoint import load_checkpoint, load_task_encoder
+from t2l_vllm.hypernet.checkpoint import load_checkpoint
+from t2l_vllm.encoder import load_task_encoder
 from t2l_vllm.toy.base import ToyCues, exact_match, greedy_answers, prompt_text
 from t2l_vllm.toy.world import HELDOUT_TASKS, TASKS, TRAIN_TASKS, random_input, split_descriptions, telling_inputs
 from t2l_vllm.vllm_plugin.offline import resolve_model_and_hypernet

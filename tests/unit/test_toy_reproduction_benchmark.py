@@ -112,7 +112,7 @@ def test_the_confusions_split_the_held_out_column_into_right_a_training_task_and
     report = json.loads(out.read_text())
 
     # the same rows, scored the reproduction's way, give the same exact match task by task
-    from t2l_vllm.hypernet.checkpoint import load_task_encoder
+    from t2l_vllm.encoder import load_task_encoder
 
     bench = reproduction.Bench(report["base"], tmp_path / "check", reproduction.Budget(eval_inputs=3, eval_descriptions=2))
     hypernet, _ = load_checkpoint(Path(report["hypernet"]))
