@@ -29,11 +29,7 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -43,65 +39,32 @@ from typing import Any
 import httpx
 import psutil
 
-sys.path.insert(0, str(Path(__file__).parent))
-from serve_throughput import HOST, PROMPTS, body, free_port, running_server, scrape, stream_one  # noqa: E402
-
-from t2l_vllm import affinity_headers  # noqa: E402
+from t2l_vllm import affinity_headers
+from t2l_vllm.testing.servers import ROUTER_INSTALL, replica_set, scrape_metrics, t2l_serve, vllm_router, vllm_router_binary
+from t2l_vllm.testing.serving_bench import PROMPTS, body, cpu_server_options, stream_one
 
 SHAPES = ("single", "api2", "replicas")
 K = 4
 FLEET_DESCRIPTIONS, FLEET_PROMPTS = 12, 4
 
 
-def serve_command(port: int, adapter_dir: Path, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "t2l_vllm", "serve", "--host", HOST, "--port", str(port), "--served-model-name", "base",
-            "--max-model-len", "512", "--no-enable-prefix-caching", "--disable-uvicorn-access-log",
-            "--dtype", "float32", "--gpu-memory-utilization", "0.2", "--max-loras", str(K), "--max-cpu-loras", str(2 * K),
-            "--adapter-dir", str(adapter_dir), *extra]
-
-
-@contextlib.contextmanager
-def router_process(port: int, workers: list[str], log: Path) -> Iterator[subprocess.Popen]:
-    binary = shutil.which("vllm-router", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    if binary is None:
-        raise SystemExit("vllm-router is not installed: pip install vllm-router")
-    with open(log, "w") as out:
-        process = subprocess.Popen([binary, "--host", HOST, "--port", str(port), "--policy", "consistent_hash",
-                                    "--worker-urls", *workers, "--log-level", "warning"],
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://{HOST}:{port}"
-    try:
-        for _ in range(240):
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.5)
-        yield process
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
-
-
 @contextlib.contextmanager
 def deployment(shape: str, work: Path) -> Iterator[tuple[str, list[str], list[int]]]:
     """Starts a shape; yields (the URL clients use, every server URL, the pids to measure)."""
     work.mkdir(parents=True, exist_ok=True)
+    extra = ["--api-server-count", "2"] if shape == "api2" else []
+
+    def server(i: int):
+        return t2l_serve(work, cpu_server_options(work / f"{shape}{i}", K, extra=extra), log_name=f"{shape}{i}.log", die_with_parent=True)
+
     with contextlib.ExitStack() as stack:
-        n = 2 if shape == "replicas" else 1
-        servers = []
-        for i in range(n):
-            port = free_port()
-            extra = ["--api-server-count", "2"] if shape == "api2" else []
-            process = stack.enter_context(running_server(serve_command(port, work / f"{shape}{i}", extra), work / f"{shape}{i}.log",
-                                                         f"http://{HOST}:{port}"))
-            servers.append((f"http://{HOST}:{port}", process.pid))
-        urls = [u for u, _ in servers]
-        pids = [p for _, p in servers]
+        servers = stack.enter_context(replica_set(2 if shape == "replicas" else 1, server))
+        urls = [s.url for s in servers]
+        pids = [s.process.pid for s in servers]
         url = urls[0]
         if shape == "replicas":
-            router_port = free_port()
-            router = stack.enter_context(router_process(router_port, urls, work / "router.log"))
-            url, pids = f"http://{HOST}:{router_port}", [*pids, router.pid]
+            router = stack.enter_context(vllm_router(urls, work / "router.log"))
+            url, pids = router.url, [*pids, router.process.pid]
         yield url, urls, [*pids, *service_pids(work)]
 
 
@@ -148,7 +111,7 @@ async def timed(url: str, payloads: list[dict[str, Any]], concurrency: int, head
 
 
 def generations(urls: list[str]) -> float:
-    return sum(scrape(u).get("t2l_generations_total", 0.0) for u in urls)
+    return sum(scrape_metrics(u).get("t2l_generations_total", 0.0) for u in urls)
 
 
 def run_shape(shape: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -185,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scale_out.json")
     args = parser.parse_args(argv)
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if vllm_router_binary() is None:  # before the shapes that need none have run for minutes
+        raise SystemExit(f"vllm-router is not installed: {ROUTER_INSTALL}")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="t2l-scale-out-") as tmp:
         shapes = {shape: run_shape(shape, args, Path(tmp) / shape) for shape in SHAPES}

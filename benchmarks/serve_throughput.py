@@ -46,19 +46,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import gc
 import json
 import os
 import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +61,8 @@ import httpx
 import numpy as np
 
 from t2l_vllm.generator import AdapterGenerator
+from t2l_vllm.testing.servers import free_port, scrape_metrics, t2l_serve, t2l_serve_command
+from t2l_vllm.testing.serving_bench import PROMPTS, SERVED_NAME, RequestResult, body, stream_one
 
 ARMS = ("a", "b", "c", "d")
 ARM_LABELS = {
@@ -75,8 +71,6 @@ ARM_LABELS = {
     "c": "t2l, K descriptions, cache warm",
     "d": "t2l, new description per request",
 }
-SERVED_NAME = "base"
-HOST = "127.0.0.1"
 TARGET_TTFT_FACTOR = 1.2
 TARGET_C_OVER_B = 0.95
 ALONE_SAMPLES = 10
@@ -87,16 +81,6 @@ ENGINE_HISTOGRAMS = {
     "queue": "vllm:request_queue_time_seconds",
     "prefill": "vllm:request_prefill_time_seconds",
 }
-PROMPTS = (
-    "Question: which planet in the solar system is the largest? Answer:",
-    "Translate to French: The weather is lovely today and we are going to the park.",
-    "Summarise: The committee met on Tuesday and agreed to postpone the vote until spring.",
-    "Review: The battery lasts two days but the screen scratches easily. Sentiment:",
-    "Tom has 3 apples and buys 4 more, then gives 2 to Anna. How many apples does he have?",
-    "Write a haiku about a lighthouse in the fog.",
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
-    "List three differences between mitochondria and chloroplasts:",
-)
 TASKS = (
     "Answer multiple-choice science questions with the letter of the right option.",
     "Solve grade-school math word problems step by step.",
@@ -107,12 +91,6 @@ TASKS = (
     "Rewrite informal sentences in a polite business register.",
     "Extract the named people and places from a paragraph.",
 )
-
-
-@dataclass(frozen=True)
-class RequestResult:
-    ttft_s: float
-    completion_tokens: int
 
 
 @dataclass(frozen=True)
@@ -193,86 +171,20 @@ def time_generation_in_process(generator: AdapterGenerator, folder: Path, sample
 
 
 # --- the server process --------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def server_command(args: argparse.Namespace, port: int, native: dict[str, Path], cache_entries: int, cpu: bool,
-                   extra: list[str]) -> list[str]:
-    command = [sys.executable, "-m", "t2l_vllm", "serve", "--host", HOST, "--port", str(port),
-               "--served-model-name", SERVED_NAME, "--max-model-len", "512", "--no-enable-prefix-caching",
+def server_options(args: argparse.Namespace, native: dict[str, Path], cache_entries: int, cpu: bool, extra: list[str]) -> list[str]:
+    """`t2l-vllm serve`'s options after `--host/--port`; `extra` (this script's unknown options) last, so they win."""
+    options = ["--served-model-name", SERVED_NAME, "--max-model-len", "512", "--no-enable-prefix-caching",
                "--disable-uvicorn-access-log",
                "--max-loras", str(args.k), "--max-cpu-loras", str(args.max_cpu_loras),
                "--adapter-cache-entries", str(cache_entries),
                "--lora-modules", *(f"{name}={path}" for name, path in native.items())]
     if args.model:
-        command += ["--model", args.model]
+        options += ["--model", args.model]
     if args.hypernet:
-        command += ["--hypernet", args.hypernet]
+        options += ["--hypernet", args.hypernet]
     if cpu:
-        command += ["--dtype", "float32", "--gpu-memory-utilization", "0.3"]
-    return command + extra
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it if this script dies, even by SIGKILL (Linux)."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-@contextmanager
-def running_server(command: list[str], log: Path, url: str) -> Iterator[subprocess.Popen]:
-    """Starts the server in its own process group; SIGTERMs the group on the way out."""
-    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-    try:
-        wait_healthy(process, url, log)
-        yield process
-    finally:
-        stop_group(process)
-
-
-def wait_healthy(process: subprocess.Popen, url: str, log: Path, timeout_s: float = 600) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"server not healthy after {timeout_s:.0f} s:\n{log.read_text()[-4000:]}")
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-def scrape(url: str) -> dict[str, float]:
-    """t2l_* samples from /metrics by full name with labels; vllm:* ones summed over their labels."""
-    values: dict[str, float] = {}
-    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
-        if line.startswith("t2l_"):
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
-        elif line.startswith("vllm:"):
-            name, value = line.rsplit(" ", 1)
-            key = name.split("{")[0]
-            values[key] = values.get(key, 0.0) + float(value)
-    return values
+        options += ["--dtype", "float32", "--gpu-memory-utilization", "0.3"]
+    return options + extra
 
 
 def delta(after: dict[str, float], before: dict[str, float], name: str) -> float:
@@ -285,17 +197,6 @@ def histogram_mean_ms(after: dict[str, float], before: dict[str, float], name: s
 
 
 # --- requests ------------------------------------------------------------------------
-def body(prompt: str, max_tokens: int, model: str = SERVED_NAME, description: str | None = None,
-         stream: bool = True) -> dict[str, Any]:
-    payload: dict[str, Any] = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-                               "ignore_eos": True, "stream": stream}
-    if stream:
-        payload["stream_options"] = {"include_usage": True}
-    if description is not None:
-        payload["task_description"] = description
-    return payload
-
-
 def arm_bodies(arm: str, tag: str, count: int, w: Workload, max_tokens: int) -> list[dict[str, Any]]:
     """`count` requests of one arm; request i gets prompt i and adapter i (round-robin)."""
     def one(i: int) -> dict[str, Any]:
@@ -314,25 +215,6 @@ def warmup_count(w: Workload) -> int:
     """Untimed requests before each timed arm: every adapter of b and c once, and every
     batch size up to the concurrency (the engine's first steps at a new shape are slow)."""
     return max(len(w.native_names), w.concurrency)
-
-
-async def stream_one(client: httpx.AsyncClient, payload: dict[str, Any], headers: dict[str, str] | None = None) -> RequestResult:
-    start = time.perf_counter()
-    ttft, tokens = None, 0
-    async with client.stream("POST", "/v1/completions", json=payload, headers=headers) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread()).decode()[:500]}")
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if ttft is None and chunk.get("choices"):
-                ttft = time.perf_counter() - start
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-    if ttft is None:
-        raise RuntimeError("the stream ended without a token")
-    return RequestResult(ttft, tokens)
 
 
 async def closed_loop(client: httpx.AsyncClient, payloads: list[dict[str, Any]], concurrency: int) -> tuple[float, list[RequestResult]]:
@@ -355,9 +237,9 @@ async def run_rounds(client: httpx.AsyncClient, url: str, w: Workload, rounds: i
         order = ARMS[r % len(ARMS):] + ARMS[:r % len(ARMS)]
         for arm in order:
             await closed_loop(client, arm_bodies(arm, f"warm-{r}", warmup_count(w), w, w.max_tokens), w.concurrency)
-            before = scrape(url)
+            before = scrape_metrics(url)
             wall, results = await closed_loop(client, arm_bodies(arm, f"r{r}", w.requests, w, w.max_tokens), w.concurrency)
-            after = scrape(url)
+            after = scrape_metrics(url)
             engine = {key: histogram_mean_ms(after, before, name) for key, name in ENGINE_HISTOGRAMS.items()}
             runs.append(ArmRun(arm, r, wall, results, os.getloadavg()[0], engine))
             print(f"  round {r} arm {arm}: {runs[-1].tokens / wall:8.1f} tok/s, TTFT p50 "
@@ -383,10 +265,10 @@ async def same_tokens_check(client: httpx.AsyncClient, w: Workload) -> dict[str,
 
 async def server_generation_alone(client: httpx.AsyncClient, url: str, samples: int) -> dict[str, float]:
     """Sequential fresh-description requests on the idle server: its pass time for one description."""
-    before = scrape(url)
+    before = scrape_metrics(url)
     for i in range(samples):
         await complete_text(client, body(PROMPTS[0], 1, description=fresh_description(f"server-alone-{i}"), stream=False))
-    after = scrape(url)
+    after = scrape_metrics(url)
     passes = delta(after, before, "t2l_generation_seconds_count")
     return {"passes": passes, "mean_s": delta(after, before, "t2l_generation_seconds_sum") / passes}
 
@@ -396,9 +278,9 @@ async def measure(url: str, w: Workload, rounds: int) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
         check = await same_tokens_check(client, w)
         alone = await server_generation_alone(client, url, ALONE_SAMPLES)
-        before = scrape(url)
+        before = scrape_metrics(url)
         runs = await run_rounds(client, url, w, rounds)
-        after = scrape(url)
+        after = scrape_metrics(url)
     passes = delta(after, before, "t2l_generation_seconds_count")
     under_load = {
         "passes": passes,
@@ -527,11 +409,12 @@ def run(args: argparse.Namespace, extra: list[str], work: Path) -> dict[str, Any
     # Every description the run sends, plus slack: nothing is evicted, so d measures generation, not churn.
     cache_entries = args.k + ALONE_SAMPLES + args.rounds * (args.requests + warmup_count(w)) + 16
     port = args.port or free_port()
-    url = f"http://{HOST}:{port}"
-    command = server_command(args, port, native, cache_entries, not torch.cuda.is_available(), extra)
+    options = server_options(args, native, cache_entries, not torch.cuda.is_available(), extra)
+    command = t2l_serve_command(port, options)
     print("server:", " ".join(command), flush=True)
     start = time.perf_counter()
-    with running_server(command, work / "server.log", url):
+    with t2l_serve(work, options, port=port, die_with_parent=True) as server:
+        url = server.url
         print(f"server healthy after {time.perf_counter() - start:.0f} s; load average {os.getloadavg()[0]:.2f}", flush=True)
         in_process = time_generation_in_process(generator, work / "alone", ALONE_SAMPLES)
         # This process holds torch and a generator: hundreds of thousands of objects that a full

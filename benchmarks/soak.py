@@ -42,10 +42,8 @@ import httpx
 import numpy as np
 import psutil
 
-sys.path.insert(0, str(Path(__file__).parent))
-from serve_throughput import HOST, free_port, running_server  # noqa: E402
-
-SERVED_NAME = "base"
+from t2l_vllm.testing.servers import t2l_serve
+from t2l_vllm.testing.serving_bench import SERVED_NAME, cpu_server_options
 ROLES = ("api_server", "engine_core", "worker", "adapter_service")
 LORA_INFO = "vllm:lora_requests_info{"
 # Absolute floors of the "levels off" tolerance, per unit of a series.
@@ -89,14 +87,9 @@ def description(i: int) -> str:
     return f"Soak task {i}: answer questions about subject number {i} in one short sentence."
 
 
-def server_command(args: argparse.Namespace, port: int, adapter_dir: Path) -> list[str]:
-    command = [sys.executable, "-m", "t2l_vllm", "serve", "--host", HOST, "--port", str(port), "--served-model-name", SERVED_NAME,
-               "--max-model-len", "512", "--disable-uvicorn-access-log", "--dtype", "float32", "--gpu-memory-utilization", "0.2",
-               "--max-loras", "4", "--max-cpu-loras", "8", "--adapter-dir", str(adapter_dir)]
-    for option in ("model", "hypernet"):
-        if getattr(args, option):
-            command += [f"--{option}", getattr(args, option)]
-    return command
+def server_options(args: argparse.Namespace, adapter_dir: Path) -> list[str]:
+    extra = [part for option in ("model", "hypernet") if getattr(args, option) for part in (f"--{option}", getattr(args, option))]
+    return cpu_server_options(adapter_dir, 4, prefix_caching=True, extra=extra)
 
 
 @dataclass
@@ -253,10 +246,9 @@ def main(argv: list[str] | None = None) -> None:
     order = workload(args.distinct, args.repeats, args.zipf, args.seed)
     work = Path(tempfile.mkdtemp(prefix="t2l-soak-"))
     adapter_dir = Path(tempfile.mkdtemp(prefix="t2l-soak-adapters-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None))
-    port = free_port()
-    url = f"http://{HOST}:{port}"
-    with running_server(server_command(args, port, adapter_dir), work / "server.log", url) as process:
-        sampler = Sampler(url, process.pid, adapter_dir, args.interval)
+    with t2l_serve(work, server_options(args, adapter_dir), die_with_parent=True) as server:
+        url = server.url
+        sampler = Sampler(url, server.process.pid, adapter_dir, args.interval)
         thread = sampler.start()
         elapsed = asyncio.run(drive(url, order, args.concurrency, args.max_tokens, sampler.done))
         sampler.stop(thread)

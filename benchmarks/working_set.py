@@ -24,19 +24,17 @@ import asyncio
 import json
 import os
 import random
-import sys
-from collections import OrderedDict
 import tempfile
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from scale_out import serve_command  # noqa: E402
-from serve_throughput import HOST, PROMPTS, body, free_port, running_server, scrape, stream_one  # noqa: E402
+from t2l_vllm.testing.servers import scrape_metrics, t2l_serve
+from t2l_vllm.testing.serving_bench import PROMPTS, body, cpu_server_options, stream_one
 
 WORKING_SETS = (1, 16, 256, 4096)
 LARGE_CACHE = 8192
@@ -90,9 +88,9 @@ def run_cell(url: str, cache: int, n: int, args: argparse.Namespace) -> dict[str
         return [body(PROMPTS[i % len(PROMPTS)], args.max_tokens, description=descriptions[d]) for i, d in enumerate(draws)]
 
     asyncio.run(timed_round(url, payloads(warm), args.concurrency))  # untimed: fills the cache
-    before = scrape(url)
+    before = scrape_metrics(url)
     measured = asyncio.run(timed_round(url, payloads(timed), args.concurrency))
-    after = scrape(url)
+    after = scrape_metrics(url)
     lookups = {k: after.get(f't2l_cache_lookups_total{{result="{k}"}}', 0) - before.get(f't2l_cache_lookups_total{{result="{k}"}}', 0)
                for k in ("hit", "miss", "coalesced")}
     total = sum(lookups.values()) or 1
@@ -143,18 +141,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--small-cache", type=int, default=16, help="entries of the smaller adapter cache (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "working_set.json")
     args = parser.parse_args(argv)
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     started = time.perf_counter()
     cells = []
     with tempfile.TemporaryDirectory(prefix="t2l-working-set-") as tmp:
         for cache in (args.small_cache, LARGE_CACHE):
-            port = free_port()
-            url = f"http://{HOST}:{port}"
             work = Path(tmp) / f"cache{cache}"
             work.mkdir()
-            command = serve_command(port, work, ["--adapter-cache-entries", str(cache)])
-            with running_server(command, work / "server.log", url):
-                cells += [run_cell(url, cache, n, args) for n in WORKING_SETS]
+            options = cpu_server_options(work, extra=["--adapter-cache-entries", str(cache)])
+            with t2l_serve(work, options, die_with_parent=True) as server:
+                cells += [run_cell(server.url, cache, n, args) for n in WORKING_SETS]
     report = {"cells": cells, "config": {k: str(v) for k, v in vars(args).items()}, "wall_s": round(time.perf_counter() - started, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-# vLLM on CPU reserves this much KV cache (GiB); the tiny model needs far less than 1.
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+from t2l_vllm.paths import set_cpu_engine_defaults
+
+set_cpu_engine_defaults()  # for the engine the tests start in this process; servers get them from the harness
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ENGINE_CACHE_ENTRIES = 8

