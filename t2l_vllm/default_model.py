@@ -4,7 +4,7 @@ Both ship inside the package (`assets/toy_default/`): the base model was trained
 by `t2l-vllm train base` on the 70 tasks of the compositional toy world (from
 scratch on an earlier 48-task world, then grown with `--init-from`), the
 hypernetwork by T2L SFT on its 62 training tasks in
-`benchmarks/toy_reproduction.py` (the README says how, and how well). The base
+`python -m t2l_vllm.toy.reproduction` (docs/toy-reproduction.md says how, and how well). The base
 model answers a user message with the toy task's output alone, but only an
 adapter tells it which task: that is what the hypernetwork generates from a
 description, also for the 8 held-out tasks it never trained on.

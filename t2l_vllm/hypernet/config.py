@@ -162,7 +162,7 @@ class HypernetConfig:
     dropout: float = field(default=0.05, metadata={"help": "dropout inside the hypernetwork"})
     residual_blocks: int = field(default=2, metadata={
         "help": "residual blocks in the trunk: 2 as the reference; with a few dozen training tasks, 0 reconstructs "
-                "adapters for unseen tasks better (benchmarks/toy_cue_probe.py; not shown for SFT)", "choices": RESIDUAL_BLOCKS})
+                "adapters for unseen tasks better (python -m t2l_vllm.toy.cue_probe; not shown for SFT)", "choices": RESIDUAL_BLOCKS})
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:

@@ -11,7 +11,7 @@ Two ways to score a task (`Scoring`):
 Both look centroids up through a `CentroidSearch`: an exact scan up to
 `EXACT_SCAN_TASKS` tasks, above it an inverted-file index from faiss. Either way
 the cosines returned are exact; the inverted file can only change which task wins,
-when it misses the true best (at 100,000 tasks: README, "Router").
+when it misses the true best (at 100,000 tasks: docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ class EmbeddingRouter:
         Confidence = the best task's score plus its margin over the runner-up: a query
         close to one task and far from all others is routed more readily than one
         equally close to two tasks. On the shipped labelled sets this sent more
-        off-topic queries to the fallback than the bare score did (see README).
+        off-topic queries to the fallback than the bare score did (docs/router.md).
         """
         if not queries:
             return []

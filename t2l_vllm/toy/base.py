@@ -15,7 +15,7 @@ every layer, through the model's nonlinearities, and adapters that imitate it
 need not combine. (A first version with a tag token per task, its embedding
 the sum of the parts, learnt the tasks as well, 0.975, but SFT hypernetworks
 on it did held-out tasks 0.08 of the time, mostly by doing a neighbouring
-training task; see the README.)
+training task; see docs/toy-reproduction.md.)
 
 The saved model is a plain Llama that vLLM serves; the 28 part vectors are
 saved beside it (`toy_cues/parts.safetensors`) for `cued` (the benchmark's "base

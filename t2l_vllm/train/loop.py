@@ -1,6 +1,6 @@
 """What every trainer shares: one schedule, one random stream, one training state on disk, one way to resume.
 
-The toy base model (`toy_base`), T2L SFT and plain LoRAs (`sft`) and
+The toy base model (`toy/base.py`), T2L SFT and plain LoRAs (`sft`) and
 reconstruction (`recon`) each subclass `Trainer` and say only how a batch's
 loss is computed and how their weights are saved. The rest is here, once:
 

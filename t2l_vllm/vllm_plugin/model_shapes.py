@@ -2,29 +2,23 @@
 
     python -m t2l_vllm.vllm_plugin.model_shapes OUT.json MODEL_DIR [MODEL_DIR ...]
 
-A model folder needs only its config.json: the model is built on the meta device,
-so no weights are read or allocated, even for 7B-parameter shapes. For every
-linear layer of every decoder layer, the packed module vLLM builds (`qkv_proj`,
-`gate_up_proj`) is split back into the names an adapter uses through the class's
-`packed_modules_mapping`, exactly as vLLM's LoRA manager slices a packed layer:
-sub-module i gets `output_sizes[i]`; a module packed from one name (Phi-3's
-`qkv_proj`) gets them all. OUT.json (vLLM logs to stdout): {model_dir:
-{"model.layers.0.self_attn.q_proj": [in_features, out_features], ...}}.
-
-It uses vLLM internals (engine config, distributed init, model construction), so
-it runs in its own process (`vllm_shapes` starts it): `t2l-vllm check` and
-`tests/integration/test_base_shapes_match_vllm.py` compare against it.
+A model folder needs only its config.json: `internals.lora_shapes` builds the
+model on the meta device. OUT.json (vLLM logs to stdout): {model_dir:
+{"model.layers.0.self_attn.q_proj": [in_features, out_features], ...}}. It sets up
+vLLM's distributed state, so it runs in its own process (`vllm_shapes` starts
+it): `t2l-vllm check` and `tests/integration/test_base_shapes_match_vllm.py`
+compare against it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from ..paths import set_cpu_engine_defaults, with_cpu_engine_defaults
 from .internals import lora_shapes
 
 
@@ -32,8 +26,8 @@ def vllm_shapes(model_dirs: list[str], timeout_s: float = 900) -> dict[str, dict
     """{model dir: {"model.layers.{i}.self_attn.q_proj": [in, out], ...}}, from a process of its own."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "shapes.json"
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-        done = subprocess.run([sys.executable, "-m", __name__, str(out), *model_dirs], env=env, capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run([sys.executable, "-m", __name__, str(out), *model_dirs], env=with_cpu_engine_defaults(),
+                              capture_output=True, text=True, timeout=timeout_s)
         if done.returncode != 0:
             raise RuntimeError(f"building the base model with vLLM failed:\n{done.stderr[-3000:]}")
         return json.loads(out.read_text())
@@ -46,5 +40,5 @@ def main(out: str, model_dirs: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    set_cpu_engine_defaults()
     main(sys.argv[1], sys.argv[2:])

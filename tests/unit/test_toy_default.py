@@ -16,7 +16,7 @@ from t2l_vllm.vllm_plugin.offline import resolve_model_and_hypernet
 
 
 # The shipped default does held-out tasks about 0.6 of the time on telling inputs (0.0 without an
-# adapter; README, "A reproduction of the paper at toy scale"); half of that is the floor it must keep.
+# adapter; docs/toy-reproduction.md); half of that is the floor it must keep.
 HELDOUT_MARGIN = 0.3
 
 

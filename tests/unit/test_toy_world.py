@@ -135,7 +135,7 @@ def test_outputs_are_deterministic_short_and_nonempty() -> None:
 
 
 def test_prompts_and_answers_are_written_in_the_text_characters() -> None:
-    """`TEXT_CHARS` is what a cue adapter must leave untouched (`toy_base.bos_reader`)."""
+    """`TEXT_CHARS` is what a cue adapter must leave untouched (`toy.base.bos_reader`)."""
     for text in _inputs(200, seed=3):
         for task in TASKS.values():
             assert set(text + "\n" + task.fn(text)) <= set(TEXT_CHARS), task.name

@@ -1,6 +1,6 @@
 """Greedy token ids from vLLM for several base models in one process, one engine at a time.
 
-    python -m t2l_vllm.testing.vllm_greedy PLAN.json RESULTS.json
+    python -m t2l_vllm.vllm_plugin.greedy PLAN.json RESULTS.json
 
 Starting a vLLM engine costs two process spawns on CPU (engine core and worker),
 each importing vLLM again: about 35 s a model on two cores. Here the engine runs
