@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any, Union
@@ -122,6 +123,9 @@ def adapter_key(normal: NormalTask, hypernet_fingerprint: str) -> str:
 def adapter_name(key: str) -> str:
     """The name vLLM sees: content-derived, so one name never means two sets of weights."""
     return f"t2l-{key[:24]}"
+
+
+GENERATED_NAME = re.compile(r"^t2l-[0-9a-f]{24}$")  # every name `adapter_name` makes, and no other
 
 
 AFFINITY_HEADER = "X-Session-ID"

@@ -42,7 +42,6 @@ import gc
 import inspect
 import logging
 import multiprocessing
-import re
 import tempfile
 import threading
 import tracemalloc
@@ -54,6 +53,7 @@ from typing import Any
 
 import torch
 
+from ..descriptions import GENERATED_NAME
 from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -116,14 +116,13 @@ def _patch_shrink() -> None:
 # --- the lora_requests_info gauge ------------------------------------------------------------------
 LORA_INFO_METRIC = "vllm:lora_requests_info"
 ADAPTER_LIST_LABELS = ("running_lora_adapters", "waiting_lora_adapters")
-_GENERATED_NAME = re.compile(r"^t2l-[0-9a-f]{24}$")
 _SUMMARISED_FLAG = "_t2l_summarises_generated_adapters"
 
 
 def summarise_generated(adapters: str) -> str:
     """`native,t2l-<hex>,t2l-<hex>` -> `native,t2l-generated:2`: a label value drawn from a bounded set."""
     names = [n for n in adapters.split(",") if n]
-    kept = [n for n in names if not _GENERATED_NAME.match(n)]
+    kept = [n for n in names if not GENERATED_NAME.match(n)]
     generated = len(names) - len(kept)
     return ",".join([*kept, f"t2l-generated:{generated}"] if generated else kept)
 
