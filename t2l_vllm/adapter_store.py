@@ -5,6 +5,12 @@ that path at any later time; if the folder is gone then, its engine dies. So the
 store writes each folder atomically, never rewrites a name with other content (names
 are content hashes), and removes a folder only when its owner says no request can
 still reach it. The root defaults to tmpfs (/dev/shm) where available.
+
+The store belongs to a deployment, not to the process that writes it: its root is
+named by the deployment and by the process that owns the deployment (an API server,
+the offline engine). An adapter service that dies leaves its folders to the next
+one, which adopts them (`adopted`), so a folder vLLM may still load outlives the
+service that wrote it; folders whose owning process has ended are swept.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .adapters import LoRAAdapter
-from .descriptions import adapter_int_id, adapter_name
+from .descriptions import GENERATED_NAME, adapter_int_id, adapter_name
 from .errors import AdapterStoreError, T2LError
 
 logger = logging.getLogger(__name__)
@@ -45,10 +51,10 @@ class AdapterIdCollisionError(T2LError):
 
 
 def sweep_orphans(parent: Path) -> list[Path]:
-    """Removes store folders left by processes that no longer exist (a SIGKILL skips clean-up).
+    """Removes store folders left by deployments whose owner no longer exists (a SIGKILL skips clean-up).
 
-    A store folder is named after its process id; a folder whose process is alive,
-    or whose id was reused by a live process, is left alone.
+    A store folder is named after its owner's process id; a folder whose owner is
+    alive, or whose id was reused by a live process, is left alone.
     """
     removed = []
     for folder in parent.glob(f"{_PREFIX}*-*"):
@@ -72,6 +78,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def deployment_root(root: str | Path | None, deployment: str, owner_pid: int) -> Path:
+    """The folder a deployment's adapters live in, under `root` (default: /dev/shm)."""
+    parent = Path(root) if root is not None else default_store_parent()
+    return parent / f"{_PREFIX}{owner_pid}-{hashlib.sha256(deployment.encode()).hexdigest()[:16]}"
+
+
+def remove_deployment_store(root: str | Path | None, deployment: str, owner_pid: int) -> None:
+    """Removes a deployment's adapter folder: for its owner, once no service and no engine of it runs (a
+    service that stopped cleanly has removed it already; one given up has not)."""
+    shutil.rmtree(deployment_root(root, deployment, owner_pid), ignore_errors=True)
+
+
 def default_store_parent() -> Path:
     shm = Path("/dev/shm")
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
@@ -86,16 +104,43 @@ class AdapterStore:
     `AdapterIdCollisionError` instead of being served the first one's weights.
     """
 
-    def __init__(self, root: str | Path | None = None) -> None:
-        # Always a private folder (inside `root` if given): two servers sharing a
-        # directory must never delete each other's adapters, whose names coincide.
+    def __init__(self, root: str | Path | None = None, deployment: str | None = None, owner_pid: int | None = None) -> None:
+        """A private folder inside `root` (default: /dev/shm): two servers sharing a directory must never
+        delete each other's adapters, whose names coincide. With `deployment` the folder is the
+        deployment's, named by it and by `owner_pid` (default: this process), and what an earlier
+        service of the deployment stored there is adopted; without, a new folder for this process."""
         parent = Path(root) if root is not None else default_store_parent()
         parent.mkdir(parents=True, exist_ok=True)
         sweep_orphans(parent)
-        self.root = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=parent))
+        owner = os.getpid() if owner_pid is None else owner_pid
         self._stored: dict[str, StoredAdapter] = {}
         self._names_by_id: dict[int, str] = {}
         self._lock = threading.Lock()
+        if deployment is None:
+            self.root = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{owner}-", dir=parent))
+            self.adopted: list[StoredAdapter] = []
+            return
+        self.root = deployment_root(parent, deployment, owner)
+        self.root.mkdir(mode=0o700, exist_ok=True)
+        self.adopted = self._adopt()
+
+    def _adopt(self) -> list[StoredAdapter]:
+        """Takes over the folders an earlier service of this deployment stored (half-written ones go)."""
+        adopted = []
+        for folder in sorted(self.root.iterdir()):
+            if folder.name.startswith("."):
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            if not folder.is_dir() or not GENERATED_NAME.match(folder.name):
+                continue
+            nbytes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+            stored = StoredAdapter(folder.name, folder, adapter_int_id(folder.name), nbytes)
+            self._stored[stored.name] = stored
+            self._names_by_id[stored.int_id] = stored.name
+            adopted.append(stored)
+        if adopted:
+            logger.info("adopted %d adapter folders an earlier adapter service left in %s", len(adopted), self.root)
+        return adopted
 
     def __len__(self) -> int:
         return len(self._stored)

@@ -56,10 +56,14 @@ class CacheSettings:
         default=None, metadata={"help": "reuse a cached adapter whose description embeds within this cosine of a new one (none: off)"}
     )
     removal_grace_s: float = 1.0
+    adoption_grace_s: float = field(default=60.0, metadata={
+        "help": "how long folders left by an adapter service that died are kept unleased before they may go: the time the "
+                "API servers have to lease again what their requests in flight still use"})
 
     def __post_init__(self) -> None:
-        if self.removal_grace_s < 0:
-            raise ConfigError(f"`removal_grace_s` must be >= 0, got {self.removal_grace_s}.")
+        for name in ("removal_grace_s", "adoption_grace_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
         if self.semantic_threshold is not None and not -1.0 <= self.semantic_threshold <= 1.0:
             raise ConfigError(f"`semantic_threshold` is a cosine in [-1, 1], got {self.semantic_threshold}.")
         for name in ("max_entries", "max_bytes", "max_batch_size"):
@@ -133,8 +137,14 @@ class AdapterCache:
 
     # --- public ------------------------------------------------------------
     def start(self) -> None:
+        """Starts the batcher, and takes in the folders an earlier service of the deployment left
+        (`AdapterStore.adopted`): kept, unleased, for `adoption_grace_s`, then removed unless leased."""
         if self._batcher is None:
             self._batcher = asyncio.get_running_loop().create_task(self._run_batcher(), name="t2l-batcher")
+        for stored in self.store.adopted:
+            self._retired[stored.name] = stored
+            asyncio.get_running_loop().call_later(self.settings.adoption_grace_s, self._remove_if_unused, stored.name)
+        self._update_gauges()
 
     async def close(self) -> None:
         """Stops the batcher, fails waiting requests, and removes every folder."""

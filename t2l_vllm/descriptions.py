@@ -125,6 +125,11 @@ def adapter_name(key: str) -> str:
     return f"t2l-{key[:24]}"
 
 
+def generated_name(normal: NormalTask, hypernet_fingerprint: str) -> str:
+    """The name of the adapter a hypernetwork generates for a normalised description or mix."""
+    return adapter_name(adapter_key(normal, hypernet_fingerprint))
+
+
 GENERATED_NAME = re.compile(r"^t2l-[0-9a-f]{24}$")  # every name `adapter_name` makes, and no other
 
 

@@ -65,3 +65,8 @@ class RequestMetrics:
         self.request_errors = Counter(
             "t2l_request_errors", "Requests answered with an error by t2l_vllm, by HTTP status.", ["status"], registry=registry
         )
+        self.service_restarts = Counter(
+            "t2l_service_restarts",
+            "This API server's adapter service came back after dying: started (by this API server), joined (one another "
+            "API server started), or failed (given up).", ["result"], registry=registry,
+        )

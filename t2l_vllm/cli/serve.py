@@ -41,6 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     routing = p.add_argument_group("automatic adaptation for requests without a task_description")
     routing.add_argument("--router", metavar="LIBRARY", help=RouterSettings.__dataclass_fields__["library"].metadata["help"] + " (default: off)")
     add_router_options(routing)
+    reliability = p.add_argument_group("when the adapter service dies")
+    add_setting(reliability, ServiceSettings, "max_service_restarts")
+    add_setting(reliability, ServiceSettings, "service_restart_window_s", "--service-restart-window-s", type=float)
     add_setting(p, ServiceSettings, "playground")
     p.set_defaults(run=run, passes_unknown_options=True)
 

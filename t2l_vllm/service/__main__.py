@@ -1,4 +1,8 @@
-"""`python -m t2l_vllm.service SOCKET`: the adapter service process (see `server.py`).
+"""`python -m t2l_vllm.service SOCKET OWNER_PID`: the adapter service process (see `server.py`).
+
+OWNER_PID is the process that owns the deployment (its API servers' parent, or the
+offline engine's process): the adapter folders are the deployment's and live as
+long as it does, whatever happens to a service.
 
 Started by a client (`service/client.py`), which writes the settings as JSON to
 its standard input and reads one line back from its standard output:
@@ -43,7 +47,7 @@ def main(argv: list[str]) -> int:
         sys.stdout.flush()
 
     try:
-        service = AdapterService(ServiceSettings.from_json(sys.stdin.read()), metrics_dir, private_metrics)
+        service = AdapterService(ServiceSettings.from_json(sys.stdin.read()), metrics_dir, private_metrics, argv[0], int(argv[1]))
     except (T2LError, OSError, ValueError) as err:
         report({"error": str(err)})
         if private_metrics:
@@ -55,7 +59,7 @@ def main(argv: list[str]) -> int:
         os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nobody reads the pipe from here on
 
     try:
-        asyncio.run(service.run(argv[0], ready))
+        asyncio.run(service.run(ready))
     except T2LError as err:  # before `ready` (a refused preload): the starter reads this line
         report({"error": str(err)})
         return 2

@@ -20,11 +20,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from ..cache import Lease
 from ..errors import ConfigError
@@ -51,8 +50,6 @@ from .protocol import (
 from .settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 START_TIMEOUT_S = 600.0  # loading a large hypernetwork and encoder from a slow disk or the hub
 
@@ -83,8 +80,11 @@ class AdapterClient:
         self._reading = self._loop.create_task(self._read_forever(), name="t2l-adapter-client")
 
     @classmethod
-    async def connect_or_start(cls, socket_path: str | Path, settings: ServiceSettings) -> "AdapterClient":
-        sock, hello, started = await asyncio.to_thread(connect_or_start, str(socket_path), settings)
+    async def connect_or_start(cls, socket_path: str | Path, settings: ServiceSettings, owner_pid: int | None = None) -> "AdapterClient":
+        """Connects to the service at `socket_path`, starting it if none serves it; `owner_pid`: the process
+        that owns the deployment (default: this one), which names its adapter folders."""
+        owner = os.getpid() if owner_pid is None else owner_pid
+        sock, hello, started = await asyncio.to_thread(connect_or_start, str(socket_path), settings, owner)
         reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_LINE_BYTES)
         return cls(reader, writer, hello, str(socket_path), started)
 
@@ -200,55 +200,10 @@ class AdapterClient:
             future.set_result(message)
 
 
-class BlockingAdapterClient:
-    """`AdapterClient` on a private event loop thread, for callers without an event loop."""
-
-    def __init__(self, socket_path: str | Path, settings: ServiceSettings) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="t2l-adapter-client-loop", daemon=True)
-        self._thread.start()
-        try:
-            self.client = self._run(AdapterClient.connect_or_start(socket_path, settings))
-        except BaseException:
-            self._stop_loop()
-            raise
-
-    def acquire_all(self, descriptions: Sequence[object]) -> list[Lease]:
-        """Leases for all descriptions at once (one batched pass for the misses), or the first error."""
-
-        async def acquire_all() -> list[Lease | BaseException]:
-            return await asyncio.gather(*(self.client.acquire(d) for d in descriptions), return_exceptions=True)
-
-        results = self._run(acquire_all())
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            for result in results:
-                if isinstance(result, Lease):
-                    result.release()
-            raise errors[0]
-        return results  # type: ignore[return-value]
-
-    def close(self, timeout_s: float = 60.0) -> None:
-        """Disconnects; if this client started the service, waits for it to remove its folders and stop."""
-        if not self._loop.is_closed():
-            self._run(self.client.close())
-            self._stop_loop()
-        if self.client.started:
-            wait_until_stopped(self.client.socket_path, timeout_s)
-
-    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
-
-
 # --- starting and connecting (blocking; callers on an event loop run it in a thread) -----------
 
 
-def connect_or_start(socket_path: str, settings: ServiceSettings) -> tuple[socket.socket, Hello, bool]:
+def connect_or_start(socket_path: str, settings: ServiceSettings, owner_pid: int) -> tuple[socket.socket, Hello, bool]:
     """A connected socket, the service's hello, and whether this call started the service."""
     Path(socket_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with socket_lock(socket_path):
@@ -258,7 +213,7 @@ def connect_or_start(socket_path: str, settings: ServiceSettings) -> tuple[socke
         except (FileNotFoundError, ConnectionRefusedError):
             Path(socket_path).unlink(missing_ok=True)  # a service that was killed leaves its socket file
             try:
-                _start(socket_path, settings)
+                _start(socket_path, settings, owner_pid)
             except BaseException:
                 remove_socket_lock(socket_path)  # no service: leave nothing behind
                 raise
@@ -311,12 +266,12 @@ def _read_hello(sock: socket.socket) -> Hello:
     return hello
 
 
-def _start(socket_path: str, settings: ServiceSettings) -> None:
+def _start(socket_path: str, settings: ServiceSettings, owner_pid: int) -> None:
     """Starts the service, detached in its own session (a signal to the server's process group,
     or vLLM killing an API server's process tree, must not stop it while other clients use it),
     and waits until it is ready."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "t2l_vllm.service", socket_path],
+        [sys.executable, "-m", "t2l_vllm.service", socket_path, str(owner_pid)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
     )
     assert process.stdin is not None and process.stdout is not None

@@ -106,7 +106,7 @@ class _Session:
 class AdapterService:
     """Serves acquire / lease / route / release to the clients of one deployment."""
 
-    def __init__(self, settings: ServiceSettings, metrics_dir: str, private_metrics: bool) -> None:
+    def __init__(self, settings: ServiceSettings, metrics_dir: str, private_metrics: bool, socket_path: str, owner_pid: int) -> None:
         self.settings = settings
         self.metrics_dir = metrics_dir
         self.private_metrics = private_metrics
@@ -115,12 +115,13 @@ class AdapterService:
         self._check_strength()
         self.router = None if settings.router is None else EmbeddingRouter.from_settings(
             settings.router, settings.generator.max_description_chars)
-        self.store = AdapterStore(settings.adapter_dir)
+        # The deployment's folder, named by its socket and owner: what a service of it that died left is adopted.
+        self.store = AdapterStore(settings.adapter_dir, deployment=socket_path, owner_pid=owner_pid)
         self._sessions: set[_Session] = set()
         self._tasks: set[asyncio.Task] = set()
         self._stop: asyncio.Event | None = None
         self._ever_connected = False
-        self._socket_path = ""
+        self._socket_path = socket_path
         self._socket_inode: int | None = None
         self.cache: AdapterCache | None = None
         self._preloaded: list[Lease] = []  # held by the service itself: never released
@@ -162,11 +163,11 @@ class AdapterService:
                 len(router.library.tasks), str(router.library.path), router.threshold, router.fallback),
         )
 
-    async def run(self, socket_path: str, ready: Callable[[], None]) -> None:
+    async def run(self, ready: Callable[[], None]) -> None:
         """Serves until the last client has gone (or none came, or SIGTERM), then cleans up."""
         loop = asyncio.get_running_loop()
+        socket_path = self._socket_path
         alive = lock_file(alive_lock_path(socket_path))  # noqa: F841 - held until the process ends
-        self._socket_path = socket_path
         self._stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)

@@ -41,9 +41,20 @@ class ServiceSettings:
     base_model: str | None = field(  # set by the launch from vLLM's --model
         default=None, metadata={"help": "the served base model, whose weights the adapters' strength is checked against at start-up; none: the hypernetwork's"}
     )
+    max_service_restarts: int = field(  # read by the API servers and the offline engine, which restart the service
+        default=5, metadata={"help": "deaths of the adapter service within `service_restart_window_s` (or failed starts in a row) "
+                                     "after which it is not started again: requests with a task_description are then refused"}
+    )
+    service_restart_window_s: float = field(default=300.0, metadata={"help": "the window `max_service_restarts` counts deaths in"})
     playground: bool = field(  # read by the API servers; the service itself ignores it
         default=True, metadata={"help": "serve the playground page at GET /t2l/playground (and POST /t2l/adapter), behind --api-key like every route"}
     )
+
+    def __post_init__(self) -> None:
+        if self.max_service_restarts < 0:
+            raise ConfigError(f"`max_service_restarts` must be >= 0, got {self.max_service_restarts}.")
+        if self.service_restart_window_s <= 0:
+            raise ConfigError(f"`service_restart_window_s` must be positive, got {self.service_restart_window_s}.")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

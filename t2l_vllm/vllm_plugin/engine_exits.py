@@ -16,6 +16,7 @@ as the failure it is.
 
 from __future__ import annotations
 
+import signal
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -43,10 +44,23 @@ class EngineExits:
         """What went wrong, if an engine core process ended with a non-zero status; None otherwise."""
         for process in self._engines:
             if process.exitcode not in (0, None):
-                return (
-                    f"vLLM's engine core process {process.name} (pid {process.pid}) ended with status {process.exitcode} "
-                    "before the server stopped it, so requests in flight were answered with an error (the log above says "
-                    "why). A SIGTERM to the whole process group does this too; send it to the server's process alone "
-                    "to let requests drain."
-                )
+                return (f"vLLM's engine core process {process.name} (pid {process.pid}) {how_it_ended(process.exitcode)} "
+                        "before the server stopped it, so requests in flight were answered with an error.")
         return None
+
+
+def how_it_ended(exitcode: int) -> str:
+    """A process's end in words, from its exit code (negative: the signal that killed it)."""
+    if exitcode >= 0:
+        return f"exited with status {exitcode} (its log above says why)"
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = f"signal {-exitcode}"
+    why = {
+        "SIGKILL": "nothing can catch it: the kernel's out-of-memory killer sends it (see `dmesg`), as does `kill -9`",
+        "SIGTERM": "it reached the engine directly, as a SIGTERM to the whole process group does (systemd's default); "
+                   "send it to the server's process alone to let requests drain",
+        "SIGSEGV": "a crash in native code",
+    }.get(name, "")
+    return f"was killed by {name}" + (f" ({why})" if why else "")

@@ -27,18 +27,27 @@ TASK_HEADER = "x-t2l-task"
 SCORE_HEADER = "x-t2l-score"
 
 
-def openai_error(status: HTTPStatus, message: str, param: str | None = None) -> JSONResponse:
+def openai_error(status: HTTPStatus, message: str, param: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
     """An error body shaped as OpenAI's (and vLLM's): {"error": {message, type, param, code}}."""
     kind = status.phrase.replace(" ", "")
     kind = kind if kind.endswith("Error") else kind + "Error"  # BadRequestError, InternalServerError
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status.value}}, status_code=status.value)
+    body = {"error": {"message": message, "type": kind, "param": param, "code": status.value}}
+    return JSONResponse(body, status_code=status.value, headers=headers)
 
 
-def refuse(t2l: T2LState | None, status: HTTPStatus, message: str, param: str | None = None) -> JSONResponse:
+def refuse(t2l: T2LState | None, status: HTTPStatus, message: str, param: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
     """`openai_error`, counted in the plugin's metrics when it is serving."""
     if t2l is not None:
         t2l.metrics.request_errors.labels(status=str(status.value)).inc()
-    return openai_error(status, message, param)
+    return openai_error(status, message, param, headers)
+
+
+def refuse_for(t2l: T2LState | None, err: T2LError) -> JSONResponse:
+    """The answer to a request whose adapter could not be had (`answer_to`), with Retry-After when
+    the adapter service is being restarted."""
+    retry = getattr(err, "retry_after_s", None)
+    return refuse(t2l, *answer_to(err), headers=None if retry is None else {"Retry-After": str(retry)})
 
 
 # How each failure to get an adapter is answered: the first class that matches wins.

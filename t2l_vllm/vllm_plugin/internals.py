@@ -28,7 +28,7 @@ serving on would leave a known wrong answer in place:
   per description. The fix gives the loader a `safe_open` that reads the file whole.
 
 And the reach-ins the plugin's serving needs: vLLM's request models and POST
-routes (`served_request_models`, `post_routes`), its API-key check
+routes (`served_request_models`, `routes_of`), its API-key check
 (`key_accepted`), the moment it begins shutting an engine client down
 (`notice_shutdown`), its engine arguments before the engine starts
 (`check_engine_args_first`), the names of its engine core processes
@@ -358,14 +358,13 @@ def served_request_models() -> dict[str, type]:
     return {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest, "/v1/responses": ResponsesRequest}
 
 
-def post_routes(app: Any) -> dict[str, Any]:
-    """vLLM's POST routes by path, as its app holds them when endpoint plugins attach (FastAPI `APIRoute`s).
-
-    The plugin reads each route's `endpoint` (or request handler) to call vLLM's own code from the
-    route it puts in its place."""
+def routes_of(app: Any, method: str) -> dict[str, Any]:
+    """vLLM's routes of one method by path, as its app holds them when endpoint plugins attach (FastAPI
+    `APIRoute`s). The plugin reads a route's `endpoint` (or request handler) to call vLLM's own code
+    from the route it puts in its place (a route of the same path and method replaces vLLM's)."""
     from fastapi.routing import APIRoute
 
-    return {route.path: route for route in app.routes if isinstance(route, APIRoute) and "POST" in route.methods}
+    return {route.path: route for route in app.routes if isinstance(route, APIRoute) and method in route.methods}
 
 
 def key_accepted(request: Any) -> bool:

@@ -14,7 +14,9 @@ import os
 from argparse import Namespace
 from collections.abc import Sequence
 
+from ..adapter_store import remove_deployment_store
 from ..errors import ConfigError, EngineDiedError
+from ..service.client import service_socket_path
 from ..service.settings import ServiceSettings
 from .engine_exits import EngineExits
 from .configured import CHECKED_ENV, PLUGIN_NAME
@@ -42,9 +44,14 @@ def serve(model: str, lora_rank: int, settings: ServiceSettings, vllm_options: S
     args.t2l = settings  # travels to every API server process; read back by the endpoint plugin's init_state
     args.t2l_engine_exits = engine_exits = EngineExits()  # filled in by the endpoint plugin of an API server in this process
     validate_parsed_serve_args(args)
-    ServeSubcommand.cmd(args)
+    try:
+        ServeSubcommand.cmd(args)
+    finally:  # the deployment ends with this process: what a service given up on left goes too
+        remove_deployment_store(settings.adapter_dir, str(service_socket_path(f"serve-{os.getpid()}")), os.getpid())
     if (failure := engine_exits.failure()) is not None:  # vLLM returns normally when a lone API server's engine dies
         raise EngineDiedError(failure)
+    # vLLM returns without a failure only when asked to stop; its last lines are its own shutdown logs.
+    print("t2l-vllm serve: stopped as asked (SIGTERM or SIGINT): requests in flight were finished, adapter folders removed.", flush=True)
 
 
 def nodes_reason(args: Namespace) -> str | None:

@@ -10,6 +10,7 @@ of vLLM this relies on.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..adapter_store import AdapterIdCollisionError, StoredAdapter
@@ -45,3 +46,10 @@ class ServedLoRAs:
 
     def discard(self, name: str) -> None:
         self._registry.pop(name, None)
+
+    def stored(self, name: str) -> StoredAdapter | None:
+        """A generated adapter vLLM knows by name, as stored (its size is not known here)."""
+        request = self._registry.get(name)
+        if request is None or not request.lora_path:
+            return None
+        return StoredAdapter(request.lora_name, Path(request.lora_path), request.lora_int_id, 0)

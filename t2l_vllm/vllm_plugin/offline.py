@@ -24,7 +24,8 @@ from ..default_model import default_paths
 from ..errors import ConfigError
 from ..generator import GeneratorSettings
 from ..hypernet.checkpoint import load_config
-from ..service.client import BlockingAdapterClient, service_socket_path
+from ..service.client import service_socket_path
+from ..service.link import BlockingServiceLink
 from ..service.deployment import check_deployment
 from ..service.settings import ServiceSettings
 from .configured import CHECKED_ENV
@@ -81,14 +82,14 @@ class T2LEngine:
         os.environ[CHECKED_ENV] = "1"  # checked: a $T2L_VLLM_CONFIG file is not this engine's settings
         llm_kwargs["max_lora_rank"] = max(llm_kwargs.get("max_lora_rank", 0), config.lora.rank)
         self.model = model
-        self.adapters = BlockingAdapterClient(service_socket_path(f"offline-{os.getpid()}-{next(_ENGINES)}"), self.settings)
+        self.adapters = BlockingServiceLink(service_socket_path(f"offline-{os.getpid()}-{next(_ENGINES)}"), self.settings)
         self._finalizer = weakref.finalize(self, self.adapters.close)  # the service removes its folders when we leave
         self.llm = LLM(model=model, **llm_kwargs)
 
     @property
     def fingerprint(self) -> str:
         """The hypernetwork's fingerprint (names every adapter it generates)."""
-        return self.adapters.client.hello.fingerprint
+        return self.adapters.link.hello.fingerprint
 
     def generate(self, prompts: Sequence[str], descriptions: Descriptions = None, sampling_params: Any = None, **kwargs: Any) -> list:
         """`vllm.LLM.generate` with one adapter per prompt; returns vLLM's outputs, in order."""

@@ -27,7 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ..errors import T2LError
 from ..service.settings import ServiceSettings
 from .configured import plugin_settings
-from .http import DESCRIPTION_FIELD, answer_to, has_api_key, json_body, openai_error, refuse
+from .http import DESCRIPTION_FIELD, has_api_key, json_body, openai_error, refuse, refuse_for
 from .state import T2LState
 
 PAGE_PATH = "/t2l/playground"
@@ -104,7 +104,7 @@ async def _adapter(request: Request) -> Response:
     try:
         report = await t2l.adapters.report(body[DESCRIPTION_FIELD], NEAREST_TASKS)
     except T2LError as err:
-        return refuse(t2l, *answer_to(err))
+        return refuse_for(t2l, err)
     return JSONResponse({
         "name": report.name,
         "generated": report.generated,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import signal
 import sys
 import threading
 from argparse import Namespace
@@ -21,8 +20,10 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from ..adapter_store import remove_deployment_store
 from ..metrics import RequestMetrics
-from ..service.client import AdapterClient, service_socket_path, wait_until_stopped
+from ..service.client import service_socket_path, wait_until_stopped
+from ..service.link import ServiceLink
 from ..service.protocol import Hello
 from ..service.settings import ServiceSettings
 from .configured import NOT_CONFIGURED, PLUGIN_NAME, plugin_settings
@@ -37,15 +38,17 @@ from .state import T2LState
 logger = logging.getLogger(__name__)
 
 
-def deployment_socket_path(args: Namespace) -> Path:
-    """The adapter service's socket for this deployment on this node.
-
-    vLLM runs one API server in its main process, or several as children of it
-    (`--api-server-count`, or data parallel): the main process's id names the
-    deployment either way, so all its API servers reach one service.
-    """
+def deployment_owner(args: Namespace) -> int:
+    """The process that owns this deployment on this node: vLLM runs one API server in its main
+    process, or several as children of it (`--api-server-count`, or data parallel)."""
     several = (getattr(args, "api_server_count", None) or 1) > 1
-    return service_socket_path(f"serve-{os.getppid() if several else os.getpid()}")
+    return os.getppid() if several else os.getpid()
+
+
+def deployment_socket_path(args: Namespace) -> Path:
+    """The adapter service's socket for this deployment on this node: named by the deployment's owner,
+    so all its API servers reach one service."""
+    return service_socket_path(f"serve-{deployment_owner(args)}")
 
 
 class T2LEndpointPlugin:
@@ -67,18 +70,23 @@ class T2LEndpointPlugin:
         engine_exits: EngineExits | None = getattr(args, "t2l_engine_exits", None)
         if engine_exits is not None:
             engine_exits.watch_children()
-        adapters = await AdapterClient.connect_or_start(deployment_socket_path(args), settings)
+        metrics = RequestMetrics()
+        adapters = await ServiceLink.connect(deployment_socket_path(args), settings, deployment_owner(args), metrics)
         loras = ServedLoRAs(state.openai_serving_models)
-        for body in adapters.hello.preloaded:  # listed in /v1/models, servable by name
-            loras.add(body.stored())
+
+        def register_preloaded(hello: Hello) -> None:  # listed in /v1/models, servable by name
+            for body in hello.preloaded:
+                loras.add(body.stored())
+
+        register_preloaded(adapters.hello)
         adapters.on_removed(loras.discard)
-        adapters.on_lost(_stop_this_server)
+        adapters.on_restored(register_preloaded)  # a service started again after one died
         atexit.register(_disconnect, adapters)
         _publish_service_metrics(adapters.hello)
         stopping = threading.Event()
         notice_shutdown(engine_client, stopping)  # requests still on their way in get a 503, not a bare 500
         state.t2l = T2LState(
-            adapters, loras, RequestMetrics(), state.openai_serving_models, routed=adapters.hello.router is not None, stopping=stopping,
+            adapters, settings, loras, metrics, state.openai_serving_models, routed=adapters.hello.router is not None, stopping=stopping,
         )
         if adapters.started:  # the API server that started the service reports it, once
             _print_start_up(adapters.hello)
@@ -119,15 +127,12 @@ def _publish_service_metrics(hello: Hello) -> None:
     MultiProcessCollector(REGISTRY, path=hello.metrics_dir)
 
 
-def _disconnect(adapters: AdapterClient) -> None:
+def _disconnect(adapters: ServiceLink) -> None:
     """At exit: leave the service; if this process started it, wait until it has removed its folders
-    (when the other API servers of the deployment have left too), so a stopped server leaves nothing."""
+    (when the other API servers of the deployment have left too), so a stopped server leaves nothing.
+    The deployment's owner also removes what a service it gave up on left."""
     adapters.close_now()
-    if adapters.started:
-        wait_until_stopped(adapters.socket_path, timeout_s=30)
-
-
-def _stop_this_server() -> None:
-    """Without its adapter service a server cannot keep its promises: stop it, as vLLM does when its engine dies."""
-    logger.error("t2l_vllm: the adapter service has gone; shutting this API server down.")
-    os.kill(os.getpid(), signal.SIGTERM)
+    if adapters.started or adapters.status == "failed":
+        stopped = wait_until_stopped(adapters.socket_path, timeout_s=30)
+        if stopped and adapters.owner_pid == os.getpid():
+            remove_deployment_store(adapters.settings.adapter_dir, adapters.socket_path, os.getpid())

@@ -28,8 +28,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from ..cache import Lease
+from ..descriptions import generated_name, normalize_task
 from ..errors import T2LError
 from ..router import query_of_request
+from ..service.link import ServiceUnavailableError
 from .configured import NOT_CONFIGURED
 from .http import (
     ADAPTER_HEADER,
@@ -37,12 +39,12 @@ from .http import (
     SCORE_HEADER,
     SOURCE_HEADER,
     TASK_HEADER,
-    answer_to,
     has_api_key,
     json_body,
     refuse,
+    refuse_for,
 )
-from .internals import post_routes, served_request_models
+from .internals import routes_of, served_request_models
 from .state import T2LState
 
 SHUTTING_DOWN = (
@@ -66,9 +68,12 @@ def attach_routes(app: FastAPI) -> None:
     vLLM replaces a route it already has with a plugin's route of the same path
     and method, so each wrapper stands in for vLLM's and calls vLLM's own code.
     """
-    posts = post_routes(app)
+    posts = routes_of(app, "POST")
     served = served_request_models()
     router = APIRouter()
+    health = routes_of(app, "GET").get(HEALTH_PATH)
+    if health is not None:
+        router.add_api_route(HEALTH_PATH, _health_endpoint(health), methods=["GET"], include_in_schema=False)
     for path, model in served.items():
         if path not in posts:
             raise RuntimeError(f"t2l_vllm: vLLM has no POST {path} route to extend; is this the vLLM t2l_vllm requires?")
@@ -109,10 +114,30 @@ def _endpoint(route: _Route) -> Callable[[Request], Awaitable[Response]]:
             else:
                 lease, choice = await _route(t2l, body)
         except T2LError as err:
-            return refuse(t2l, *answer_to(err))
+            return refuse_for(t2l, err)
         return await _forward(route, request, raw_request, lease, choice, t2l)
 
     endpoint.__name__ = f"t2l_{route.path.strip('/').replace('/', '_')}"
+    return endpoint
+
+
+HEALTH_PATH = "/health"
+
+
+def _health_endpoint(route: Any) -> Callable[[Request], Awaitable[Response]]:
+    """vLLM's /health (200 while its engine lives, 503 once it is dead), with the adapter service's state in
+    the body: {"adapter_service": "up" | "restarting" | "failed", "reason": ...}. The status stays vLLM's:
+    without its adapter service the server still serves requests without a description."""
+    handler = route.get_route_handler()
+
+    async def endpoint(raw_request: Request) -> Response:
+        response = await handler(raw_request)
+        t2l: T2LState | None = getattr(raw_request.app.state, "t2l", None)
+        if t2l is None or response.status_code != HTTPStatus.OK:
+            return response
+        return JSONResponse({"adapter_service": t2l.adapters.status, "reason": t2l.adapters.reason or None})
+
+    endpoint.__name__ = "t2l_health"
     return endpoint
 
 
@@ -174,14 +199,39 @@ async def _route(t2l: T2LState, body: dict) -> tuple[Lease | None, _Choice]:
 
 async def _lease(t2l: T2LState, description: str | None, model: object) -> tuple[Lease | None, _Choice]:
     """The lease a request runs under: its description's adapter, or a generated adapter it names;
-    None for the base model or another LoRA."""
+    None for the base model or another LoRA. While the adapter service is being restarted, an
+    adapter vLLM already knows is served all the same (`_known`)."""
     if description is not None:
-        return _registered(t2l, await t2l.adapters.acquire(description)), _Choice("request")
+        try:
+            return _registered(t2l, await t2l.adapters.acquire(description)), _Choice("request")
+        except ServiceUnavailableError:
+            lease = _known(t2l, _name_of(t2l, description))
+            if lease is None:
+                raise
+            return lease, _Choice("request")
     if isinstance(model, str) and not t2l.models.is_base_model(model):
-        lease = await t2l.adapters.lease_by_name(model)  # a client reusing a generated adapter's name
+        try:
+            lease = await t2l.adapters.lease_by_name(model)  # a client reusing a generated adapter's name
+        except ServiceUnavailableError:
+            lease = _known(t2l, model)
+            if lease is None:
+                raise
         if lease is not None:
             return _registered(t2l, lease), _Choice("request")
     return None, _Choice("none")
+
+
+def _name_of(t2l: T2LState, description: object) -> str:
+    """The adapter name the service would give a description, computed here (it is content-derived);
+    raises `InvalidDescriptionError` for what the service would refuse."""
+    return generated_name(normalize_task(description, t2l.settings.generator.max_description_chars), t2l.adapters.hello.fingerprint)
+
+
+def _known(t2l: T2LState, name: str) -> Lease | None:
+    """A lease held in this API server on an adapter vLLM already serves by name (its folder is the
+    deployment's, and the next service will be asked for it), or None."""
+    stored = t2l.loras.stored(name)
+    return None if stored is None else t2l.adapters.hold(stored)
 
 
 def _registered(t2l: T2LState, lease: Lease | None) -> Lease | None:

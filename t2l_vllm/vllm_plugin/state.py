@@ -1,4 +1,4 @@
-"""What one API server holds while the plugin serves: its client of the adapter service and vLLM's registry."""
+"""What one API server holds while the plugin serves: its link to the adapter service and vLLM's registry."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..metrics import RequestMetrics
-from ..service.client import AdapterClient
+from ..service.link import ServiceLink
+from ..service.settings import ServiceSettings
 from .lora_registry import ServedLoRAs
 
 
@@ -15,7 +16,8 @@ from .lora_registry import ServedLoRAs
 class T2LState:
     """Per-app state of the plugin, on `app.state.t2l`."""
 
-    adapters: AdapterClient
+    adapters: ServiceLink
+    settings: ServiceSettings
     loras: ServedLoRAs
     metrics: RequestMetrics
     models: Any  # vLLM's OpenAIServingModels

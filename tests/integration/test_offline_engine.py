@@ -10,7 +10,7 @@ pytestmark = pytest.mark.engine
 
 
 def store_folders(engine) -> int:
-    return sum(1 for p in Path(engine.adapters.client.hello.store).iterdir() if not p.name.startswith("."))
+    return sum(1 for p in Path(engine.adapters.link.hello.store).iterdir() if not p.name.startswith("."))
 
 
 def test_500_distinct_descriptions_keep_the_folders_within_the_cache_bound(engine):
