@@ -132,6 +132,21 @@ def generated_name(normal: NormalTask, hypernet_fingerprint: str) -> str:
 
 GENERATED_NAME = re.compile(r"^t2l-[0-9a-f]{24}$")  # every name `adapter_name` makes, and no other
 
+# How a client that can set only `model` names a task: `t2l/<task>` for a listed task (a router library
+# task, a preloaded description), `t2l:<percent-encoded description>` for any description.
+CATALOG_PREFIX = "t2l/"
+DESCRIPTION_MODEL_PREFIX = "t2l:"
+_SLUG_WORDS = re.compile(r"[a-z0-9]+")
+
+
+def catalog_id(name_or_description: str) -> str:
+    """The model id of a listed task, stable and readable: `t2l/` + a router task's name as it is, or, for a
+    free description, its words lowercased and joined by '-' (at most 48 characters) and 6 hex of its hash."""
+    if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name_or_description):
+        return CATALOG_PREFIX + name_or_description
+    slug = "-".join(_SLUG_WORDS.findall(name_or_description.lower()))[:48].strip("-") or "task"
+    return f"{CATALOG_PREFIX}{slug}-{hashlib.sha256(name_or_description.encode()).hexdigest()[:6]}"
+
 
 AFFINITY_HEADER = "X-Session-ID"
 

@@ -36,7 +36,7 @@ from ..cache import Lease
 from ..errors import T2LError
 from ..metrics import RequestMetrics
 from .client import AdapterClient
-from .protocol import AdapterServiceError, Hello, Reported, Routed
+from .protocol import AdapterServiceError, CatalogEntry, Hello, Reported, Routed
 from .settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class ServiceLink:
     ) -> None:
         self.socket_path, self.settings, self.owner_pid, self.metrics = socket_path, settings, owner_pid, metrics
         self.hello: Hello = client.hello
+        self.catalog: dict[str, CatalogEntry] = {}
         self.started = client.started  # whether this process started the service now serving
         self.status: Status = "up"
         self.reason = ""  # why the service is down or failed, for messages and /health
@@ -175,6 +176,7 @@ class ServiceLink:
     def _attach(self, client: AdapterClient) -> None:
         self._client = client
         self.hello, self.started = client.hello, client.started
+        self.catalog = {entry.id: entry for entry in client.hello.catalog}  # the tasks clients may name as `model`
         client.on_removed(self._removed)
         client.on_lost(self._lost)
         self.status, self.reason = "up", ""

@@ -4,7 +4,7 @@ Every message is one of the dataclasses below, sent as its fields plus `op`:
 
     service -> client  {"op": "hello", "pid", "hypernet", "variant", "fingerprint", "base_model", "rank",
                         "target_modules", "cache_entries", "cache_bytes", "store", "metrics_dir",
-                        "preloaded", "router"}                     first, on every connection
+                        "preloaded", "router", "catalog"}          first, on every connection
     client -> service  {"op": "acquire", "id", "description"}     -> leased
                        {"op": "lease", "id", "name"}              -> leased (adapter null: not kept)
                        {"op": "route", "id", "query"}             -> routed (with the lease of what it chose)
@@ -16,7 +16,8 @@ Every message is one of the dataclasses below, sent as its fields plus `op`:
                        {"op": "failed", "id", "type", "message"}  the request's T2LError, by class name
                        {"op": "removed", "name"}                  an adapter's folder is gone: forget the name
 
-`adapter` is {"name", "int_id", "path", "nbytes", "lease"}. A routed request takes
+`adapter` is {"name", "int_id", "path", "nbytes", "lease"}; a `catalog` entry is
+{"id", "description", "adapter"}: a task a client may name as its model. A routed request takes
 one round trip: the service routes the query and leases the adapter its choice
 needs (a trained adapter, or the one generated for the chosen description).
 `tests/unit/test_service_protocol.py` round-trips every message and holds this
@@ -69,6 +70,15 @@ class AdapterBody:
 
 
 @dataclass(frozen=True)
+class CatalogEntry:
+    """A task a client may name as its `model` (`t2l/<name>`): a router library task or a preloaded description."""
+
+    id: str
+    description: str
+    adapter: str | None  # the adapter kept for it (preloaded, or the task's trained one); None: generated on demand
+
+
+@dataclass(frozen=True)
 class RouterInfo:
     tasks: int
     library: str
@@ -95,6 +105,7 @@ class Hello:
     metrics_dir: str | None  # the service's private metrics folder, for a lone API server to read; None: shared
     preloaded: list[AdapterBody]
     router: RouterInfo | None
+    catalog: list[CatalogEntry]
 
 
 @dataclass(frozen=True)

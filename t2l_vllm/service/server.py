@@ -38,6 +38,7 @@ from ..generator import AdapterGenerator
 from ..metrics import T2LMetrics
 from ..progress import progress
 from ..router import EmbeddingRouter
+from ..descriptions import catalog_id
 from ..strength import check_strength
 from .fault_injection import with_test_faults
 from .locks import alive_lock_path, lock_file, remove_socket_lock, socket_lock
@@ -45,6 +46,7 @@ from .protocol import (
     MAX_LINE_BYTES,
     Acquire,
     AdapterBody,
+    CatalogEntry,
     Failed,
     Hello,
     LeaseByName,
@@ -161,7 +163,19 @@ class AdapterService:
             preloaded=[AdapterBody.of(lease.stored) for lease in self._preloaded],
             router=None if router is None else RouterInfo(
                 len(router.library.tasks), str(router.library.path), router.threshold, router.fallback),
+            catalog=self._catalog(),
         )
+
+    def _catalog(self) -> list[CatalogEntry]:
+        """The tasks clients may name as their model: the router library's, then the preloaded descriptions."""
+        entries = []
+        if self.router is not None:
+            for task in self.router.library.tasks:
+                trained = self._trained.get(task.name)
+                entries.append(CatalogEntry(catalog_id(task.name), task.descriptions[0], None if trained is None else trained.name))
+        for description, lease in zip(self.settings.preload, self._preloaded):
+            entries.append(CatalogEntry(catalog_id(description), description, lease.name))
+        return entries
 
     async def run(self, ready: Callable[[], None]) -> None:
         """Serves until the last client has gone (or none came, or SIGTERM), then cleans up."""

@@ -43,11 +43,11 @@ def refuse(t2l: T2LState | None, status: HTTPStatus, message: str, param: str | 
     return openai_error(status, message, param, headers)
 
 
-def refuse_for(t2l: T2LState | None, err: T2LError) -> JSONResponse:
+def refuse_for(t2l: T2LState | None, err: T2LError, field: str = DESCRIPTION_FIELD) -> JSONResponse:
     """The answer to a request whose adapter could not be had (`answer_to`), with Retry-After when
     the adapter service is being restarted."""
     retry = getattr(err, "retry_after_s", None)
-    return refuse(t2l, *answer_to(err), headers=None if retry is None else {"Retry-After": str(retry)})
+    return refuse(t2l, *answer_to(err, field), headers=None if retry is None else {"Retry-After": str(retry)})
 
 
 # How each failure to get an adapter is answered: the first class that matches wins.
@@ -60,11 +60,12 @@ _ERROR_STATUS: tuple[tuple[type[T2LError], HTTPStatus, str | None], ...] = (
 )
 
 
-def answer_to(err: T2LError) -> tuple[HTTPStatus, str, str | None]:
-    """The status, message and `param` of the error answering a request whose adapter could not be had."""
+def answer_to(err: T2LError, field: str = DESCRIPTION_FIELD) -> tuple[HTTPStatus, str, str | None]:
+    """The status, message and `param` of the error answering a request whose adapter could not be had;
+    `field`: where the request gave its description (the body field, a header, `model`)."""
     status, param = next((status, param) for cls, status, param in _ERROR_STATUS if isinstance(err, cls))
-    message = f"`{DESCRIPTION_FIELD}`: {err}" if isinstance(err, InvalidDescriptionError) else str(err)
-    return status, message, param
+    message = f"`{field}`: {err}" if isinstance(err, InvalidDescriptionError) else str(err)
+    return status, message, None if param is None else field
 
 
 def has_api_key(request: Request) -> bool:

@@ -32,6 +32,7 @@ from .http import DESCRIPTION_FIELD
 from .internals import check_fixes, notice_shutdown
 from .lora_registry import ServedLoRAs
 from .playground import attach_playground
+from .resolver import attach_resolver
 from .routes import attach_routes
 from .state import T2LState
 
@@ -88,6 +89,7 @@ class T2LEndpointPlugin:
         state.t2l = T2LState(
             adapters, settings, loras, metrics, state.openai_serving_models, routed=adapters.hello.router is not None, stopping=stopping,
         )
+        attach_resolver(state.t2l)
         if adapters.started:  # the API server that started the service reports it, once
             _print_start_up(adapters.hello)
 

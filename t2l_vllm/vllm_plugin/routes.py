@@ -16,6 +16,8 @@ request holds its lease.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -28,7 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from ..cache import Lease
-from ..descriptions import generated_name, normalize_task
+from ..descriptions import DEFAULT_MAX_DESCRIPTION_CHARS, generated_name, normalize_task
 from ..errors import T2LError
 from ..router import query_of_request
 from ..service.link import ServiceUnavailableError
@@ -45,6 +47,7 @@ from .http import (
     refuse_for,
 )
 from .internals import routes_of, served_request_models
+from .request_task import RequestTask, RequestTaskError, task_of
 from .state import T2LState
 
 SHUTTING_DOWN = (
@@ -71,9 +74,11 @@ def attach_routes(app: FastAPI) -> None:
     posts = routes_of(app, "POST")
     served = served_request_models()
     router = APIRouter()
-    health = routes_of(app, "GET").get(HEALTH_PATH)
-    if health is not None:
-        router.add_api_route(HEALTH_PATH, _health_endpoint(health), methods=["GET"], include_in_schema=False)
+    gets = routes_of(app, "GET")
+    if HEALTH_PATH in gets:
+        router.add_api_route(HEALTH_PATH, _health_endpoint(gets[HEALTH_PATH]), methods=["GET"], include_in_schema=False)
+    if MODELS_PATH in gets:
+        router.add_api_route(MODELS_PATH, _models_endpoint(gets[MODELS_PATH]), methods=["GET"])
     for path, model in served.items():
         if path not in posts:
             raise RuntimeError(f"t2l_vllm: vLLM has no POST {path} route to extend; is this the vLLM t2l_vllm requires?")
@@ -92,13 +97,14 @@ def _endpoint(route: _Route) -> Callable[[Request], Awaitable[Response]]:
             return refuse(t2l, HTTPStatus.BAD_REQUEST, problem)
         if not isinstance(body, dict):
             return refuse(t2l, HTTPStatus.BAD_REQUEST, "the request body must be a JSON object.")
-        has_description = DESCRIPTION_FIELD in body
-        description = body.pop(DESCRIPTION_FIELD, None)
-        if has_description and description is None:
-            return refuse(t2l, HTTPStatus.BAD_REQUEST, f"`{DESCRIPTION_FIELD}` is null; give a string or leave the field out.", DESCRIPTION_FIELD)
-        if has_description and t2l is None:
-            return refuse(t2l, HTTPStatus.BAD_REQUEST, f"`{DESCRIPTION_FIELD}` is not served: {NOT_CONFIGURED}.", DESCRIPTION_FIELD)
-        if has_description and t2l is not None and (problem_of_model := _check_model(t2l, body.get("model"))) is not None:
+        try:
+            task = task_of(body, raw_request.headers, t2l.adapters.catalog if t2l else {},
+                           t2l.settings.generator.max_description_chars if t2l else DEFAULT_MAX_DESCRIPTION_CHARS)
+        except RequestTaskError as err:
+            return refuse(t2l, err.status, err.message, err.param)
+        if task.given and t2l is None:
+            return refuse(t2l, HTTPStatus.BAD_REQUEST, f"`{task.field}` is not served: {NOT_CONFIGURED}.", task.field)
+        if task.source in ("request", "header") and t2l is not None and (problem_of_model := _check_model(t2l, body.get("model"))) is not None:
             return refuse(t2l, *problem_of_model)
         try:  # the whole body is checked before any adapter is made for it
             request = route.request_model.model_validate(body)
@@ -109,12 +115,9 @@ def _endpoint(route: _Route) -> Callable[[Request], Awaitable[Response]]:
         if t2l.stopping.is_set():  # no pass, no routing for a request that cannot start
             return refuse(t2l, HTTPStatus.SERVICE_UNAVAILABLE, SHUTTING_DOWN)
         try:
-            if has_description:
-                lease, choice = await _lease(t2l, description, body.get("model"))
-            else:
-                lease, choice = await _route(t2l, body)
+            lease, choice = await (lease_for(t2l, task) if task.given else _route(t2l, body))
         except T2LError as err:
-            return refuse_for(t2l, err)
+            return refuse_for(t2l, err, task.field)
         return await _forward(route, request, raw_request, lease, choice, t2l)
 
     endpoint.__name__ = f"t2l_{route.path.strip('/').replace('/', '_')}"
@@ -122,6 +125,31 @@ def _endpoint(route: _Route) -> Callable[[Request], Awaitable[Response]]:
 
 
 HEALTH_PATH = "/health"
+MODELS_PATH = "/v1/models"
+
+
+def _models_endpoint(route: Any) -> Callable[[Request], Awaitable[Response]]:
+    """vLLM's model list, and after it the tasks a client may name as its `model` (`t2l/<task>`): a chat
+    front end's model picker then offers them. Each says what it does (`description`, beside OpenAI's fields)."""
+    handler = route.get_route_handler()
+
+    async def endpoint(raw_request: Request) -> Response:
+        response = await handler(raw_request)
+        t2l: T2LState | None = getattr(raw_request.app.state, "t2l", None)
+        if t2l is None or response.status_code != HTTPStatus.OK:
+            return response
+        listing = json.loads(response.body)
+        present = {card.get("id") for card in listing.get("data", [])}
+        base, now = t2l.models.model_name(), int(time.time())
+        listing["data"] += [
+            {"id": entry.id, "object": "model", "created": now, "owned_by": "t2l_vllm", "root": None, "parent": base,
+             "max_model_len": None, "permission": [], "description": entry.description}
+            for entry in t2l.adapters.catalog.values() if entry.id not in present
+        ]
+        return JSONResponse(listing)
+
+    endpoint.__name__ = "t2l_models"
+    return endpoint
 
 
 def _health_endpoint(route: Any) -> Callable[[Request], Awaitable[Response]]:
@@ -166,7 +194,7 @@ def _refusing_endpoint(route: Any, served: list[str]) -> Callable[[Request], Awa
 class _Choice:
     """Where a request's description came from, and the router's verdict if it chose."""
 
-    source: str  # request | router | none
+    source: str  # request (the body field) | header | model | router | none
     task: str | None = None
     score: float | None = None
 
@@ -189,7 +217,7 @@ async def _route(t2l: T2LState, body: dict) -> tuple[Lease | None, _Choice]:
     """
     model = body.get("model")
     if not t2l.routed or _check_model(t2l, model) is not None:
-        return await _lease(t2l, None, model)
+        return await _lease_named(t2l, model)
     query = query_of_request(body)
     if query is None or not query.strip():
         return None, _Choice("none")
@@ -197,28 +225,36 @@ async def _route(t2l: T2LState, body: dict) -> tuple[Lease | None, _Choice]:
     return _registered(t2l, lease), _Choice("router", decision.label, decision.score)
 
 
-async def _lease(t2l: T2LState, description: str | None, model: object) -> tuple[Lease | None, _Choice]:
-    """The lease a request runs under: its description's adapter, or a generated adapter it names;
-    None for the base model or another LoRA. While the adapter service is being restarted, an
-    adapter vLLM already knows is served all the same (`_known`)."""
-    if description is not None:
-        try:
-            return _registered(t2l, await t2l.adapters.acquire(description)), _Choice("request")
-        except ServiceUnavailableError:
-            lease = _known(t2l, _name_of(t2l, description))
+async def lease_for(t2l: T2LState, task: RequestTask) -> tuple[Lease | None, _Choice]:
+    """The lease on a request's task: a listed task's kept adapter, or its description's. While the
+    adapter service is being restarted, an adapter vLLM already knows is served all the same (`_known`)."""
+    name = task.adapter
+    try:
+        if name is not None:
+            lease = await t2l.adapters.lease_by_name(name)
             if lease is None:
-                raise
-            return lease, _Choice("request")
-    if isinstance(model, str) and not t2l.models.is_base_model(model):
-        try:
-            lease = await t2l.adapters.lease_by_name(model)  # a client reusing a generated adapter's name
-        except ServiceUnavailableError:
-            lease = _known(t2l, model)
-            if lease is None:
-                raise
-        if lease is not None:
-            return _registered(t2l, lease), _Choice("request")
-    return None, _Choice("none")
+                raise T2LError(f"the adapter `{name}` kept for the task `{task.description or name}` is no longer kept.")
+        else:
+            lease = await t2l.adapters.acquire(task.description)
+    except ServiceUnavailableError:
+        lease = _known(t2l, name or _name_of(t2l, task.description))
+        if lease is None:
+            raise
+    return _registered(t2l, lease), _Choice(task.source)
+
+
+async def _lease_named(t2l: T2LState, model: object) -> tuple[Lease | None, _Choice]:
+    """A lease on the generated adapter a client names by `model` (reusing a name it was given); None for the
+    base model or another LoRA, which vLLM serves or refuses as usual."""
+    if not isinstance(model, str) or t2l.models.is_base_model(model):
+        return None, _Choice("none")
+    try:
+        lease = await t2l.adapters.lease_by_name(model)
+    except ServiceUnavailableError:
+        lease = _known(t2l, model)
+        if lease is None:
+            raise
+    return (None, _Choice("none")) if lease is None else (_registered(t2l, lease), _Choice("request"))
 
 
 def _name_of(t2l: T2LState, description: object) -> str:

@@ -13,6 +13,7 @@ from t2l_vllm.service.protocol import (
     MESSAGES,
     Acquire,
     AdapterBody,
+    CatalogEntry,
     Failed,
     Hello,
     LeaseByName,
@@ -31,8 +32,9 @@ from t2l_vllm.service.protocol import (
 BODY = AdapterBody("t2l-" + "a" * 24, 2**40 + 3, "/dev/shm/x/t2l-a", 12345, lease=7)
 EXAMPLES = [
     Hello(1, "/h", "L", "f" * 64, "/base", 8, ["q_proj", "v_proj"], 128, 2**30, "/dev/shm/x", None, [AdapterBody("p", 2, "/p", 3)],
-          RouterInfo(20, "starter", 0.41, "base")),
-    Hello(1, "/h", "M", "f" * 64, "", 16, ["qkv_proj"], 1, 1, "/s", "/m", [], None),
+          RouterInfo(20, "starter", 0.41, "base"), [CatalogEntry("t2l/arithmetic", "Solve arithmetic.", None),
+                                                    CatalogEntry("t2l/sort-the-words-1a2b3c", "Sort the words.", "t2l-" + "e" * 24)]),
+    Hello(1, "/h", "M", "f" * 64, "", 16, ["qkv_proj"], 1, 1, "/s", "/m", [], None, []),
     Acquire(1, "Answer science questions \udc80 with a lone surrogate."),
     Acquire(2, [{"description": "a", "weight": 0.5}, {"description": "b", "weight": 0.5}]),
     LeaseByName(3, "t2l-" + "b" * 24),
