@@ -14,83 +14,26 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import threading
 import time
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
 
 from conftest import API_KEY, CACHE_ENTRIES
+from t2l_vllm.testing.load import Load as AnyLoad
+from t2l_vllm.testing.processes import adapter_service_pids
+
+Load = partial(AnyLoad, api_key=API_KEY)
 
 pytestmark = pytest.mark.server
 
 BACK_WITHIN_S = 30  # description requests are answered again within this after the service died
 
 
-@dataclass
-class Outcome:
-    sent: float
-    status: int
-    description: str | None
-    retry_after: str | None
-    message: str = ""
-
-
-@dataclass
-class Load:
-    """Base-model requests every 0.2 s and description requests every 0.3 s, from two threads."""
-
-    url: str
-    descriptions: list[str]
-    outcomes: list[Outcome] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def __post_init__(self) -> None:
-        self.threads = [threading.Thread(target=self._send, args=(None, 0.2), daemon=True),
-                        threading.Thread(target=self._send, args=(self.descriptions, 0.3), daemon=True)]
-
-    def __enter__(self) -> "Load":
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(120)
-
-    def _send(self, descriptions: list[str] | None, every_s: float) -> None:
-        with httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120) as client:
-            i = 0
-            while not self.stop.is_set():
-                description = None if descriptions is None else descriptions[i % len(descriptions)]
-                body = {"model": "tiny", "messages": [{"role": "user", "content": f"hello world {i}"}], "max_tokens": 16,
-                        "temperature": 0, **({} if description is None else {"task_description": description})}
-                sent = time.monotonic()
-                try:
-                    response = client.post("/v1/chat/completions", json=body)
-                    outcome = Outcome(sent, response.status_code, description, response.headers.get("retry-after"),
-                                      response.text if response.status_code != 200 else "")
-                except httpx.HTTPError as err:  # a connection error is an outcome too: it must not happen
-                    outcome = Outcome(sent, -1, description, None, repr(err))
-                self.outcomes.append(outcome)
-                i += 1
-                time.sleep(every_s)
-
-    def base(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.description is None]
-
-    def described(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.description is not None]
-
-
 def service_pids(server) -> list[int]:
-    """The adapter service processes of this server's deployment (their socket names the server's pid)."""
-    done = subprocess.run(["pgrep", "-f", f"t2l_vllm.service .*serve-{server.process.pid}.sock"], capture_output=True, text=True)
-    return [int(pid) for pid in done.stdout.split()]
+    return adapter_service_pids(server.process.pid)
 
 
 def wait_for(condition, timeout_s: float, what: str) -> None:
@@ -174,7 +117,6 @@ def test_a_service_that_cannot_start_again_is_given_up_and_base_serving_goes_on(
         (hypernet / "model.safetensors").write_bytes(b"not a checkpoint any more")  # corrupt, as a bad deploy would
         with Load(server.url, ["Reverse the letters of every word."]) as load:
             os.kill(pid, signal.SIGKILL)
-            killed = time.monotonic()
             wait_for(lambda: health(server)["adapter_service"] == "failed", 120, "giving the service up")
             gave_up = time.monotonic()
             time.sleep(3)
