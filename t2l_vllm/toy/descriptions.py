@@ -3,7 +3,7 @@
 A template is filled for one task (see `toy/tasks.yaml` for the
 syntax). Each rendering draws its choices (k as a digit or a word, one of the
 `[a|b]` alternatives, one phrase per operation, the example input) from a
-random stream seeded by the task's name and the template's position, so the
+random stream seeded by the task's name and the template's text, so the
 descriptions are the same on every machine and every run, and two tasks of a
 family rendered from one template differ in more than their parameter.
 """
@@ -19,9 +19,10 @@ NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 
 _ALTERNATIVES = re.compile(r"\[([^\[\]]*\|[^\[\]]*)\]")
 
 
-def variation_stream(task: str, template_index: int) -> random.Random:
-    """The random stream of one task's rendering of one template (string seeds are stable across runs)."""
-    return random.Random(f"{task}/{template_index}")
+def variation_stream(task: str, template: str) -> random.Random:
+    """The random stream of one task's rendering of one template, seeded by their names (string seeds are
+    stable across runs), so adding or moving a template changes no other rendering."""
+    return random.Random(f"{task}/{template}")
 
 
 def render(template: str, slots: Mapping[str, str], rng: random.Random) -> str:

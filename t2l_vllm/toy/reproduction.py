@@ -18,7 +18,12 @@ descriptions, and held-out tasks (the paper's zero-shot claim): tasks no
 hypernetwork trained on, described in wordings from templates no training
 description used, and scored on inputs whose answer no training task gives, so
 doing a training task instead earns nothing. A second held-out column describes
-them with the wordings training tasks were seen with. Controls for every T2L
+them with the wordings training tasks were seen with; a third with every one of
+their family's held-out templates (unseen task x unseen template); a fourth with
+the independent wordings (`toy/wordings.py`: written by hand outside the
+templates, free sentences, examples only, questions, terse and verbose forms,
+typos; never trained, tuned or selected on), and "train tasks, independent
+wordings" scores some training tasks written that way. Controls for every T2L
 arm on the training tasks: random letter strings, and another training task's
 description, as the description ("wrong description" also reports how often the
 answer is the *described* task's, i.e. whether the adapter follows the text);
@@ -26,11 +31,14 @@ and for the held-out tasks how often the answer is some training task's output.
 
 The hypernetworks' training data is written to `data/` first (SFT records,
 the reconstruction library's manifest): only training tasks, only their seen
-descriptions, no cue (the cue adapters of training tasks only); the tests check it.
-Every hypernetwork reads the same encoder: MiniLM with its top two layers tuned
-first on those seen descriptions, told only which task each names
-(`train/encoder_tuning.py`, `encoder/`); `--encoder-tuning-steps 0` reads
-MiniLM as published, the paper's recipe.
+descriptions (and, with `Budget.augment_variants`, rewritings of them that
+change the surface and not the task, `toy/augment.py`), no cue (the cue adapters
+of training tasks only); the tests check it. Every hypernetwork reads the same
+encoder: MiniLM with its layers tuned first on those seen descriptions, told
+only which task each names (`train/encoder_tuning.py`, `encoder/`), with the
+last `Budget.encoder_validation_templates` seen templates of every task kept out
+of the tuning as its validation split by template; `--encoder-tuning-steps 0`
+reads MiniLM as published, the paper's recipe.
 
 Writes `table.json`, `adapters.png` (generated adapters projected to 2-D by PCA,
 coloured by task family), the trained LoRAs and hypernetworks, and prints the table.
@@ -75,12 +83,15 @@ from t2l_vllm.hypernet.config import EncoderSettings, HypernetConfig, LoraSettin
 from t2l_vllm.hypernet.model import TextToLoRA, build_hypernet
 from t2l_vllm.hypernet.shapes import load_base_shapes
 from t2l_vllm.toy.base import ToyCues, bos_reader, cue_adapter, greedy_answers, prompt_text
+from t2l_vllm.toy import augment
+from t2l_vllm.toy.wordings import DEV, INDEPENDENT, Wording, by_task, style_of
 from t2l_vllm.toy.world import (
     HELDOUT_TASKS, TASKS, TRAIN_TASKS, make_examples, random_input, split_descriptions, telling_inputs, write_jsonl,
 )
 from t2l_vllm.train.data import SFTRecord, load_sft_records
 from t2l_vllm.train.encoder_tuning import EncoderTuner, EncoderTuningSettings, descriptions_by_task
 from t2l_vllm.train.recon import ReconSettings, ReconTrainer, load_recon_library, with_zscore
+from t2l_vllm.strength import StrengthRecord, write_record
 from t2l_vllm.train.sft import SFTSettings, SFTTrainer
 from t2l_vllm.train.sources import HypernetSource, SingleLoRA
 
@@ -90,6 +101,9 @@ COLUMNS = (
     "train tasks, held-out descriptions",
     "held-out tasks",
     "held-out tasks, training wordings",
+    "held-out tasks, unseen templates",
+    "held-out tasks, independent wordings",
+    "train tasks, independent wordings",
 )
 CONTROLS = (
     "random description",
@@ -118,6 +132,12 @@ class Budget:
     # (seeds 0, 1), its top two 0.50 (seed 0).
     encoder_tuning_steps: int = EncoderTuningSettings.steps
     encoder_tuning_layers: int = 6
+    # The last N seen templates (descriptions) of every training task are not drawn by the encoder tuning:
+    # its validation split by template (the hypernetworks still train on them).
+    encoder_validation_templates: int = 3
+    encoder_shared_positions: bool = False  # `EncoderTuningSettings.shared_positions`
+    encoder_augment: float = 0.0  # probability of each `toy.augment` rewriting of a description the tuning draws; 0: none
+    augment_variants: int = 0  # rewritings (`toy.augment.variants`) of every seen description added to the SFT data
     batch_size: int = 32
     lora_lr: float = 1e-2
     sft_lr: float = 1e-4
@@ -155,6 +175,8 @@ class Bench:
         self.heldout_desc = {t: split_descriptions(TASKS[t])[1][:n] for t in TRAIN_TASKS}
         self.heldout_task = {t: split_descriptions(TASKS[t])[1][:n] for t in HELDOUT_TASKS}
         self.heldout_task_seen_wording = {t: split_descriptions(TASKS[t])[0][:n] for t in HELDOUT_TASKS}
+        self.heldout_task_unseen_templates = {t: split_descriptions(TASKS[t])[1] for t in HELDOUT_TASKS}  # all of them
+        self.independent, self.dev = by_task(INDEPENDENT), by_task(DEV)
         letters = string.ascii_lowercase + "     "
         self.random_desc = {t: tuple("".join(rng.choice(letters) for _ in range(len(d))).strip() or "x" for d in descs)
                             for t, descs in (*self.seen.items(), *self.heldout_task.items())}
@@ -162,6 +184,8 @@ class Bench:
         self.wrong_task = {t: TRAIN_TASKS[(i + 1) % len(TRAIN_TASKS)] for i, t in enumerate(TRAIN_TASKS)}
         self.seed, self.data = seed, out / "data"
         self._embeddings: dict[str, torch.Tensor] = {}  # the encoder is frozen in training: each text is embedded once
+        self.strength: dict[str, StrengthRecord] = {}  # SFT variant -> the strength record its trainer measured
+        self.encoder_validation: list[tuple[int, float]] = []  # (step, nearest-task accuracy) of the encoder tuning
 
     @cached_property
     def encoder(self) -> TaskEncoder:
@@ -174,22 +198,43 @@ class Bench:
             self.tune_encoder()
         return load_task_encoder(folder, load_config(folder)[0])
 
-    def tune_encoder(self) -> float:
-        """Tunes the encoder on the SFT data's tasks and descriptions (`data/train.jsonl`: no held-out task,
-        no held-out template) and writes `encoder/`, an untrained hypernetwork's checkpoint that reads it; returns seconds."""
+    def tuning_descriptions(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """(tuned, validation): every training task's seen descriptions, the last `encoder_validation_templates`
+        of them kept apart as the tuning's validation split (for rendered tasks, the same templates for every task)."""
+        n = self.budget.encoder_validation_templates
+        seen = {t: list(split_descriptions(TASKS[t])[0]) for t in TRAIN_TASKS}
+        return {t: d[: len(d) - n] for t, d in seen.items()}, {t: d[len(d) - n :] for t, d in seen.items() if n}
+
+    def tune_encoder(self) -> tuple[float, list[tuple[int, float]]]:
+        """Tunes the encoder on the SFT data's tasks and their seen descriptions (no held-out task, no held-out
+        template), less its validation split, and writes `encoder/`, an untrained hypernetwork's checkpoint that
+        reads it; returns the seconds and the validation accuracy through the tuning."""
         if not (self.data / "train.jsonl").is_file():
             self.write_training_data()
+        b = self.budget
         hypernet = build_hypernet(HypernetConfig(base=self.shapes, variant="L", lora=LORA, encoder=EncoderSettings()))
-        descriptions = descriptions_by_task(self.train_records)
-        tuner = EncoderTuner(hypernet, descriptions, EncoderTuningSettings(steps=self.budget.encoder_tuning_steps, layers=self.budget.encoder_tuning_layers, seed=self.seed))
+        tuned, validation = self.tuning_descriptions()
+        assert set(tuned) == set(descriptions_by_task(self.train_records))  # the SFT data's tasks, no other
+        settings = EncoderTuningSettings(steps=b.encoder_tuning_steps, layers=b.encoder_tuning_layers, seed=self.seed,
+                                         shared_positions=b.encoder_shared_positions, log_every=max(1, b.encoder_tuning_steps // 6))
+        rewrite = (lambda task, text, rng: augment.augment(task, text, rng, p=b.encoder_augment)) if b.encoder_augment else None
+        tuner = EncoderTuner(hypernet, tuned, settings, validation=validation, augment=rewrite)
+        history = [(0, tuner.evaluate())] if validation else []
         losses, seconds = timed(tuner.train, self.out / "encoder")
-        print(f"  encoder tuning: {len(losses)} steps, loss {losses[0]:.3f} -> {sum(losses[-20:]) / min(20, len(losses)):.3f}, {seconds:.0f} s", flush=True)
-        return seconds
+        history += tuner.validation_history
+        print(f"  encoder tuning: {len(losses)} steps, loss {losses[0]:.3f} -> {sum(losses[-20:]) / min(20, len(losses)):.3f}, "
+              f"validation {history[0][1] if history else float('nan'):.3f} -> {history[-1][1] if history else float('nan'):.3f}, {seconds:.0f} s", flush=True)
+        return seconds, history
 
     def write_training_data(self) -> None:
         """`data/`: the tasks' SFT examples and the two reconstruction libraries' manifests (training tasks only)."""
         b = self.budget
-        write_jsonl(self.data / "train.jsonl", make_examples(TRAIN_TASKS, b.examples_per_task, seed=self.seed))
+        records = make_examples(TRAIN_TASKS, b.examples_per_task, seed=self.seed)
+        if b.augment_variants:
+            rewritten = {t: [v for d in split_descriptions(TASKS[t])[0] for v in augment.variants(t, d, b.augment_variants, self.seed)]
+                         for t in TRAIN_TASKS}
+            records = [{**r, "descriptions": r["descriptions"] + rewritten[r["task"]]} for r in records]
+        write_jsonl(self.data / "train.jsonl", records)
         write_jsonl(self.data / "heldout_tasks.jsonl", make_examples(HELDOUT_TASKS, b.examples_per_task, seed=self.seed + 1))
         for library, folder in (("recon_library.jsonl", "loras"), ("cue_library.jsonl", "cue_loras")):
             write_jsonl(self.data / library, [
@@ -250,17 +295,24 @@ class Bench:
         rows, texts = self.described_rows(descriptions)
         return self.answers(rows, self.generated(hypernet, texts)), rows
 
-    def score_hypernet(self, hypernet: TextToLoRA) -> tuple[dict[str, float], dict[str, float]]:
-        """The table's row for a hypernetwork, and its main held-out column task by task."""
-        result, by_task = {}, {}
-        described = (self.seen, self.heldout_desc, self.heldout_task, self.heldout_task_seen_wording)
+    def score_hypernet(self, hypernet: TextToLoRA) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+        """The table's row for a hypernetwork, and its breakdowns: the main held-out column and the independent
+        wordings task by task, the independent wordings (of held-out and of training tasks) style by style."""
+        result, breakdown = {}, {}
+        described = (self.seen, self.heldout_desc, self.heldout_task, self.heldout_task_seen_wording,
+                     self.heldout_task_unseen_templates, self.independent, self.dev)
         for column, descs in zip(COLUMNS, described):
             answers, rows = self.described_answers(hypernet, descs)
             result[column] = exact(answers, rows, [task for task, _ in rows])
             if column == COLUMNS[2]:
-                by_task = by_heldout_task(answers, rows)
+                breakdown[column] = by_heldout_task(answers, rows)
                 # does a held-out task's adapter do a training task instead? (never right: the inputs tell them apart)
                 result[CONTROLS[4]] = sum(training_task_answered(a, x) is not None for a, (_, x) in zip(answers, rows)) / len(rows)
+            if column == COLUMNS[5]:
+                breakdown[column] = by_heldout_task(answers, rows)
+                breakdown[f"{column}, by style"] = self.by_style(answers, rows, descs, INDEPENDENT)
+            if column == COLUMNS[6]:
+                breakdown[f"{column}, by style"] = self.by_style(answers, rows, descs, DEV)
         for control, tasks in zip(CONTROLS[:2], (TRAIN_TASKS, HELDOUT_TASKS)):
             rows, texts = self.described_rows({t: self.random_desc[t] for t in tasks})
             result[control] = self.score(rows, self.generated(hypernet, texts))
@@ -268,7 +320,17 @@ class Bench:
         answers = self.answers(rows, self.generated(hypernet, texts))
         result[CONTROLS[2]] = exact(answers, rows, [t for t, _ in rows])
         result[CONTROLS[3]] = exact(answers, rows, [self.wrong_task[t] for t, _ in rows])  # the task the description names
-        return result, by_task
+        return result, breakdown
+
+    def by_style(self, answers: Sequence[str], rows: Sequence[tuple[str, str]], descriptions: dict[str, Sequence[str]],
+                 wordings: tuple[Wording, ...]) -> dict[str, float]:
+        """Exact match per style of `wordings` over rows laid out by `described_rows(descriptions)`."""
+        style = style_of(wordings)
+        _, texts = self.described_rows(descriptions)
+        right: dict[str, list[bool]] = {}
+        for answer, (task, text), description in zip(answers, rows, texts):
+            right.setdefault(style[(task, description)], []).append(answer == TASKS[task].fn(text))
+        return {s: sum(v) / len(v) for s, v in right.items()}
 
     # --- training ------------------------------------------------------------------
     def sft_trainer(self, source, records, steps: int, lr: float) -> SFTTrainer:
@@ -276,9 +338,12 @@ class Bench:
         settings = SFTSettings(steps=steps, batch_size=self.budget.batch_size, lr=lr, warmup_frac=0.05, max_length=64)
         return SFTTrainer(source, self.model, self.tokenizer, records, settings)
 
-    def sft(self, source, records, steps: int, lr: float, log_name: str) -> None:
-        losses, seconds = timed(self.sft_trainer(source, records, steps, lr).train)
+    def sft(self, source, records, steps: int, lr: float, log_name: str) -> SFTTrainer:
+        """Trains `source` by the benchmark's recipe; returns its trainer."""
+        trainer = self.sft_trainer(source, records, steps, lr)
+        losses, seconds = timed(trainer.train)
         print(f"  {log_name}: {steps} steps, loss {sum(losses[:20]) / min(20, len(losses)):.3f} -> {sum(losses[-20:]) / min(20, len(losses)):.3f}, {seconds:.0f} s", flush=True)
+        return trainer
 
     def train_lora(self, records, steps: int, name: str) -> SingleLoRA:
         """A plain LoRA on `records`, saved as a PEFT folder under `loras/`."""
@@ -291,7 +356,8 @@ class Bench:
         """T2L trained by SFT on the training tasks' examples, each with one of its task's seen descriptions."""
         hypernet, records = self.new_hypernet(variant), self.train_records
         source = HypernetSource(hypernet, self.encoder, [d for r in records for d in r.descriptions])
-        self.sft(source, records, self.budget.sft_steps, self.budget.sft_lr, f"sft-{variant}")
+        trainer = self.sft(source, records, self.budget.sft_steps, self.budget.sft_lr, f"sft-{variant}")
+        self.strength[variant] = trainer.strength_record()  # what `t2l-vllm check` holds its served adapters against
         return hypernet
 
     def write_cue_adapters(self) -> None:
@@ -360,8 +426,10 @@ def timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
 
 
 def description_free_row(train: float, heldout: float) -> dict[str, float]:
-    """The columns of an arm that reads no description: each kind of description scores as the task does."""
-    return {COLUMNS[0]: train, COLUMNS[1]: train, COLUMNS[2]: heldout, COLUMNS[3]: heldout}
+    """The columns of an arm that reads no description: each kind of description scores as the task does
+    (training tasks' independent wordings as all training tasks do)."""
+    return {COLUMNS[0]: train, COLUMNS[1]: train, COLUMNS[2]: heldout, COLUMNS[3]: heldout, COLUMNS[4]: heldout,
+            COLUMNS[5]: heldout, COLUMNS[6]: train}
 
 
 def start_worker(base_dir: str, out: Path, budget: Budget, seed: int, threads: int) -> None:
@@ -381,10 +449,11 @@ def untuned_rows() -> dict[str, dict[str, float]]:
     return rows
 
 
-def encoder_tuning_job() -> float:
-    """Tunes the encoder every hypernetwork arm reads (none when the budget says 0 steps): its seconds."""
+def encoder_tuning_job() -> tuple[float, list[tuple[int, float]]]:
+    """Tunes the encoder every hypernetwork arm reads (none when the budget says 0 steps): its seconds and
+    its validation accuracy through the tuning."""
     bench = _worker_bench
-    return bench.tune_encoder() if bench.budget.encoder_tuning_steps else 0.0
+    return bench.tune_encoder() if bench.budget.encoder_tuning_steps else (0.0, [])
 
 
 def task_lora_arm(task: str) -> tuple[float, float]:
@@ -403,14 +472,17 @@ def multitask_arm() -> tuple[dict[str, float], float]:
     return description_free_row(train, heldout), seconds
 
 
-def hypernet_arm(arm: str) -> tuple[dict[str, float], dict[str, float], float]:
-    """Trains the hypernetwork of `arm`, saves it and scores it: its row, its held-out column by task, its training seconds."""
+def hypernet_arm(arm: str) -> tuple[dict[str, float], dict[str, dict[str, float]], float]:
+    """Trains the hypernetwork of `arm`, saves it (an SFT arm with its strength record) and scores it: its row,
+    its breakdowns (`Bench.score_hypernet`), its training seconds."""
     bench = _worker_bench
     folder, method, args = HYPERNET_ARMS[arm]
     hypernet, seconds = timed(getattr(bench, method), *args)
     save_checkpoint(hypernet, bench.out / "hypernets" / folder, bench.encoder.tuned_weights)
-    row, by_task = bench.score_hypernet(hypernet)
-    return row, by_task, seconds
+    if method == "sft_hypernet":
+        write_record(bench.out / "hypernets" / folder, bench.strength[args[0]])
+    row, breakdown = bench.score_hypernet(hypernet)
+    return row, breakdown, seconds
 
 
 @dataclass(frozen=True)
@@ -484,18 +556,28 @@ def run(bench: Bench, workers: int) -> dict:
     train, heldout = (sum(loras[t][0] for t in tasks) / len(tasks) for tasks in (TRAIN_TASKS, HELDOUT_TASKS))
     table["task-specific LoRAs (one per task)"] = description_free_row(train, heldout)
     table["multi-task LoRA"], multitask_seconds = results["multi-task LoRA"]
-    timings = {"encoder tuning": results["encoder tuning"], "task-specific LoRAs": sum(seconds for _, seconds in loras.values()),
+    tuning_seconds, validation = results["encoder tuning"]
+    timings = {"encoder tuning": tuning_seconds, "task-specific LoRAs": sum(seconds for _, seconds in loras.values()),
                "multi-task LoRA": multitask_seconds}
-    heldout_by_task = {}
+    breakdowns: dict[str, dict[str, dict[str, float]]] = {}
     for arm in HYPERNET_ARMS:
-        table[arm], heldout_by_task[arm], timings[arm] = results[arm]
+        table[arm], breakdowns[arm], timings[arm] = results[arm]
     hypernets = {arm: load_checkpoint(bench.out / "hypernets" / folder)[0] for arm, (folder, _, _) in HYPERNET_ARMS.items()}
     plot_adapters(bench, hypernets, bench.out / "adapters.png")
     b = bench.budget
-    return {"table": table, "heldout_tasks_by_task": heldout_by_task, "train_seconds": timings, "workers": workers,
-            "threads_per_worker": threads, "budget": asdict(b), "base": bench.base_dir,
+
+    def breakdown(key: str) -> dict[str, dict[str, float]]:
+        return {arm: breakdowns[arm][key] for arm in HYPERNET_ARMS}
+
+    return {"table": table, "heldout_tasks_by_task": breakdown(COLUMNS[2]),
+            "independent_wordings_by_task": breakdown(COLUMNS[5]),
+            "independent_wordings_by_style": breakdown(f"{COLUMNS[5]}, by style"),
+            "train_tasks_independent_wordings_by_style": breakdown(f"{COLUMNS[6]}, by style"),
+            "encoder_tuning_validation": {"templates": b.encoder_validation_templates, "nearest_task_accuracy_by_step": validation},
+            "train_seconds": timings, "workers": workers, "threads_per_worker": threads, "budget": asdict(b), "base": bench.base_dir,
             "eval": {"inputs_per_task": b.eval_inputs, "descriptions_per_task": b.eval_descriptions,
-                     "train_tasks": list(TRAIN_TASKS), "heldout_tasks": list(HELDOUT_TASKS)}}
+                     "train_tasks": list(TRAIN_TASKS), "heldout_tasks": list(HELDOUT_TASKS),
+                     "independent_wordings": len(INDEPENDENT), "train_tasks_independent_wordings": len(DEV)}}
 
 
 def plot_adapters(bench: Bench, hypernets: dict[str, TextToLoRA], path: Path) -> None:
@@ -542,7 +624,8 @@ def plot_adapters(bench: Bench, hypernets: dict[str, TextToLoRA], path: Path) ->
 
 def print_table(table: dict[str, dict[str, float]]) -> None:
     columns = [*COLUMNS, *CONTROLS]
-    short = ["train/seen", "train/held-out desc", "held-out tasks", "held-out tasks, training wordings", "random desc",
+    short = ["train/seen", "train/held-out desc", "held-out tasks", "held-out tasks, training wordings", "held-out tasks, unseen templates",
+             "held-out tasks, independent wordings", "train tasks, independent wordings", "random desc",
              "held-out tasks, random desc", "wrong desc", "wrong desc -> described", "held-out -> a training task"]
     print("| arm | " + " | ".join(short) + " |")
     print("|---|" + "---|" * len(short))

@@ -31,9 +31,14 @@ inside of each family's range and two compositions: 8 tasks, each a new
 combination of parts that training tasks use, so a hypernetwork can reach one
 only by composing what it learnt. The base model learns every task (it is the "pretrained model" whose
 skills an adapter elicits); the hypernetwork's training data holds only
-training tasks and the descriptions rendered from the first 17 templates
-(`split_descriptions`), so no held-out task's description or cue reaches it,
-and a held-out task's descriptions are phrased differently from any it saw.
+training tasks and the descriptions rendered from their family's training
+templates (`split_descriptions`), so no held-out task's description or cue
+reaches it. The wording split is by template, not by position: each family and
+the compositions name 5 `heldout_templates` that no training description is
+rendered from, and every task's held-out descriptions come from them, so a
+held-out task's held-out descriptions are an unseen task in an unseen wording.
+`ToyTask.templates` keeps the template behind every rendered description, for
+the tests that check it.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import itertools
 import json
 import random
 import string
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +81,7 @@ class ToyTask:
     descriptions: tuple[str, ...]
     cue: tuple[str, str]
     family: str
+    templates: tuple[str, ...] = ()  # the template of each description (rendered tasks); empty for hand-written ones
 
 
 def _load(path: Path) -> tuple[dict[str, ToyTask], tuple[str, ...]]:
@@ -86,12 +92,14 @@ def _load(path: Path) -> tuple[dict[str, ToyTask], tuple[str, ...]]:
         ToyTask(name, OPERATIONS[name], tuple(descriptions), (name, NO_PARAMETER), SINGLE)
         for name, descriptions in data["standalone"].items()
     ]
-    for group in data["families"].values():
+    for family, group in data["families"].items():
+        templates = _templates(group, f"{path}: family `{family}`")
         for member, spec in group["members"].items():
-            tasks += [_family_task(member, k, spec, group["templates"], examples) for k in spec["k"]]
+            tasks += [_family_task(member, k, spec, templates, examples) for k in spec["k"]]
     comps = data["compositions"]
+    templates = _templates(comps, f"{path}: compositions")
     for first, then in itertools.product(comps["first"], comps["then"]):
-        tasks.append(_composition(first, then, comps, examples))
+        tasks.append(_composition(first, then, comps, templates, examples))
     by_name = {task.name: task for task in tasks}
     if len(by_name) != len(tasks):
         raise ValueError(f"{path}: two tasks share a name")
@@ -101,30 +109,44 @@ def _load(path: Path) -> tuple[dict[str, ToyTask], tuple[str, ...]]:
     return by_name, tuple(data["heldout"])
 
 
+def _templates(spec: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    """A family's (or the compositions') templates: the training ones, then its `HELDOUT_DESCRIPTIONS` held-out ones."""
+    train, held = list(spec["templates"]), list(spec["heldout_templates"])
+    if len(held) != HELDOUT_DESCRIPTIONS:
+        raise ValueError(f"{where} has {len(held)} held-out templates; every family holds out {HELDOUT_DESCRIPTIONS}")
+    if len(set(train + held)) != len(train) + len(held):
+        raise ValueError(f"{where} lists a template twice")
+    return tuple(train + held)
+
+
+def _rendered(name: str, templates: Sequence[str], slots: Callable[[random.Random], dict[str, str]]) -> tuple[str, ...]:
+    """One description per template, each from its own random stream (task and template text)."""
+    out = []
+    for template in templates:
+        rng = variation_stream(name, template)
+        out.append(render(template, slots(rng), rng))
+    return tuple(out)
+
+
 def _family_task(member: str, k: int, spec: Mapping[str, Any], templates: Sequence[str], examples: Sequence[str]) -> ToyTask:
     fn = FAMILIES[member](k)
     named = spec.get("named", {}).get(k)
     if named:
         return ToyTask(named["name"], fn, tuple(named["descriptions"]), (member, f"k{k}"), member)
     name = f"{member}_{k}"
-    descriptions = []
-    for i, template in enumerate(templates):
-        rng = variation_stream(name, i)
-        slots = {**spec["words"], **number_slots(k, rng), **example_slots(rng, examples, fn)}
-        descriptions.append(render(template, slots, rng))
-    return ToyTask(name, fn, tuple(descriptions), (member, f"k{k}"), member)
+    descriptions = _rendered(name, templates, lambda rng: {**spec["words"], **number_slots(k, rng), **example_slots(rng, examples, fn)})
+    return ToyTask(name, fn, descriptions, (member, f"k{k}"), member, tuple(templates))
 
 
-def _composition(first: str, then: str, spec: Mapping[str, Any], examples: Sequence[str]) -> ToyTask:
+def _composition(first: str, then: str, spec: Mapping[str, Any], templates: Sequence[str], examples: Sequence[str]) -> ToyTask:
     name = f"{first}_then_{then}"
     fn = compose(OPERATIONS[first], OPERATIONS[then])
-    descriptions = []
-    for i, template in enumerate(spec["templates"]):
-        rng = variation_stream(name, i)
+
+    def slots(rng: random.Random) -> dict[str, str]:
         first_phrase, then_phrase = rng.choice(spec["phrases"][first]), rng.choice(spec["phrases"][then])
-        slots = {"first": first_phrase, "First": capitalised(first_phrase), "then": then_phrase, **example_slots(rng, examples, fn)}
-        descriptions.append(render(template, slots, rng))
-    return ToyTask(name, fn, tuple(descriptions), (first, then), TWO_STEPS)
+        return {"first": first_phrase, "First": capitalised(first_phrase), "then": then_phrase, **example_slots(rng, examples, fn)}
+
+    return ToyTask(name, fn, _rendered(name, templates, slots), (first, then), TWO_STEPS, tuple(templates))
 
 
 TASKS, HELDOUT_TASKS = _load(TASK_FILE)
@@ -171,10 +193,11 @@ def telling_inputs(task: str, others: Iterable[str], n: int, rng: random.Random)
 
 
 def split_descriptions(task: ToyTask, n_heldout: int = HELDOUT_DESCRIPTIONS) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(seen, held-out) descriptions: the last `n_heldout` are held out, fixed by position.
+    """(seen, held-out) descriptions: the last `n_heldout`, fixed by the data file.
 
-    For rendered tasks position is the template's, so the held-out templates are
-    never seen in training by any task of their family.
+    For rendered tasks the last `HELDOUT_DESCRIPTIONS` are their family's
+    `heldout_templates` (`_templates` puts them last), so with the default
+    `n_heldout` no task of a family is seen in training in a held-out template.
     """
     if not 0 < n_heldout < len(task.descriptions):
         raise ValueError(f"n_heldout must be between 1 and {len(task.descriptions) - 1}, got {n_heldout}")

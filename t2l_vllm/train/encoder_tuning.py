@@ -16,11 +16,26 @@ The loss is the symmetric InfoNCE of CLIP and of sentence-transformers'
 MultipleNegativesRankingLoss: a step draws `tasks_per_batch` distinct tasks and
 two different descriptions of each, and each description must pick its
 partner out of the batch by cosine similarity times `logit_scale`.
+
+Three things keep it from learning the wording instead of the task:
+
+- `shared_positions`: one step draws the same two positions for every task (each
+  modulo the task's count). Where descriptions at one position share a template
+  (tasks rendered from one family's templates), a pair is two templates of one
+  task and every negative of a family is in the anchor's own template, so only
+  the task's words (its k, its direction) can find the partner;
+- `augment`: a function of (task, description, random stream) applied to every
+  drawn description, which may change its surface but not its task (the toy
+  world's is `toy.augment.augment`);
+- `validation`: descriptions the tuning never draws (other templates of the same
+  tasks), on which `evaluate` measures how often a description's nearest task
+  centroid is its own; `log_every` logs it and `validation_history` keeps it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -42,6 +57,9 @@ class EncoderTuningSettings(LoopSettings):
     tasks_per_batch: int = field(default=32, metadata={"help": "distinct tasks a step draws, two descriptions each"})
     layers: int = field(default=2, metadata={"help": "top transformer layers of the encoder to tune; the rest stay frozen"})
     logit_scale: float = field(default=20.0, metadata={"help": "cosine similarities are multiplied by this before the softmax"})
+    shared_positions: bool = field(default=False, metadata={
+        "help": "draw the same two description positions for every task of a step (modulo its count): where a position is a "
+                "template, every negative shares the anchor's template"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -61,16 +79,21 @@ def descriptions_by_task(records: Sequence) -> dict[str, list[str]]:
     return {task: list(descriptions) for task, descriptions in by_task.items()}
 
 
+Augment = Callable[[str, str, random.Random], str]  # (task, description, random stream) -> a description of the same task
+
+
 class EncoderTuner(Trainer):
     """Tunes `hypernet`'s encoder; saves `hypernet` (untouched) as a checkpoint that reads the tuned encoder.
 
     The hypernetwork is carried, not trained: tuning comes before it is trained,
-    since everything it learns depends on the embeddings.
+    since everything it learns depends on the embeddings. `validation` maps tasks
+    of `descriptions` to descriptions never drawn in tuning (`evaluate`);
+    `augment` rewrites every drawn description (see the module's docstring).
     """
 
     def __init__(
         self, hypernet: TextToLoRA, descriptions: Mapping[str, Sequence[str]], settings: EncoderTuningSettings = EncoderTuningSettings(),
-        device: str | torch.device = "cpu",
+        device: str | torch.device = "cpu", validation: Mapping[str, Sequence[str]] | None = None, augment: Augment | None = None,
     ) -> None:
         if hypernet.config.encoder.tuned_layers:
             raise ConfigError("this hypernetwork's encoder is already tuned; tune from the checkpoint it was built from.")
@@ -88,7 +111,17 @@ class EncoderTuner(Trainer):
         for p in self.tuned.values():
             p.requires_grad_(True)
         self.tasks = sorted(usable)
+        self.descriptions = {task: usable[task] for task in self.tasks}
         self.texts = {task: [self._text(d) for d in usable[task]] for task in self.tasks}
+        self.augment = augment
+        self.validation = {task: list(v) for task, v in (validation or {}).items() if v}
+        unknown = sorted(set(self.validation) - set(self.tasks))
+        if unknown:
+            raise TrainingDataError(f"validation descriptions of tasks the tuning does not draw: {unknown}")
+        overlap = sorted(task for task, v in self.validation.items() if set(v) & set(self.descriptions[task]))
+        if overlap:
+            raise TrainingDataError(f"validation descriptions that the tuning also draws, of tasks {overlap}")
+        self.validation_history: list[tuple[int, float]] = []
         super().__init__(self.tuned.values(), settings, self.device)
 
     def _text(self, description: str) -> str:
@@ -100,15 +133,62 @@ class EncoderTuner(Trainer):
         features = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
         return F.normalize(self.model(features)["sentence_embedding"], dim=-1)
 
-    def loss(self) -> torch.Tensor:
-        self.model.train()
+    def pairs(self) -> tuple[list[str], list[tuple[str, str]]]:
+        """A step's tasks and two different descriptions of each, augmented when an `augment` is given."""
         rng = self.rng.python
         tasks = rng.sample(self.tasks, min(self.settings.tasks_per_batch, len(self.tasks)))
-        pairs = [rng.sample(self.texts[task], 2) for task in tasks]
-        anchors, partners = self._embed([a for a, _ in pairs]), self._embed([b for _, b in pairs])
+        if self.settings.shared_positions:
+            i, j = rng.sample(range(max(len(self.descriptions[t]) for t in tasks)), 2)
+            pairs = [self._positions(self.descriptions[t], i, j, rng) for t in tasks]
+        else:
+            pairs = [tuple(rng.sample(self.descriptions[t], 2)) for t in tasks]
+        if self.augment is not None:
+            pairs = [(self.augment(t, a, rng), self.augment(t, b, rng)) for t, (a, b) in zip(tasks, pairs)]
+        return tasks, pairs
+
+    @staticmethod
+    def _positions(descriptions: Sequence[str], i: int, j: int, rng: random.Random) -> tuple[str, str]:
+        """Descriptions i and j modulo their count; another j when the two fall on one."""
+        n = len(descriptions)
+        a, b = i % n, j % n
+        if a == b:
+            b = rng.choice([k for k in range(n) if k != a])
+        return descriptions[a], descriptions[b]
+
+    def loss(self) -> torch.Tensor:
+        self.model.train()
+        tasks, pairs = self.pairs()
+        anchors = self._embed([self._text(a) for a, _ in pairs])
+        partners = self._embed([self._text(b) for _, b in pairs])
         logits = self.settings.logit_scale * anchors @ partners.T
         target = torch.arange(len(tasks), device=logits.device)
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """How often a validation description's nearest task centroid (of the tuning's own descriptions, by
+        cosine) is its own task; nan without validation descriptions."""
+        if not self.validation:
+            return float("nan")
+        self.model.eval()
+        tuned = self._embed_all([text for t in self.tasks for text in self.texts[t]]).split([len(self.texts[t]) for t in self.tasks])
+        centroids = F.normalize(torch.stack([e.mean(0) for e in tuned]), dim=-1)  # (tasks, dim)
+        owners = torch.tensor([self.tasks.index(t) for t, v in self.validation.items() for _ in v])
+        validation = self._embed_all([self._text(d) for v in self.validation.values() for d in v])
+        return float(((validation @ centroids.T).argmax(1) == owners).float().mean())
+
+    def _embed_all(self, texts: list[str], batch: int = 64) -> torch.Tensor:
+        """(N, dim) normalised embeddings of `texts`, embedded in batches of similar length (less padding)."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        chunks = [self._embed([texts[i] for i in order[start : start + batch]]) for start in range(0, len(texts), batch)]
+        return torch.cat(chunks)[torch.argsort(torch.tensor(order))]
+
+    def log_line(self, recent_loss: float) -> str:
+        if not self.validation:
+            return super().log_line(recent_loss)
+        accuracy = self.evaluate()
+        self.validation_history.append((self.step, accuracy))
+        return f"loss {recent_loss:.4f}, validation nearest-task accuracy {accuracy:.3f}"
 
     @property
     def tuned_weights(self) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from t2l_vllm.hypernet.config import EncoderSettings, HypernetConfig
 from t2l_vllm.hypernet.model import build_hypernet
 from t2l_vllm.hypernet.shapes import load_base_shapes
 from t2l_vllm.toy.world import TASKS, make_examples, split_descriptions, write_jsonl
-from t2l_vllm.train.data import load_sft_records
+from t2l_vllm.train.data import TrainingDataError, load_sft_records
 from t2l_vllm.train.encoder_tuning import EncoderTuner, EncoderTuningSettings, descriptions_by_task
 
 
@@ -131,3 +131,36 @@ def test_train_encoder_then_sft_from_the_command_line(default_paths, tmp_path):
     trained, _ = load_checkpoint(tmp_path / "sft")  # SFT keeps the tuned layers it read
     assert trained.config.encoder.tuned_layers == 2
     assert load_file(str(tmp_path / "sft" / ENCODER_WEIGHTS_FILE)).keys() == load_file(str(tmp_path / "enc" / ENCODER_WEIGHTS_FILE)).keys()
+
+
+def test_validation_descriptions_are_never_drawn_and_measure_nearest_task_accuracy(hypernet, descriptions):
+    tuned = {t: list(d[:-3]) for t, d in descriptions.items()}
+    validation = {t: list(d[-3:]) for t, d in descriptions.items()}
+    tuner = EncoderTuner(hypernet, tuned, EncoderTuningSettings(steps=2, tasks_per_batch=6, log_every=1), validation=validation)
+    drawn = {d for _ in range(20) for pair in tuner.pairs()[1] for d in pair}
+    assert drawn <= {d for v in tuned.values() for d in v} and drawn.isdisjoint(d for v in validation.values() for d in v)
+    before = tuner.evaluate()
+    assert 0.0 <= before <= 1.0
+    tuner.train()
+    assert [step for step, _ in tuner.validation_history] == [1, 2]
+    with pytest.raises(TrainingDataError, match="also draws"):
+        EncoderTuner(hypernet, tuned, validation={"reverse": [tuned["reverse"][0]]})
+    with pytest.raises(TrainingDataError, match="does not draw"):
+        EncoderTuner(hypernet, tuned, validation={"count_words": ["How many words?"]})
+
+
+def test_shared_positions_pair_one_template_with_another_for_every_task(hypernet, descriptions):
+    """Rendered tasks of a family share their templates by position: a step pairs templates i and j of every task."""
+    tuner = EncoderTuner(hypernet, descriptions, EncoderTuningSettings(steps=1, tasks_per_batch=6, shared_positions=True))
+    for _ in range(10):
+        tasks, pairs = tuner.pairs()
+        positions = {(descriptions[t].index(a), descriptions[t].index(b)) for t, (a, b) in zip(tasks, pairs)}
+        assert len(positions) == 1 and len(next(iter(positions))) == 2 and len(set(next(iter(positions)))) == 2
+
+
+def test_augment_rewrites_every_drawn_description(hypernet, descriptions):
+    tuner = EncoderTuner(hypernet, descriptions, EncoderTuningSettings(steps=1, tasks_per_batch=4),
+                         augment=lambda task, text, rng: f"{text} ({task})")
+    tasks, pairs = tuner.pairs()
+    assert all(a.endswith(f"({t})") and b.endswith(f"({t})") for t, (a, b) in zip(tasks, pairs))
+    assert tuner.loss().item() > 0

@@ -14,7 +14,8 @@ import torch
 
 from t2l_vllm.hypernet.checkpoint import load_checkpoint
 from t2l_vllm.toy import confusions, reproduction, sft_curve
-from t2l_vllm.toy.world import HELDOUT_TASKS, TASKS, TRAIN_TASKS, split_descriptions
+from t2l_vllm.toy.wordings import DEV, INDEPENDENT
+from t2l_vllm.toy.world import HELDOUT_DESCRIPTIONS, HELDOUT_TASKS, TASKS, TRAIN_TASKS, split_descriptions
 
 
 def test_a_tiny_run_writes_every_arm_column_and_the_plot_and_leaks_nothing(tmp_path):
@@ -35,6 +36,12 @@ def test_a_tiny_run_writes_every_arm_column_and_the_plot_and_leaks_nothing(tmp_p
     for arm in ("T2L recon (M)", "T2L recon (L), cue adapters", "T2L SFT (L)", "T2L SFT (M)", "T2L SFT (S)"):
         assert set(bench.CONTROLS) <= set(table[arm]), arm
         assert set(report["heldout_tasks_by_task"][arm]) == set(HELDOUT_TASKS)
+        assert set(report["independent_wordings_by_task"][arm]) == set(HELDOUT_TASKS)
+        assert set(report["independent_wordings_by_style"][arm]) == {w.style for w in INDEPENDENT}
+    for variant in "LMS":  # an SFT arm keeps the strength record of its training, as `t2l-vllm train sft` does
+        assert json.loads((tmp_path / "hypernets" / f"sft-{variant}" / "strength.json").read_text())["median"] > 0
+    validation = report["encoder_tuning_validation"]["nearest_task_accuracy_by_step"]
+    assert validation[0][0] == 0 and all(0.0 <= accuracy <= 1.0 for _, accuracy in validation)
     # the shipped base model knows the tasks when cued, not without the cue
     assert table["base with the task's cue"][bench.COLUMNS[0]] > table["base, no cue"][bench.COLUMNS[0]] + 0.5
     assert (tmp_path / "adapters.png").stat().st_size > 10_000
@@ -42,14 +49,20 @@ def test_a_tiny_run_writes_every_arm_column_and_the_plot_and_leaks_nothing(tmp_p
     assert (tmp_path / "hypernets" / "sft-L" / "model.safetensors").is_file()
     assert {p.name for p in (tmp_path / "cue_loras").iterdir()} == set(TRAIN_TASKS)  # no held-out task's cue
 
-    # What the hypernetworks trained on: training tasks only, their seen descriptions only (the prompts are bare inputs).
+    # What the hypernetworks trained on: training tasks only, their seen descriptions only (the prompts are bare inputs),
+    # no description rendered from a held-out template, none of the wordings written outside the templates.
     heldout_text = {d for t in HELDOUT_TASKS for d in TASKS[t].descriptions}
     heldout_wording = {d for t in TRAIN_TASKS for d in split_descriptions(TASKS[t])[1]}
+    independent = {w.text for w in (*INDEPENDENT, *DEV)}
+    heldout_templates = {t for task in TASKS.values() for t in task.templates[len(task.templates) - HELDOUT_DESCRIPTIONS :]}
+    template_of = {d: t for task in TASKS.values() for d, t in zip(task.descriptions, task.templates)}
     for name in ("train.jsonl", "recon_library.jsonl", "cue_library.jsonl"):
         lines = [json.loads(line) for line in (tmp_path / "data" / name).read_text().splitlines()]
         assert {line["task"] for line in lines} == set(TRAIN_TASKS), name
         for line in lines:
             assert heldout_text.isdisjoint(line["descriptions"]) and heldout_wording.isdisjoint(line["descriptions"]), name
+            assert independent.isdisjoint(line["descriptions"]), name
+            assert heldout_templates.isdisjoint(template_of[d] for d in line["descriptions"] if d in template_of), name
     # the encoder every hypernetwork reads was tuned on that SFT data's tasks (their descriptions: train.jsonl above)
     tuning = torch.load(tmp_path / "encoder" / "trainer_state.pt", weights_only=True)
     assert tuning["tasks"] == sorted(TRAIN_TASKS)

@@ -80,12 +80,51 @@ def test_descriptions_are_many_unique_and_not_shared() -> None:
 
 def test_a_rendered_task_takes_each_description_from_its_own_template() -> None:
     data = yaml.safe_load(TASK_FILE.read_text())
-    templates = {member: group["templates"] for group in data["families"].values() for member in group["members"]}
-    templates[TWO_STEPS] = data["compositions"]["templates"]
+    templates = {member: group["templates"] + group["heldout_templates"] for group in data["families"].values() for member in group["members"]}
+    templates[TWO_STEPS] = data["compositions"]["templates"] + data["compositions"]["heldout_templates"]
     for name, task in TASKS.items():
         if task.family in templates and name != "capitalize_words":
             assert len(task.descriptions) == len(templates[task.family]), name
+            assert list(task.templates) == templates[task.family], name
             assert all("{" not in d and "[" not in d for d in task.descriptions), name
+
+
+def _template_groups() -> list[tuple[str, list[str], list[str]]]:
+    data = yaml.safe_load(TASK_FILE.read_text())
+    groups = [(family, g["templates"], g["heldout_templates"]) for family, g in data["families"].items()]
+    return groups + [("compositions", data["compositions"]["templates"], data["compositions"]["heldout_templates"])]
+
+
+def _skeleton(template: str) -> str:
+    """A template's fixed words: slots and alternatives removed, lower case."""
+    return " ".join(re.sub(r"\{[^}]*\}|\[[^\]]*\]|[^a-z ]", " ", template.lower()).split())
+
+
+def test_every_family_holds_out_whole_templates_that_differ_from_its_training_ones() -> None:
+    for family, train, held in _template_groups():
+        assert len(held) == 5 and len(train) >= 17, family
+        assert set(held).isdisjoint(train), family
+        assert {_skeleton(t) for t in held}.isdisjoint(_skeleton(t) for t in train), family
+
+
+def test_held_out_descriptions_are_exactly_the_held_out_templates_renderings() -> None:
+    """The wording split is by template: every rendered task's seen descriptions come from training
+    templates only, its held-out ones from the held-out templates only, whatever the task."""
+    held_templates = {t for _, _, held in _template_groups() for t in held}
+    for name, task in TASKS.items():
+        if not task.templates:
+            continue
+        seen, heldout = split_descriptions(task)
+        by_text = dict(zip(task.descriptions, task.templates))
+        assert {by_text[d] for d in heldout} <= held_templates, name
+        assert held_templates.isdisjoint(by_text[d] for d in seen), name
+
+
+def test_no_training_record_is_rendered_from_a_held_out_template() -> None:
+    held_templates = {t for _, _, held in _template_groups() for t in held}
+    template_of = {d: t for task in TASKS.values() for d, t in zip(task.descriptions, task.templates)}
+    for r in make_examples(TRAIN_TASKS, n=1, seed=0):
+        assert held_templates.isdisjoint(template_of[d] for d in r["descriptions"] if d in template_of), r["task"]
 
 
 def test_descriptions_do_not_name_tasks() -> None:
