@@ -9,6 +9,8 @@ stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
 import sys
 from collections.abc import Sequence
 
@@ -67,5 +69,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def console() -> None:
+    """The `t2l-vllm` command: `main`, then an exit whose last line is the command's own.
+
+    Python's own shutdown would run after the command's last word: native libraries vLLM loads
+    (triton's bindings) then print pages of "nanobind: leaked ..." below the line that says why the
+    server stopped. So the exit handlers run, the streams are flushed, and the process ends at once.
+    """
+    status = main()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
