@@ -133,7 +133,7 @@ class LoRAAdapter:
 
 
 def delta_norms(A: torch.Tensor, B: torch.Tensor, scaling: float) -> torch.Tensor:
-    """Frobenius norm of scaling * B @ A per matrix, without forming B @ A.
+    """Frobenius norm of scaling * B @ A per matrix, without forming B @ A, in the inputs' dtype.
 
     A (..., r, in), B (..., out, r) -> (...). ||BA||^2 = sum((A A^T) * (B^T B)), r x r work.
     """
@@ -142,11 +142,53 @@ def delta_norms(A: torch.Tensor, B: torch.Tensor, scaling: float) -> torch.Tenso
     return scaling * (gram_a * gram_b).sum(dim=(-1, -2)).clamp_min(0).sqrt()
 
 
+# Relative rounding error of a float32 product or sum, with a margin of two over the textbook bound.
+_F32_UNIT = 2.0 * 2.0**-24
+
+
+def checked_delta_norms(A: torch.Tensor, B: torch.Tensor, scaling: float, bound: float) -> torch.Tensor:
+    """`delta_norms` as float64, decided against `bound` exactly as a float64 computation decides it.
+
+    A (..., r, in), B (..., out, r) of any float dtype -> (...) float64. The grams are taken in the
+    inputs' own dtype (float32: no copy of the matrices, r x r work each), together with a bound on
+    their rounding error: |computed - exact| of ||BA||^2 is at most gamma * ||A||^2 * ||B||^2, with
+    gamma = (in + out + r^2 + 2) x unit roundoff (each gram entry is a dot product over `in` or
+    `out` terms, their elementwise products are summed over r^2; |<Ga, Gb>| <= tr(Ga) tr(Gb) for
+    the Gram matrices). The matrices whose squared norm lies within that error of bound^2, or
+    whose float32 grams overflow to infinity, are recomputed in float64, so no verdict differs
+    from one taken wholly in float64, and overflow is still caught. Finite inputs are assumed
+    (`check_weights` tests that first).
+    """
+    if A.dtype == torch.float64:
+        return delta_norms(A, B, scaling)
+    gram_a = A @ A.transpose(-1, -2)  # (..., r, r)
+    gram_b = B.transpose(-1, -2) @ B  # (..., r, r)
+    squared = (gram_a * gram_b).sum(dim=(-1, -2)).double() * scaling**2  # (...)
+    unit = _F32_UNIT if A.dtype == torch.float32 else 2.0 * torch.finfo(A.dtype).eps
+    r, n_in, n_out = A.shape[-2], A.shape[-1], B.shape[-2]
+    gamma = (n_in + n_out + r * r + 2) * unit
+    error = gamma * scaling**2 * (gram_a.diagonal(dim1=-2, dim2=-1).sum(-1).double()
+                                  * gram_b.diagonal(dim1=-2, dim2=-1).sum(-1).double())  # (...)
+    undecided = ~torch.isfinite(squared) | ~torch.isfinite(error) | ((squared - bound**2).abs() <= error)
+    norms = squared.clamp_min(0).sqrt()
+    if bool(undecided.any()):
+        norms[undecided] = delta_norms(A[undecided].double(), B[undecided].double(), scaling)
+    return norms
+
+
 def check_weights(A: torch.Tensor, B: torch.Tensor, scaling: float, max_delta_norm: float) -> str | None:
-    """Why the matrices of one adapter (layers, ...) are refused, or None if they pass."""
+    """Why the matrices of one adapter (layers, ...) are refused, or None if they pass.
+
+    Runs in the matrices' own dtype, with the few borderline or overflowing cases redone in
+    float64 (`checked_delta_norms`): the verdicts of a float64 check, at the cost of a float32 one.
+    """
     if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
         return "its weights contain NaN or infinity"
-    norms = delta_norms(A.double(), B.double(), scaling)
+    return norm_problem(checked_delta_norms(A, B, scaling, max_delta_norm), max_delta_norm)
+
+
+def norm_problem(norms: torch.Tensor, max_delta_norm: float) -> str | None:
+    """Why update norms (layers, ...) of one adapter's module are refused, or None if all are within the bound."""
     worst = float(norms.max())
     if not math.isfinite(worst) or worst > max_delta_norm:
         layer = int(norms.reshape(norms.shape[0], -1).amax(-1).argmax()) if norms.dim() else 0

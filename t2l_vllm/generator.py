@@ -7,22 +7,28 @@ and the server's batcher all call `AdapterGenerator.generate_batch`.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from .adapters import DEFAULT_MAX_DELTA_NORM, LoRAAdapter, check_weights, peft_key
+from .adapters import DEFAULT_MAX_DELTA_NORM, LoRAAdapter, checked_delta_norms, norm_problem, peft_key
 from .descriptions import DEFAULT_MAX_DESCRIPTION_CHARS, DescriptionMix, NormalTask, adapter_key, adapter_name, normalize_task
 from .encoder import TaskEncoder, load_task_encoder
 from .errors import AdapterCheckError, ConfigError, T2LError
 from .hypernet.checkpoint import load_checkpoint
-from .hypernet.model import TextToLoRA
+from .hypernet.model import TextToLoRA, Workspace, one_thread_below
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# torch threads for generation (`GeneratorSettings.threads`), chosen by the thread-budget measurement
+# of docs/benchmarks.md: the served throughput and the pass beside a running vLLM engine.
+THREADS_DEFAULT = 0
 
 
 @dataclass(frozen=True)
@@ -39,8 +45,14 @@ class GeneratorSettings:
     encoder_path: str | None = field(default=None, metadata={
         "help": "load the task encoder from this local folder instead of by its name; its weights must hash to the "
                 "ones the hypernetwork records (none: by name, from the hub or its cache)"})
+    threads: int = field(default=THREADS_DEFAULT, metadata={
+        "help": "torch CPU threads of the process that runs the encoder and hypernetwork (the adapter service, or "
+                "`generate`); 0: torch's default, one per core. Beside a vLLM CPU engine, whose worker binds its "
+                "threads to every core but one, one thread leaves vLLM its cores: see docs/benchmarks.md, thread budget"})
 
     def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ConfigError(f"`threads` must be 0 (torch's default) or more, got {self.threads}.")
         if self.max_description_chars <= 0:
             raise ConfigError(f"`max_description_chars` must be positive, got {self.max_description_chars}.")
         if self.max_delta_norm <= 0:
@@ -58,6 +70,37 @@ class GeneratorSettings:
         if self.dtype == "auto":
             return torch.bfloat16 if device.type == "cuda" else torch.float32
         return DTYPES[self.dtype]
+
+    def apply_threads(self) -> None:
+        """Sets torch's thread count for this process (`threads`; 0 leaves torch's default)."""
+        if self.threads:
+            torch.set_num_threads(self.threads)
+
+
+# glibc gives freed blocks above its mmap threshold back to the kernel (and trims a freed heap top
+# above twice that), so each new adapter's matrices (13.6 MB at Mistral-7B shapes) came from fresh
+# pages: 3,300 page faults an adapter, 9 ms of a 13 ms copy-out measured here. Keeping up to this much
+# freed heap lets the next pass reuse it; it is the most a pass frees at once (32 adapters at 8B shapes).
+_KEEP_FREED_BYTES = 512 * 2**20
+_MMAP_THRESHOLD_BYTES = 32 * 2**20  # glibc's own ceiling for its adaptive threshold
+_malloc_tuned = False
+
+
+def keep_freed_memory() -> bool:
+    """Tunes glibc's malloc in this process so that freed adapter memory is reused, not returned
+    and faulted in again; once per process. False where the C library is not glibc."""
+    global _malloc_tuned
+    if _malloc_tuned:
+        return True
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    _malloc_tuned = bool(libc.mallopt(m_trim_threshold, _KEEP_FREED_BYTES) and libc.mallopt(m_mmap_threshold, _MMAP_THRESHOLD_BYTES))
+    return _malloc_tuned
 
 
 class AdapterGenerator:
@@ -77,9 +120,17 @@ class AdapterGenerator:
         self.config = hypernet.config
         first = next(hypernet.parameters())
         self.device, self.dtype = first.device, first.dtype
+        # The heads' outputs of one pass, reused by the next (fresh memory costs page faults on
+        # every pass); one pass at a time uses it, a concurrent one takes fresh memory.
+        self._workspace = Workspace()
+        self._workspace_lock = threading.Lock()
 
     @classmethod
     def from_checkpoint(cls, folder: str | Path, settings: GeneratorSettings = GeneratorSettings()) -> "AdapterGenerator":
+        """Loads a checkpoint with its encoder, and sets this process's torch threads (`settings.threads`)
+        and its malloc to reuse freed adapter memory (`keep_freed_memory`)."""
+        settings.apply_threads()
+        keep_freed_memory()
         device = settings.resolved_device()
         hypernet, digest = load_checkpoint(folder, device=device, dtype=settings.resolved_dtype(device))
         encoder = load_task_encoder(folder, hypernet.config, device=device, source=settings.encoder_path)
@@ -156,26 +207,47 @@ class AdapterGenerator:
         if not texts:
             return []
         emb = embeddings.to(self.device, self.dtype)
-        weights = self.hypernet(emb)  # {module: A (N, L, r, in), B (N, L, out, r)}
-        weights = {m: (w.A.float().cpu(), w.B.float().cpu()) for m, w in weights.items()}
-        return [self._adapter(text, {m: (A[j], B[j]) for m, (A, B) in weights.items()}) for j, text in enumerate(texts)]
+        with self._output_memory() as workspace:
+            weights = self.hypernet(emb, workspace)  # {module: A (N, L, r, in), B (N, L, out, r)}, in the workspace
+            weights = {m: (w.A.float().cpu(), w.B.float().cpu()) for m, w in weights.items()}
+            # Each adapter is copied out and checked while its matrices are in cache; these steps
+            # move a few MB each and run in one thread (see `one_thread_below`).
+            with one_thread_below(sum(A[0].numel() + B[0].numel() for A, B in weights.values())):
+                return [self._adapter(text, {m: (A[j], B[j]) for m, (A, B) in weights.items()}) for j, text in enumerate(texts)]
+
+    @contextmanager
+    def _output_memory(self) -> Iterator[Workspace | None]:
+        if not self._workspace_lock.acquire(blocking=False):
+            yield None
+            return
+        try:
+            yield self._workspace
+        finally:
+            self._workspace_lock.release()
 
     def _adapter(self, text: NormalTask, weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> LoRAAdapter | T2LError:
-        name = self.name_of(text)
-        lora = self.config.lora
+        """The adapter's own copy of its matrices, checked as `adapters.check_weights` checks them."""
         tensors: dict[str, torch.Tensor] = {}
+        bound, scaling = self.settings.max_delta_norm, self.config.lora.scaling
         for module, (A, B) in weights.items():
-            problem = check_weights(A, B, lora.scaling, self.settings.max_delta_norm)
+            # Copied out of the pass's memory into the adapter's own (B transposed into PEFT's
+            # [out, r] rows), so vLLM's in-place scaling of B and the cache's lifetime never
+            # touch another adapter's tensors, and the next pass can reuse the workspace.
+            A, B = torch.empty(A.shape, dtype=A.dtype).copy_(A), torch.empty(B.shape, dtype=B.dtype).copy_(B)
+            norms = checked_delta_norms(A, B, scaling, bound)  # (layers,)
+            # A NaN or infinity in A or B makes its Gram diagonal, and so the norm, non-finite: the
+            # elementwise test runs only then, to tell it apart from an update too large for float64.
+            if not bool(torch.isfinite(norms).all()) and not (torch.isfinite(A).all() and torch.isfinite(B).all()):
+                return AdapterCheckError(f"adapter for this description refused: {module}: its weights contain NaN or infinity.")
+            problem = norm_problem(norms, bound)
             if problem:
                 return AdapterCheckError(f"adapter for this description refused: {module}: {problem}.")
             for layer in range(A.shape[0]):
-                # clone: every adapter owns its memory, so vLLM's in-place scaling of B
-                # and the cache's lifetime never touch another adapter's tensors.
-                tensors[peft_key(layer, module, "A")] = A[layer].clone()
-                tensors[peft_key(layer, module, "B")] = B[layer].clone()
+                tensors[peft_key(layer, module, "A")] = A[layer]
+                tensors[peft_key(layer, module, "B")] = B[layer]
         return LoRAAdapter(
-            name=name,
-            lora=lora,
+            name=self.name_of(text),
+            lora=self.config.lora,
             tensors=tensors,
             base_model=self.base_model,
             description=text.canonical() if isinstance(text, DescriptionMix) else text,
