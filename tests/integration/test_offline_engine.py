@@ -46,3 +46,22 @@ def test_a_bad_description_is_refused_and_the_engine_keeps_serving(engine):
     with pytest.raises(InvalidDescriptionError, match="empty"):
         engine.generate(["pear apple", "pear apple"], ["Sort the words alphabetically.", "   "], greedy(4))
     assert engine.generate(["pear apple"], ["Sort the words alphabetically."], greedy(4))[0].outputs[0].text
+
+
+def test_an_engine_whose_service_died_starts_it_again_on_the_next_call(engine):
+    """SIGKILL of the offline engine's adapter service: the next call waits for a new one (bounded), and
+    answers as before; the folders the dead service left are the engine's, adopted by the new one."""
+    import os
+    import signal
+
+    from t2l_vllm.vllm_plugin.offline import greedy
+
+    description = "Reverse the letters of every word."
+    before = engine.generate(["pear apple"], [description], greedy(6))[0].outputs[0].text
+    dead = engine.adapters.link.hello.pid
+    store = engine.adapters.link.hello.store
+    os.kill(dead, signal.SIGKILL)
+    after = engine.generate(["pear apple"], [description], greedy(6))[0]
+    assert after.outputs[0].text == before
+    assert engine.adapters.link.hello.pid != dead and engine.adapters.link.hello.store == store
+    assert engine.adapters.link.status == "up"
