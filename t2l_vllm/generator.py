@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from .adapters import DEFAULT_MAX_DELTA_NORM, LoRAAdapter, checked_delta_norms, norm_problem, peft_key
-from .descriptions import DEFAULT_MAX_DESCRIPTION_CHARS, DescriptionMix, NormalTask, adapter_key, adapter_name, normalize_task
+from .descriptions import DEFAULT_MAX_DESCRIPTION_CHARS, DescriptionMix, NormalTask, generated_name, normalize_task
 from .encoder import TaskEncoder, load_task_encoder
 from .errors import AdapterCheckError, ConfigError, T2LError
 from .hypernet.checkpoint import load_checkpoint
@@ -145,8 +145,9 @@ class AdapterGenerator:
         return normalize_task(description, self.settings.max_description_chars)
 
     def name_of(self, normal: NormalTask) -> str:
-        """The adapter's name for a normalised description or mix: the one place a name is made."""
-        return adapter_name(adapter_key(normal, self.fingerprint))
+        """The adapter's name for a normalised description or mix (`descriptions.generated_name`, which an
+        API server also uses to find an adapter vLLM serves while the adapter service is down)."""
+        return generated_name(normal, self.fingerprint)
 
     def embed(self, normals: Sequence[NormalTask]) -> torch.Tensor:
         """Task embeddings: one encoder call for every description involved.
