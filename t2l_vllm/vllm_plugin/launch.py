@@ -46,6 +46,11 @@ def serve(model: str, lora_rank: int, settings: ServiceSettings, vllm_options: S
     validate_parsed_serve_args(args)
     try:
         ServeSubcommand.cmd(args)
+    except RuntimeError as err:  # vLLM's launcher of several API servers raises when one of its processes dies
+        raise EngineDiedError(
+            f"vLLM stopped the whole deployment because one of its processes ended: {err}. vLLM does that when an API "
+            "server or an engine core dies (a SIGKILL, the out-of-memory killer: see `dmesg`)."
+        ) from err
     finally:  # the deployment ends with this process: what a service given up on left goes too
         remove_deployment_store(settings.adapter_dir, str(service_socket_path(f"serve-{os.getpid()}")), os.getpid())
     if (failure := engine_exits.failure()) is not None:  # vLLM returns normally when a lone API server's engine dies
