@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from ..cache import Lease
-from ..descriptions import DEFAULT_MAX_DESCRIPTION_CHARS, generated_name, normalize_task
+from ..descriptions import CATALOG_PREFIX, DEFAULT_MAX_DESCRIPTION_CHARS, DESCRIPTION_MODEL_PREFIX, generated_name, normalize_task
 from ..errors import T2LError
 from ..router import query_of_request
 from ..service.link import ServiceUnavailableError
@@ -76,9 +76,10 @@ def attach_routes(app: FastAPI) -> None:
     router = APIRouter()
     gets = routes_of(app, "GET")
     if HEALTH_PATH in gets:
-        router.add_api_route(HEALTH_PATH, _health_endpoint(gets[HEALTH_PATH]), methods=["GET"], include_in_schema=False)
+        router.add_api_route(HEALTH_PATH, _extended_get(gets[HEALTH_PATH], "t2l_health", _with_service_state), methods=["GET"],
+                             include_in_schema=False)
     if MODELS_PATH in gets:
-        router.add_api_route(MODELS_PATH, _models_endpoint(gets[MODELS_PATH]), methods=["GET"])
+        router.add_api_route(MODELS_PATH, _extended_get(gets[MODELS_PATH], "t2l_models", _with_catalog), methods=["GET"])
     for path, model in served.items():
         if path not in posts:
             raise RuntimeError(f"t2l_vllm: vLLM has no POST {path} route to extend; is this the vLLM t2l_vllm requires?")
@@ -128,63 +129,77 @@ HEALTH_PATH = "/health"
 MODELS_PATH = "/v1/models"
 
 
-def _models_endpoint(route: Any) -> Callable[[Request], Awaitable[Response]]:
-    """vLLM's model list, and after it the tasks a client may name as its `model` (`t2l/<task>`): a chat
-    front end's model picker then offers them. Each says what it does (`description`, beside OpenAI's fields)."""
+def _extended_get(route: Any, name: str, extend: Callable[[T2LState, Response], Response]) -> Callable[[Request], Awaitable[Response]]:
+    """vLLM's own GET handler for `route`; a 200 it gives is handed to `extend` while the plugin serves."""
     handler = route.get_route_handler()
 
     async def endpoint(raw_request: Request) -> Response:
         response = await handler(raw_request)
         t2l: T2LState | None = getattr(raw_request.app.state, "t2l", None)
-        if t2l is None or response.status_code != HTTPStatus.OK:
-            return response
-        listing = json.loads(response.body)
-        present = {card.get("id") for card in listing.get("data", [])}
-        base, now = t2l.models.model_name(), int(time.time())
-        listing["data"] += [
-            {"id": entry.id, "object": "model", "created": now, "owned_by": "t2l_vllm", "root": None, "parent": base,
-             "max_model_len": None, "permission": [], "description": entry.description}
-            for entry in t2l.adapters.catalog.values() if entry.id not in present
-        ]
-        return JSONResponse(listing)
+        return response if t2l is None or response.status_code != HTTPStatus.OK else extend(t2l, response)
 
-    endpoint.__name__ = "t2l_models"
+    endpoint.__name__ = name
     return endpoint
 
 
-def _health_endpoint(route: Any) -> Callable[[Request], Awaitable[Response]]:
+def _with_catalog(t2l: T2LState, response: Response) -> Response:
+    """vLLM's model list, and after it the tasks a client may name as its `model` (`t2l/<task>`): a chat
+    front end's model picker then offers them. Each says what it does (`description`, beside OpenAI's fields)."""
+    listing = json.loads(response.body)
+    present = {card.get("id") for card in listing.get("data", [])}
+    base, now = t2l.models.model_name(), int(time.time())
+    listing["data"] += [
+        {"id": entry.id, "object": "model", "created": now, "owned_by": "t2l_vllm", "root": None, "parent": base,
+         "max_model_len": None, "permission": [], "description": entry.description}
+        for entry in t2l.adapters.catalog.values() if entry.id not in present
+    ]
+    return JSONResponse(listing)
+
+
+def _with_service_state(t2l: T2LState, response: Response) -> Response:
     """vLLM's /health (200 while its engine lives, 503 once it is dead), with the adapter service's state in
     the body: {"adapter_service": "up" | "restarting" | "failed", "reason": ...}. The status stays vLLM's:
     without its adapter service the server still serves requests without a description."""
-    handler = route.get_route_handler()
-
-    async def endpoint(raw_request: Request) -> Response:
-        response = await handler(raw_request)
-        t2l: T2LState | None = getattr(raw_request.app.state, "t2l", None)
-        if t2l is None or response.status_code != HTTPStatus.OK:
-            return response
-        return JSONResponse({"adapter_service": t2l.adapters.status, "reason": t2l.adapters.reason or None})
-
-    endpoint.__name__ = "t2l_health"
-    return endpoint
+    return JSONResponse({"adapter_service": t2l.adapters.status, "reason": t2l.adapters.reason or None})
 
 
 def _refusing_endpoint(route: Any, served: list[str]) -> Callable[[Request], Awaitable[Response]]:
     """vLLM's own handler for `route`, unless the JSON body carries `task_description`: then a 400
-    that says where the field is served, rather than an answer that silently ignored it."""
+    that says where the field is served, rather than an answer that silently ignored it.
+
+    A `model` naming a task (`t2l:<description>`, `t2l/<task>`) is resolved by vLLM through the
+    plugin's LoRA resolver (`resolver.py`), which keeps a bounded window of names; this route holds a
+    lease on the adapter until its response has been sent, as the generation routes do, so the folder
+    vLLM loads it from outlives every request that uses it, also once the window has let the name go."""
     handler = route.get_route_handler()
 
     async def endpoint(raw_request: Request) -> Response:
         body, _ = await json_body(raw_request)
+        t2l: T2LState | None = getattr(raw_request.app.state, "t2l", None)
         if isinstance(body, dict) and DESCRIPTION_FIELD in body:
             if not has_api_key(raw_request):
                 return JSONResponse({"error": "Unauthorized"}, status_code=HTTPStatus.UNAUTHORIZED.value)  # vLLM's own answer
             routes = ", ".join(f"POST {path}" for path in served)
             return refuse(
-                getattr(raw_request.app.state, "t2l", None), HTTPStatus.BAD_REQUEST,
+                t2l, HTTPStatus.BAD_REQUEST,
                 f"`{DESCRIPTION_FIELD}` is not served on {route.path}; it is served on {routes}.", DESCRIPTION_FIELD,
             )
-        return await handler(raw_request)
+        model = body.get("model") if isinstance(body, dict) else None
+        if t2l is None or not (isinstance(model, str) and model.startswith((DESCRIPTION_MODEL_PREFIX, CATALOG_PREFIX))):
+            return await handler(raw_request)
+        if not has_api_key(raw_request):  # vLLM checks no key on some of these routes (/tokenize); making an adapter needs one
+            return JSONResponse({"error": "Unauthorized"}, status_code=HTTPStatus.UNAUTHORIZED.value)
+        from .resolver import handling  # here: resolver.py imports this module
+
+        lease = await _lease_named_task(t2l, model)
+        try:
+            with handling(model):  # the name stays in vLLM's registry until vLLM has looked it up for good
+                response = await handler(raw_request)
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
+        return response if lease is None else _LeasedResponse(response, lease)
 
     endpoint.__name__ = f"t2l_refusing_{route.path.strip('/').replace('/', '_')}"
     return endpoint
@@ -241,6 +256,16 @@ async def lease_for(t2l: T2LState, task: RequestTask) -> tuple[Lease | None, _Ch
         if lease is None:
             raise
     return _registered(t2l, lease), _Choice(task.source)
+
+
+async def _lease_named_task(t2l: T2LState, model: str) -> Lease | None:
+    """A lease on the adapter of a task named by `model`, or None where it names none that can be had (then the
+    resolver declines it too, and vLLM answers that the model does not exist)."""
+    try:
+        lease, _ = await lease_for(t2l, task_of({"model": model}, {}, t2l.adapters.catalog, t2l.settings.generator.max_description_chars))
+    except (RequestTaskError, T2LError):
+        return None
+    return lease
 
 
 async def _lease_named(t2l: T2LState, model: object) -> tuple[Lease | None, _Choice]:
