@@ -30,7 +30,7 @@ from .strength import STRENGTH_FILE
 
 logger = logging.getLogger(__name__)
 
-VERSION = "toy-v5"
+VERSION = "toy-v6"
 ASSETS = Path(__file__).parent / "assets" / "toy_default"
 
 
@@ -84,4 +84,5 @@ def install_hypernet(folder: Path) -> None:
     hypernet.load_state_dict(shipped.state_dict())
     save_checkpoint(hypernet, folder, load_encoder_weights(ASSETS / "hypernet", config))
     shutil.copy(ASSETS / "hypernet" / STRENGTH_FILE, folder / STRENGTH_FILE)
+    shutil.copy(ASSETS / "hypernet" / "examples.json", folder / "examples.json")  # the playground's hints (vllm_plugin/playground.py)
     logger.info("installed the embedded default hypernetwork into %s", folder)

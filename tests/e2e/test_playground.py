@@ -56,6 +56,21 @@ def test_the_page_needs_the_api_key_as_bearer_token_or_basic_password(server, he
         assert response.headers["content-type"].startswith("text/html") and "t2l_vllm playground" in response.text
 
 
+def page_examples(html: str) -> list[dict[str, str]]:
+    """The examples the server filled into the page (its hints)."""
+    return json.loads(html.split('<script type="application/json" id="examples-data">', 1)[1].split("</script>", 1)[0])
+
+
+def test_the_pages_hints_are_tasks_the_served_hypernetwork_answers_right(server, default_paths):
+    """The embedded default's examples.json, filled into the page; each example's description gets its answer."""
+    html = httpx.get(f"{server.url}{PAGE}", headers=bearer(server.api_key), timeout=60).text
+    examples = page_examples(html)
+    assert examples == json.loads((default_paths.hypernet / "examples.json").read_text())["examples"]
+    assert "science" not in html.lower()  # the old hints were science questions the toy model cannot answer
+    for example in examples:
+        assert chat(server, example["message"], example["description"]) == example["answer"], example
+
+
 @pytest.mark.parametrize("headers", [{}, bearer("wrong-key"), basic("wrong-key")])
 def test_the_adapter_route_needs_the_api_key_and_makes_nothing_without_it(server, headers):
     before = server.metrics()["t2l_generations_total"]
@@ -130,6 +145,10 @@ def test_the_page_in_a_browser_shows_both_answers_and_the_servers_errors(server,
             urls: list[str] = []
             page.on("request", lambda request: urls.append(request.url))
             assert page.goto(f"{server.url}{PAGE}").ok
+            examples = page_examples(page.content())
+            assert page.get_attribute("#description", "placeholder") == examples[0]["description"]  # the hints fit the model
+            assert page.get_attribute("#message", "placeholder") == examples[0]["message"]
+            assert page.locator("#examples button").count() == len(examples)
             page.fill("#key", server.api_key)  # the chat route takes the key only as a bearer token
             page.fill("#description", DESCRIPTION)
             page.fill("#message", MESSAGE)
@@ -146,7 +165,15 @@ def test_the_page_in_a_browser_shows_both_answers_and_the_servers_errors(server,
             assert page.locator("#base-served").text_content() == "served by base"
             assert page.locator("#adapted-served").text_content() == f"served by {name}"
             assert "no router library" in page.locator("#nearest").text_content()
+            assert page.locator("#expected").text_content() == ""  # not one of the examples
             page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
+
+            example = examples[2]
+            page.locator("#examples button").nth(2).click()  # an example fills both fields in
+            assert (page.input_value("#description"), page.input_value("#message")) == (example["description"], example["message"])
+            page.click("#go")
+            expect(page.locator("#adapted-answer")).to_have_text(example["answer"], timeout=300_000)
+            assert page.locator("#expected").text_content() == f"the example's answer: {example['answer']}"
 
             page.fill("#description", "   ")  # not empty to the browser; empty to the server
             page.click("#go")

@@ -91,3 +91,70 @@ def test_report_makes_or_finds_the_adapter_and_refuses_what_acquire_refuses(defa
 
     asyncio.run(scenario())
 
+
+
+# The toy task each example of the embedded default's examples.json is (the file itself names none: hints are data).
+TOY_TASK_OF = {
+    "Convert the text to uppercase.": "uppercase",
+    "Sort the words alphabetically.": "sort_words",
+    "Spell the whole input backwards, last character first.": "reverse",
+    "Reverse the order of the words.": "reverse_words",
+    "Join the first letters of all the words into one word.": "first_letters",
+    "Reduce the phrase word by word to the first 4 letters of each.": "keep_first_4",
+    "Each letter goes 2 places forward in the alphabet, and the spaces do not change.": "shift_forward_2",
+}
+
+
+def test_the_embedded_defaults_examples_are_toy_tasks_with_their_exact_answers(default_paths):
+    """The hints fit the model: each is a toy task, its answer that task's exact output (the served adapter's
+    answer is checked against the same file in tests/e2e/test_playground.py)."""
+    import json
+
+    from t2l_vllm.default_model import ASSETS
+    from t2l_vllm.toy.demo import expected_answer
+    from t2l_vllm.vllm_plugin.playground import EXAMPLES_FILE, examples_for
+
+    shipped = json.loads((ASSETS / "hypernet" / EXAMPLES_FILE).read_text())["examples"]
+    assert examples_for(str(default_paths.hypernet)) == shipped  # installed beside the hypernetwork, read as shipped
+    assert [e["description"] for e in shipped] == list(TOY_TASK_OF)
+    for example in shipped:
+        assert example["answer"] == expected_answer(TOY_TASK_OF[example["description"]], example["message"]), example
+        assert set(example["message"]) <= set("abcdefghijklmnopqrstuvwxyz ") and 1 <= len(example["message"].split()) <= 4
+
+
+@pytest.mark.parametrize(
+    "content,warned",
+    [
+        (None, False),  # no file: generic hints, nothing to say
+        ("{not json", True),
+        ('{"examples": []}', True),
+        ('{"examples": [{"description": "x"}]}', True),
+        ('{"examples": [{"description": "x", "message": "y", "answer": 3}]}', True),
+        ('["a list"]', True),
+    ],
+    ids=["missing", "not-json", "empty", "no-message", "answer-not-a-string", "not-an-object"],
+)
+def test_a_hypernetwork_without_usable_examples_gets_the_generic_hints(tmp_path, caplog, content, warned):
+    from t2l_vllm.vllm_plugin.playground import EXAMPLES_FILE, GENERIC_EXAMPLES, examples_for
+
+    if content is not None:
+        (tmp_path / EXAMPLES_FILE).write_text(content)
+    with caplog.at_level("WARNING", logger="t2l_vllm.vllm_plugin.playground"):
+        assert examples_for(str(tmp_path)) == [dict(e) for e in GENERIC_EXAMPLES]
+    assert any(EXAMPLES_FILE in r.getMessage() for r in caplog.records) is warned
+
+
+def test_the_page_carries_a_hypernetworks_own_examples_and_no_text_can_end_their_block(tmp_path):
+    import json
+
+    from t2l_vllm.vllm_plugin.playground import EXAMPLES_FILE, MAX_EXAMPLES, examples_for, render_page
+
+    hostile = {"description": "Close </script><script>alert(1)</script> & go", "message": "a < b > c"}
+    examples = [hostile, {"description": "Count the words.", "message": "one two", "answer": "2"}] * MAX_EXAMPLES
+    (tmp_path / EXAMPLES_FILE).write_text(json.dumps({"examples": examples}))
+    read = examples_for(str(tmp_path))
+    assert read == examples[:MAX_EXAMPLES]
+    html = render_page(read)
+    block = html.split('<script type="application/json" id="examples-data">', 1)[1].split("</script>", 1)[0]
+    assert json.loads(block) == read  # the whole list is inside the block: nothing in it closed the tag
+    assert "alert(1)</script>" not in html and "/* the examples" not in html
