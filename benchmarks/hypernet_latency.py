@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from t2l_vllm.hypernet.config import VARIANTS, EncoderSettings, HypernetConfig, LoraSettings
-from t2l_vllm.hypernet.model import build_hypernet, count_parameters
+from t2l_vllm.hypernet.model import Workspace, build_hypernet, count_parameters
 from t2l_vllm.hypernet.shapes import BaseModelShapes, ModuleShape
 
 
@@ -74,6 +74,7 @@ LORA = LoraSettings(rank=8, alpha=16.0, use_rslora=True, target_modules=("q_proj
 ENCODER = EncoderSettings(model="Alibaba-NLP/gte-large-en-v1.5", dim=1024, pooling="cls", trust_remote_code=True)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TARGET_RATIO = 1.3
+TARGET_RATIO_BATCH_1 = 1.5
 RATE_BATCH = 32  # the matmul rate is measured at the largest head's shape for this many descriptions
 
 
@@ -163,6 +164,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own, one per core)")
     parser.add_argument("--repeats", type=int, help="timed runs per configuration (auto: 3 on CPU, 20 on CUDA)")
     parser.add_argument("--warmup", type=int, help="untimed runs first (auto: 1 on CPU, 5 on CUDA)")
     parser.add_argument("--quick", action="store_true", help="one warm-up and one timed run per configuration")
@@ -183,6 +185,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device, dtype = args.device, args.dtype
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
@@ -207,15 +211,16 @@ def main(argv: list[str] | None = None) -> None:
             config = hypernet_config(model_spec, variant)
             model = build_hypernet(config).to(device=device, dtype=dtype)
             params = count_parameters(model)
+            workspace = Workspace()  # as the generator holds one: outputs reused across passes
             for batch in args.batches:
                 task_emb = torch.randn(batch, config.encoder.dim, device=device, dtype=dtype)
                 with torch.inference_mode():
-                    times = timed_ms(partial(model, task_emb), args.warmup, args.repeats, sync)
+                    times = timed_ms(partial(model, task_emb, workspace), args.warmup, args.repeats, sync)
                 del task_emb
                 free_memory(device)
                 rows.append(dict(model=key, base_model=model_spec.name, variant=variant, batch=batch, params=params,
                                  head_gflop=head_flops(config, batch) / 1e9, times_ms=times))
-            del model
+            del model, workspace
             free_memory(device)
         _, rate_after = matmul_rate(model_spec, device, dtype, args.warmup, args.repeats, sync)
         free_memory(device)
@@ -234,12 +239,13 @@ def main(argv: list[str] | None = None) -> None:
                   f"{floor:>16.3f} {ms / floor:>6.2f}", flush=True)
         results.extend(rows)
 
-    batch32 = [r for r in results if r["batch"] == 32]
-    if batch32:
-        print(f"\ntarget: batch 32 within {TARGET_RATIO}x of the floor")
-    for r in batch32:
-        verdict = "meets" if r["ratio"] <= TARGET_RATIO else "misses"
-        print(f"{r['model']:<13} {r['variant']}: {verdict} the target ({r['ratio']:.2f}x floor)")
+    for batch, target in ((1, TARGET_RATIO_BATCH_1), (32, TARGET_RATIO)):
+        rows = [r for r in results if r["batch"] == batch]
+        if rows:
+            print(f"\ntarget: batch {batch} within {target}x of the floor")
+        for r in rows:
+            verdict = "meets" if r["ratio"] <= target else "misses"
+            print(f"{r['model']:<13} {r['variant']}: {verdict} the target ({r['ratio']:.2f}x floor)")
 
     peak = {"peak_host_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if device.type == "cuda":
@@ -248,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
         device=device_name(device), device_type=device.type, cpu_cores=os.cpu_count(),
         torch_threads=torch.get_num_threads(), load_average_at_start=load_average, dtype=dtype_name,
         torch_version=torch.__version__, python_version=sys.version.split()[0], warmup=args.warmup, repeats=args.repeats,
-        target_ratio=TARGET_RATIO, lora=dict(rank=LORA.rank, alpha=LORA.alpha, use_rslora=LORA.use_rslora,
+        target_ratio=TARGET_RATIO, target_ratio_batch_1=TARGET_RATIO_BATCH_1, lora=dict(rank=LORA.rank, alpha=LORA.alpha, use_rslora=LORA.use_rslora,
                                              target_modules=list(LORA.target_modules)),
         encoder_dim=ENCODER.dim, matmul=rates, results=results, **peak,
     )
