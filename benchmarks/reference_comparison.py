@@ -31,6 +31,7 @@ in <= 0.85x the reference's time; 32 adapters at >= 1.5x its throughput.
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.machinery
 import json
 import os
@@ -41,13 +42,14 @@ import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-
 from hypernet_latency import MODELS, device_name
+
 from t2l_vllm.generator import AdapterGenerator
 from t2l_vllm.hypernet.reference_import import import_reference_checkpoint
 
@@ -71,8 +73,8 @@ def import_reference(reference_dir: Path) -> tuple[types.ModuleType, list[str]]:
                          "give the root of a SakanaAI/text-to-lora checkout")
     # What the stand-ins must not be seen by: accelerate asks whether wandb is installed when
     # transformers' model code is first imported.
-    import peft  # noqa: F401
-    import transformers.models.llama.modeling_llama  # noqa: F401
+    for name in ("peft", "transformers.models.llama.modeling_llama"):
+        importlib.import_module(name)
 
     stood_in = []
     for name, attributes in OPTIONAL_REFERENCE_IMPORTS.items():
@@ -238,6 +240,11 @@ def measure(pair: Pair, rounds: int) -> dict[str, Any]:
     }
 
 
+def shown(ratios: dict[str, dict[str, Any]], name: str) -> str:
+    r = ratios[name]
+    return f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
+
+
 # --- main ---------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -274,8 +281,7 @@ def main(argv: list[str] | None = None) -> None:
                 difference = max_difference(pair, torch.randn(1, EMBEDDING_DIM))
             measured = measure(pair, args.rounds)
             results[variant] = {"max_abs_difference": difference, **measured}
-            r = measured["ratios"]
-            show = lambda k: f"{r[k]['median']:.2f} ({r[k]['min']:.2f}-{r[k]['max']:.2f})"  # noqa: E731
+            show = partial(shown, measured["ratios"])
             ms = measured["ms"]
             print(f"\n{variant}: same A/B to {difference:.1e}; ms: reference one {ms['reference_one']:.1f}, ours one "
                   f"{ms['ours_one']:.1f}; reference {MANY} calls {ms['reference_many']:.0f}, ours one call of {MANY} "
