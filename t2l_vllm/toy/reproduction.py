@@ -69,7 +69,7 @@ import string
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -672,11 +672,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the training examples and the evaluation's inputs")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                         help="processes that train and score the arms, sharing the cores (default: one per core, %(default)s)")
+    parser.add_argument("--augment-variants", type=int, default=Budget.augment_variants,
+                        help="rewritings (toy/augment.py) of every seen description added to the SFT data (default: %(default)s)")
+    parser.add_argument("--encoder-augment", type=float, default=Budget.encoder_augment,
+                        help="probability of each rewriting of a description the encoder tuning draws; 0: none (default: %(default)s)")
     args = parse_bench_options(parser, argv, positive=("scale", "workers"))
+    if args.augment_variants < 0 or not 0.0 <= args.encoder_augment <= 1.0:
+        parser.error("--augment-variants must be 0 or more and --encoder-augment between 0 and 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    budget = options_budget(args).scaled(args.scale)
+    budget = replace(options_budget(args), augment_variants=args.augment_variants,
+                     encoder_augment=args.encoder_augment).scaled(args.scale)
     bench = Bench(args.base, out, budget, seed=args.seed)
     report = run(bench, args.workers)
     report["total_seconds"] = time.monotonic() - start
