@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from t2l_vllm.service.fault_injection import FAIL_PASSES_ENV
+from t2l_vllm.testing.processes import adapter_service_pids
 from t2l_vllm.testing.tmpfs import MountNotPermitted, fill, mounted_tmpfs
 
 pytestmark = pytest.mark.server
@@ -82,13 +83,14 @@ def complete(server, description: str | None = None, max_tokens: int = 2) -> htt
 
 
 def store_folder(server) -> Path:
-    """The adapter service's private folder under --adapter-dir (named after the service's pid)."""
+    """The deployment's adapter folder under --adapter-dir (named after the server process that owns it)."""
     (folder,) = server.adapter_dir.glob("t2l_vllm-adapters-*")
     return folder
 
 
 def service_process(server) -> psutil.Process:
-    return psutil.Process(int(store_folder(server).name.split("-")[2]))
+    (pid,) = adapter_service_pids(server.process.pid)
+    return psutil.Process(pid)
 
 
 def engine_core(server) -> psutil.Process:
