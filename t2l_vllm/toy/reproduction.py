@@ -449,11 +449,24 @@ def untuned_rows() -> dict[str, dict[str, float]]:
     return rows
 
 
-def encoder_tuning_job() -> tuple[float, list[tuple[int, float]]]:
+def encoder_tuning_job() -> tuple[float | None, list[tuple[int, float]]]:
     """Tunes the encoder every hypernetwork arm reads (none when the budget says 0 steps): its seconds and
-    its validation accuracy through the tuning."""
+    its validation accuracy through the tuning. An encoder already tuned in the output folder (an earlier
+    run's, with `--arms`) is read as it is: its seconds and validation from `encoder/tuning.json`, if written."""
     bench = _worker_bench
-    return bench.tune_encoder() if bench.budget.encoder_tuning_steps else (0.0, [])
+    if not bench.budget.encoder_tuning_steps:
+        return 0.0, []
+    folder = bench.out / "encoder"
+    if (folder / "config.json").is_file():
+        print(f"  encoder tuning: reusing the encoder tuned in {folder}", flush=True)
+        record = folder / "tuning.json"
+        if not record.is_file():
+            return None, []
+        tuning = json.loads(record.read_text())
+        return tuning["seconds"], [tuple(step) for step in tuning["validation"]]
+    seconds, history = bench.tune_encoder()
+    (folder / "tuning.json").write_text(json.dumps({"seconds": seconds, "validation": history}) + "\n")
+    return seconds, history
 
 
 def task_lora_arm(task: str) -> tuple[float, float]:
@@ -495,11 +508,16 @@ class Job:
     after: tuple[str, ...] = ()
 
 
-def jobs_in_order() -> list[Job]:
+def jobs_in_order(arms: Sequence[str] | None = None) -> list[Job]:
     """Every arm as a job: the longest (SFT S) first, then the task LoRAs that recon M waits for, then
-    the other long arms, so that the last jobs to finish are short ones."""
+    the other long arms, so that the last jobs to finish are short ones. With `arms` (rows of
+    `HYPERNET_ARMS`), only those hypernetworks, the encoder they read and the base model's rows."""
     loras = [Job(f"task LoRA {t}", task_lora_arm, (t,)) for t in (*TRAIN_TASKS, *HELDOUT_TASKS)]
     tuned = ("encoder tuning",)  # every hypernetwork reads the tuned encoder
+    if arms is not None:
+        return [Job("encoder tuning", encoder_tuning_job),
+                *(Job(arm, hypernet_arm, (arm,), after=tuned) for arm in HYPERNET_ARMS if arm in arms),
+                Job("base model", untuned_rows)]
     return [
         Job("encoder tuning", encoder_tuning_job),
         Job("T2L SFT (S)", hypernet_arm, ("T2L SFT (S)",), after=tuned),
@@ -536,14 +554,15 @@ def run_jobs(jobs: Sequence[Job], pool: Any, workers: int) -> dict[str, Any]:
     return results
 
 
-def run(bench: Bench, workers: int) -> dict:
-    """Writes the training data, runs every arm in `workers` processes and gathers the table, the plot and the timings."""
+def run(bench: Bench, workers: int, arms: Sequence[str] | None = None) -> dict:
+    """Writes the training data, runs every arm (or the hypernetworks `arms` only) in `workers` processes and
+    gathers the table, the plot and the timings."""
     bench.write_training_data()
     threads = max(1, len(os.sched_getaffinity(0)) // workers)
     context = multiprocessing.get_context("spawn")  # a fork would copy the parent's torch threads mid-state
     pool = context.Pool(workers, start_worker, (bench.base_dir, bench.out, bench.budget, bench.seed, threads))
     try:
-        results = run_jobs(jobs_in_order(), pool, workers)
+        results = run_jobs(jobs_in_order(arms), pool, workers)
         pool.close()
     except BaseException:
         pool.terminate()  # a failed job (or Ctrl-C) stops the jobs still running
@@ -552,22 +571,24 @@ def run(bench: Bench, workers: int) -> dict:
         pool.join()
 
     table = dict(results["base model"])
-    loras = {t: results[f"task LoRA {t}"] for t in (*TRAIN_TASKS, *HELDOUT_TASKS)}
-    train, heldout = (sum(loras[t][0] for t in tasks) / len(tasks) for tasks in (TRAIN_TASKS, HELDOUT_TASKS))
-    table["task-specific LoRAs (one per task)"] = description_free_row(train, heldout)
-    table["multi-task LoRA"], multitask_seconds = results["multi-task LoRA"]
     tuning_seconds, validation = results["encoder tuning"]
-    timings = {"encoder tuning": tuning_seconds, "task-specific LoRAs": sum(seconds for _, seconds in loras.values()),
-               "multi-task LoRA": multitask_seconds}
+    timings: dict[str, float | None] = {"encoder tuning": tuning_seconds}
+    if arms is None:
+        loras = {t: results[f"task LoRA {t}"] for t in (*TRAIN_TASKS, *HELDOUT_TASKS)}
+        train, heldout = (sum(loras[t][0] for t in tasks) / len(tasks) for tasks in (TRAIN_TASKS, HELDOUT_TASKS))
+        table["task-specific LoRAs (one per task)"] = description_free_row(train, heldout)
+        table["multi-task LoRA"], timings["multi-task LoRA"] = results["multi-task LoRA"]
+        timings["task-specific LoRAs"] = sum(seconds for _, seconds in loras.values())
+    ran = [arm for arm in HYPERNET_ARMS if arm in results]
     breakdowns: dict[str, dict[str, dict[str, float]]] = {}
-    for arm in HYPERNET_ARMS:
+    for arm in ran:
         table[arm], breakdowns[arm], timings[arm] = results[arm]
-    hypernets = {arm: load_checkpoint(bench.out / "hypernets" / folder)[0] for arm, (folder, _, _) in HYPERNET_ARMS.items()}
+    hypernets = {arm: load_checkpoint(bench.out / "hypernets" / HYPERNET_ARMS[arm][0])[0] for arm in ran}
     plot_adapters(bench, hypernets, bench.out / "adapters.png")
     b = bench.budget
 
     def breakdown(key: str) -> dict[str, dict[str, float]]:
-        return {arm: breakdowns[arm][key] for arm in HYPERNET_ARMS}
+        return {arm: breakdowns[arm][key] for arm in ran}
 
     return {"table": table, "heldout_tasks_by_task": breakdown(COLUMNS[2]),
             "independent_wordings_by_task": breakdown(COLUMNS[5]),
@@ -672,6 +693,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the training examples and the evaluation's inputs")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                         help="processes that train and score the arms, sharing the cores (default: one per core, %(default)s)")
+    parser.add_argument("--arms", nargs="+", choices=list(HYPERNET_ARMS), metavar="ARM",
+                        help="train and score only these hypernetworks (and the base model's rows), reading the encoder "
+                             "already tuned in --out if there is one; choices: %(choices)s")
     parser.add_argument("--augment-variants", type=int, default=Budget.augment_variants,
                         help="rewritings (toy/augment.py) of every seen description added to the SFT data (default: %(default)s)")
     parser.add_argument("--encoder-augment", type=float, default=Budget.encoder_augment,
@@ -685,7 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     budget = replace(options_budget(args), augment_variants=args.augment_variants,
                      encoder_augment=args.encoder_augment).scaled(args.scale)
     bench = Bench(args.base, out, budget, seed=args.seed)
-    report = run(bench, args.workers)
+    report = run(bench, args.workers, args.arms)
     report["total_seconds"] = time.monotonic() - start
     (out / "table.json").write_text(json.dumps(report, indent=2) + "\n")
     print_table(report["table"])

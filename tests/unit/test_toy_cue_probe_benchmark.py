@@ -18,7 +18,8 @@ def probe():
 
 
 def test_a_tiny_run_writes_every_arm_with_the_spread_over_seeds(tmp_path, probe):
-    args = ["--out", str(tmp_path), "--steps", "3", "--seeds", "2", "--eval-inputs", "2", "--eval-descriptions", "1"]
+    args = ["--out", str(tmp_path), "--steps", "3", "--seeds", "2", "--eval-inputs", "2", "--eval-descriptions", "1",
+            "--encoder-tuning-steps", "2"]
     assert probe.main(args) == 0
     arms = json.loads((tmp_path / "table.json").read_text())["arms"]
     assert set(arms) == {"shallow MLP", "T2L trunk", "T2L trunk, mixup", "T2L trunk, no residual blocks"}

@@ -68,6 +68,23 @@ def test_a_tiny_run_writes_every_arm_column_and_the_plot_and_leaks_nothing(tmp_p
     assert tuning["tasks"] == sorted(TRAIN_TASKS)
     assert load_checkpoint(tmp_path / "hypernets" / "sft-L")[0].config.encoder.tuned_layers == 6
 
+    # Again with --arms: only that hypernetwork and the base model's rows, on the encoder the first run tuned.
+    tuned = (tmp_path / "encoder" / "encoder.safetensors").read_bytes()
+    subprocess.run([sys.executable, "-m", "t2l_vllm.toy.reproduction", "--out", str(tmp_path), "--scale", "0.003", "--eval-inputs", "2",
+                    "--eval-descriptions", "1", "--workers", "1", "--arms", "T2L SFT (L)"], check=True, capture_output=True)
+    again = json.loads((tmp_path / "table.json").read_text())
+    assert set(again["table"]) == {"base, no cue", "base with the task's cue", "T2L SFT (L)"}
+    assert again["train_seconds"]["encoder tuning"] == report["train_seconds"]["encoder tuning"]
+    assert (tmp_path / "encoder" / "encoder.safetensors").read_bytes() == tuned
+
+    # A checkpoint scored on every column without training: the run's own SFT L gets its row of the table back
+    # (to one answer in 16: the texts may be embedded in other batches, which can round differently).
+    scored = tmp_path / "scored.json"
+    subprocess.run([sys.executable, "-m", "t2l_vllm.toy.score_checkpoint", str(tmp_path / "hypernets" / "sft-L"), "--out", str(scored),
+                    "--eval-inputs", "2", "--eval-descriptions", "1"], check=True, capture_output=True)
+    row, expected = json.loads(scored.read_text())["row"], again["table"]["T2L SFT (L)"]
+    assert set(row) == set(expected) and all(abs(row[c] - expected[c]) <= 1 / 16 for c in row), (row, expected)
+
 
 def test_jobs_run_as_soon_as_what_they_wait_for_is_done_earliest_first():
     bench = reproduction
