@@ -44,6 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     reliability = p.add_argument_group("when the adapter service dies")
     add_setting(reliability, ServiceSettings, "max_service_restarts")
     add_setting(reliability, ServiceSettings, "service_restart_window_s", "--service-restart-window-s", type=float)
+    add_setting(reliability, ServiceSettings, "service_start_timeout_s", "--service-start-timeout-s", type=float)
     add_setting(p, ServiceSettings, "playground")
     p.set_defaults(run=run, passes_unknown_options=True)
 

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -50,8 +51,6 @@ from .protocol import (
 from .settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
-
-START_TIMEOUT_S = 600.0  # loading a large hypernetwork and encoder from a slow disk or the hub
 
 
 def service_socket_path(owner: str) -> Path:
@@ -207,20 +206,18 @@ def connect_or_start(socket_path: str, settings: ServiceSettings, owner_pid: int
     """A connected socket, the service's hello, and whether this call started the service."""
     Path(socket_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with socket_lock(socket_path):
-        started = False
-        try:
-            sock = _connect(socket_path)
-        except (FileNotFoundError, ConnectionRefusedError):
-            Path(socket_path).unlink(missing_ok=True)  # a service that was killed leaves its socket file
-            try:
-                _start(socket_path, settings, owner_pid)
-            except BaseException:
-                remove_socket_lock(socket_path)  # no service: leave nothing behind
-                raise
-            started = True
-            sock = _connect(socket_path)
         # Read the hello under the lock: once it has arrived the service counts this client.
-        return sock, _read_hello(sock), started
+        try:
+            return _greeted(socket_path, started=False)
+        except (FileNotFoundError, ConnectionError):
+            pass  # no service; or one just killed, whose socket the kernel refuses or resets as it closes
+        Path(socket_path).unlink(missing_ok=True)  # a service that was killed leaves its socket file
+        try:
+            _start(socket_path, settings, owner_pid)
+        except BaseException:
+            remove_socket_lock(socket_path)  # no service: leave nothing behind
+            raise
+        return _greeted(socket_path, started=True)
 
 
 def wait_until_stopped(socket_path: str, timeout_s: float) -> bool:
@@ -243,14 +240,15 @@ def wait_until_stopped(socket_path: str, timeout_s: float) -> bool:
                 time.sleep(0.05)
 
 
-def _connect(socket_path: str) -> socket.socket:
+def _greeted(socket_path: str, started: bool) -> tuple[socket.socket, Hello, bool]:
+    """A socket connected to the service and its hello (closed again if the hello does not come)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(socket_path)
+        return sock, _read_hello(sock), started
     except BaseException:
         sock.close()
         raise
-    return sock
 
 
 def _read_hello(sock: socket.socket) -> Hello:
@@ -269,7 +267,8 @@ def _read_hello(sock: socket.socket) -> Hello:
 def _start(socket_path: str, settings: ServiceSettings, owner_pid: int) -> None:
     """Starts the service, detached in its own session (a signal to the server's process group,
     or vLLM killing an API server's process tree, must not stop it while other clients use it),
-    and waits until it is ready."""
+    and waits until it is ready, at most `settings.service_start_timeout_s`: a start that hangs
+    is killed, the detached service with it (it stays in the session's process group)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "t2l_vllm.service", socket_path, str(owner_pid)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
@@ -277,13 +276,15 @@ def _start(socket_path: str, settings: ServiceSettings, owner_pid: int) -> None:
     assert process.stdin is not None and process.stdout is not None
     process.stdin.write(settings.to_json().encode())
     process.stdin.close()
-    deadline = time.monotonic() + START_TIMEOUT_S
+    timeout_s = settings.service_start_timeout_s
+    deadline = time.monotonic() + timeout_s
     line = b""
     while not line.endswith(b"\n"):
         ready, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))
         if not ready:
-            process.kill()
-            raise AdapterServiceError(f"the adapter service did not become ready within {START_TIMEOUT_S:.0f} s.")
+            _kill_group(process)
+            raise AdapterServiceError(f"the adapter service did not become ready within {timeout_s:g} s "
+                                      "(--service-start-timeout-s), so it was stopped.")
         chunk = os.read(process.stdout.fileno(), 4096)
         if not chunk:
             break
@@ -295,3 +296,14 @@ def _start(socket_path: str, settings: ServiceSettings, owner_pid: int) -> None:
     status = json.loads(line)
     if "error" in status:
         raise ConfigError(status["error"])
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """Kills a start's whole process group: the detaching parent (`process`, its leader) and the service it forked."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # all gone already
+    process.wait()
+    assert process.stdout is not None
+    process.stdout.close()

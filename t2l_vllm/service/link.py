@@ -228,17 +228,17 @@ class ServiceLink:
                      "from now on; requests without it are served.", reason)
 
     async def _restart(self) -> None:
-        failures = 0
+        failures: list[str] = []  # each failed try's error
         while not self._closing:
             try:
                 client = await AdapterClient.connect_or_start(self.socket_path, self.settings, self.owner_pid)
             except (T2LError, OSError) as err:
-                failures += 1
-                if failures >= self.settings.max_service_restarts:
-                    self._fail(f"{failures} tries to start it failed; the last: {err}")
+                failures.append(str(err))
+                if len(failures) >= self.settings.max_service_restarts:
+                    self._fail(f"{len(failures)} tries to start it failed: {_each_once(failures)}")
                     return
                 logger.warning("t2l_vllm: the adapter service did not start (%s); trying again", err)
-                await asyncio.sleep(_BACKOFF_S[min(failures - 1, len(_BACKOFF_S) - 1)])
+                await asyncio.sleep(_BACKOFF_S[min(len(failures) - 1, len(_BACKOFF_S) - 1)])
                 continue
             await self._reconcile(client)
             self._attach(client)
@@ -261,6 +261,14 @@ class ServiceLink:
                     still.inner = lease
             if still is None and lease is not None:
                 lease.release()  # the request ended meanwhile
+
+
+def _each_once(errors: list[str]) -> str:
+    """The errors of failed tries for a message: the one they all had, or each try's in order (a try
+    that hung reads differently from one that found a corrupt checkpoint, and both matter)."""
+    if len(set(errors)) == 1:
+        return f"each with: {errors[0]}"
+    return "; ".join(f"try {i}: {error}" for i, error in enumerate(errors, 1))
 
 
 class BlockingServiceLink:

@@ -46,6 +46,10 @@ class ServiceSettings:
                                      "after which it is not started again: requests with a task_description are then refused"}
     )
     service_restart_window_s: float = field(default=300.0, metadata={"help": "the window `max_service_restarts` counts deaths in"})
+    service_start_timeout_s: float = field(  # loading a large hypernetwork and encoder from a slow disk or the hub
+        default=600.0, metadata={"help": "seconds a start of the adapter service may take to be ready; a start that takes longer "
+                                         "(a hung mount, a stalled download) is killed and counts as a failed start"}
+    )
     playground: bool = field(  # read by the API servers; the service itself ignores it
         default=True, metadata={"help": "serve the playground page at GET /t2l/playground (and POST /t2l/adapter), behind --api-key like every route"}
     )
@@ -55,6 +59,8 @@ class ServiceSettings:
             raise ConfigError(f"`max_service_restarts` must be >= 0, got {self.max_service_restarts}.")
         if self.service_restart_window_s <= 0:
             raise ConfigError(f"`service_restart_window_s` must be positive, got {self.service_restart_window_s}.")
+        if self.service_start_timeout_s <= 0:
+            raise ConfigError(f"`service_start_timeout_s` must be positive, got {self.service_start_timeout_s}.")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -30,6 +30,11 @@ Load = partial(AnyLoad, api_key=API_KEY)
 pytestmark = pytest.mark.server
 
 BACK_WITHIN_S = 30  # description requests are answered again within this after the service died
+# vLLM's engine worker unpinned: on this project's 2-core VM a new service's `import torch` stalled for
+# minutes in the kernel (MKL's per-CPU affinity probe) while the pinned worker was busy on CPU 0, in
+# 3 of 7 runs with the default binding and 0 of 5 with none (docs/reliability.md). A kernel stall is
+# not what these tests are about; `--service-start-timeout-s` is what bounds it in production.
+NO_BIND = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
 
 def service_pids(server) -> list[int]:
@@ -82,7 +87,7 @@ NEW = "Sort the words alphabetically."
 
 
 def test_a_killed_service_is_replaced_and_base_requests_never_fail(start_server, tmp_path):
-    with start_server(tmp_path, []) as server:
+    with start_server(tmp_path, [], env=NO_BIND) as server:
         load, killed = kill_the_service_under_load(server, KNOWN, NEW)
         check_the_outage(load, killed, NEW)
         during = [o for o in load.described() if o.sent > killed and o.description in KNOWN]
@@ -95,7 +100,7 @@ def test_a_killed_service_is_replaced_and_base_requests_never_fail(start_server,
 
 @pytest.mark.parametrize("api_servers", [2])
 def test_with_two_api_servers_one_new_service_and_both_reconnect(start_server, tmp_path, api_servers):
-    with start_server(tmp_path, ["--api-server-count", str(api_servers)]) as server:
+    with start_server(tmp_path, ["--api-server-count", str(api_servers)], env=NO_BIND) as server:
         load, killed = kill_the_service_under_load(server, KNOWN, NEW)
         check_the_outage(load, killed, NEW)
         assert len(service_pids(server)) == 1
@@ -112,7 +117,8 @@ def test_with_two_api_servers_one_new_service_and_both_reconnect(start_server, t
 def test_a_service_that_cannot_start_again_is_given_up_and_base_serving_goes_on(start_server, default_paths, tmp_path):
     hypernet = tmp_path / "hypernet"
     shutil.copytree(default_paths.hypernet, hypernet)
-    with start_server(tmp_path, ["--hypernet", str(hypernet), "--model", str(default_paths.base_model), "--max-service-restarts", "2"]) as server:
+    options = ["--max-service-restarts", "2", "--service-start-timeout-s", "40"]  # a try that stalls is a failed try
+    with start_server(tmp_path, ["--hypernet", str(hypernet), "--model", str(default_paths.base_model), *options], env=NO_BIND) as server:
         (pid,) = service_pids(server)
         (hypernet / "model.safetensors").write_bytes(b"not a checkpoint any more")  # corrupt, as a bad deploy would
         with Load(server.url, ["Reverse the letters of every word."]) as load:
@@ -120,7 +126,8 @@ def test_a_service_that_cannot_start_again_is_given_up_and_base_serving_goes_on(
             wait_for(lambda: health(server)["adapter_service"] == "failed", 120, "giving the service up")
             gave_up = time.monotonic()
             time.sleep(3)
-        assert not service_pids(server)  # no loop of restarts
+        # No loop of restarts: no service is left once a stalled try's killed process has ended.
+        wait_for(lambda: not service_pids(server), 120, "the end of every try's service")
         status = health(server)
         assert "tries to start it failed" in status["reason"] and "is corrupt" in status["reason"], status
         assert all(o.status == 200 for o in load.base()) and len(load.base()) > 5

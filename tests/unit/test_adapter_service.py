@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +17,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from t2l_vllm.cache import CacheSettings
 from t2l_vllm.errors import ConfigError, InvalidDescriptionError
 from t2l_vllm.service.client import AdapterClient, service_socket_path, wait_until_stopped
+from t2l_vllm.service.protocol import AdapterServiceError
 from t2l_vllm.service.settings import ServiceSettings
 
 
@@ -129,6 +133,48 @@ def test_a_service_that_cannot_start_says_why_and_leaves_nothing(tmp_path):
     asyncio.run(scenario())
     assert not any((tmp_path / "adapters").glob("t2l_vllm-adapters-*"))
     assert socket_files(path) == []
+
+
+def test_a_start_that_hangs_is_stopped_at_its_bound_with_the_service_it_forked(default_paths, tmp_path):
+    """A real hang: the starting service is stopped (SIGSTOP) before it is ready, as a process stuck
+    on a hung mount or in the kernel would be; the start gives up at its bound and kills it."""
+    path = service_socket_path(f"test-{tmp_path.name}")
+    settings = replace(settings_for(default_paths, tmp_path), service_start_timeout_s=20)
+    stopped: set[int] = set()
+    done = threading.Event()
+
+    def stop_every_process_of_the_start() -> None:  # the detaching parent and the service it forks
+        while not done.is_set():
+            for pid in set(pids_with_argument(str(path))) - stopped:
+                os.kill(pid, signal.SIGSTOP)
+                stopped.add(pid)
+            time.sleep(0.005)
+
+    async def scenario():
+        stopper = asyncio.create_task(asyncio.to_thread(stop_every_process_of_the_start))
+        try:
+            with pytest.raises(AdapterServiceError, match="did not become ready within 20 s"):
+                await AdapterClient.connect_or_start(path, settings)
+        finally:
+            done.set()
+            await stopper
+
+    asyncio.run(scenario())
+    assert stopped, "the service was not seen starting"
+    assert not pids_with_argument(str(path)), "the hung service was left running"
+    assert socket_files(path) == []
+
+
+def pids_with_argument(argument: str) -> list[int]:
+    """Processes whose command line has `argument` (the service's socket path)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and argument.encode() in (entry / "cmdline").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            pass  # ended while we looked
+    return found
 
 
 def test_preloaded_adapters_are_listed_in_the_greeting_and_outlive_any_churn(default_paths, tmp_path):
