@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 
 def stop_process_group(process: subprocess.Popen, timeout_s: float = 60) -> bool:
@@ -20,6 +21,18 @@ def stop_process_group(process: subprocess.Popen, timeout_s: float = 60) -> bool
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         return False
+
+
+def pids_with_argument(argument: str) -> list[int]:
+    """Processes that have `argument`, exactly, among their command-line arguments (a service's socket path)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and argument.encode() in (entry / "cmdline").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            pass  # ended while we looked
+    return found
 
 
 def adapter_service_pids(owner_pid: int) -> list[int]:

@@ -511,13 +511,23 @@ class Job:
 def jobs_in_order(arms: Sequence[str] | None = None) -> list[Job]:
     """Every arm as a job: the longest (SFT S) first, then the task LoRAs that recon M waits for, then
     the other long arms, so that the last jobs to finish are short ones. With `arms` (rows of
-    `HYPERNET_ARMS`), only those hypernetworks, the encoder they read and the base model's rows."""
+    `HYPERNET_ARMS`), only those hypernetworks, the jobs they wait for and the base model's rows."""
+    jobs = _every_job()
+    if arms is None:
+        return jobs
+    after = {job.name: job.after for job in jobs}
+    needed, frontier = {"base model", *arms}, [*arms]
+    while frontier:
+        for name in after[frontier.pop()]:
+            if name not in needed:
+                needed.add(name)
+                frontier.append(name)
+    return [job for job in jobs if job.name in needed]
+
+
+def _every_job() -> list[Job]:
     loras = [Job(f"task LoRA {t}", task_lora_arm, (t,)) for t in (*TRAIN_TASKS, *HELDOUT_TASKS)]
     tuned = ("encoder tuning",)  # every hypernetwork reads the tuned encoder
-    if arms is not None:
-        return [Job("encoder tuning", encoder_tuning_job),
-                *(Job(arm, hypernet_arm, (arm,), after=tuned) for arm in HYPERNET_ARMS if arm in arms),
-                Job("base model", untuned_rows)]
     return [
         Job("encoder tuning", encoder_tuning_job),
         Job("T2L SFT (S)", hypernet_arm, ("T2L SFT (S)",), after=tuned),
@@ -573,12 +583,13 @@ def run(bench: Bench, workers: int, arms: Sequence[str] | None = None) -> dict:
     table = dict(results["base model"])
     tuning_seconds, validation = results["encoder tuning"]
     timings: dict[str, float | None] = {"encoder tuning": tuning_seconds}
-    if arms is None:
+    if f"task LoRA {TRAIN_TASKS[0]}" in results:  # they run together: every arm, or recon M's inputs
         loras = {t: results[f"task LoRA {t}"] for t in (*TRAIN_TASKS, *HELDOUT_TASKS)}
         train, heldout = (sum(loras[t][0] for t in tasks) / len(tasks) for tasks in (TRAIN_TASKS, HELDOUT_TASKS))
         table["task-specific LoRAs (one per task)"] = description_free_row(train, heldout)
-        table["multi-task LoRA"], timings["multi-task LoRA"] = results["multi-task LoRA"]
         timings["task-specific LoRAs"] = sum(seconds for _, seconds in loras.values())
+    if "multi-task LoRA" in results:
+        table["multi-task LoRA"], timings["multi-task LoRA"] = results["multi-task LoRA"]
     ran = [arm for arm in HYPERNET_ARMS if arm in results]
     breakdowns: dict[str, dict[str, dict[str, float]]] = {}
     for arm in ran:

@@ -19,6 +19,7 @@ from t2l_vllm.errors import ConfigError, InvalidDescriptionError
 from t2l_vllm.service.client import AdapterClient, service_socket_path, wait_until_stopped
 from t2l_vllm.service.protocol import AdapterServiceError
 from t2l_vllm.service.settings import ServiceSettings
+from t2l_vllm.testing.processes import pids_with_argument
 
 
 def settings_for(default_paths, tmp_path: Path, **cache) -> ServiceSettings:
@@ -163,18 +164,6 @@ def test_a_start_that_hangs_is_stopped_at_its_bound_with_the_service_it_forked(d
     assert stopped, "the service was not seen starting"
     assert not pids_with_argument(str(path)), "the hung service was left running"
     assert socket_files(path) == []
-
-
-def pids_with_argument(argument: str) -> list[int]:
-    """Processes whose command line has `argument` (the service's socket path)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and argument.encode() in (entry / "cmdline").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:
-            pass  # ended while we looked
-    return found
 
 
 def test_preloaded_adapters_are_listed_in_the_greeting_and_outlive_any_churn(default_paths, tmp_path):

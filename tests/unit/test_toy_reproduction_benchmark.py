@@ -86,6 +86,16 @@ def test_a_tiny_run_writes_every_arm_column_and_the_plot_and_leaks_nothing(tmp_p
     assert set(row) == set(expected) and all(abs(row[c] - expected[c]) <= 1 / 16 for c in row), (row, expected)
 
 
+def test_chosen_arms_run_with_the_jobs_they_wait_for_and_nothing_else():
+    sft = [job.name for job in reproduction.jobs_in_order(["T2L SFT (L)"])]
+    assert sft == ["encoder tuning", "T2L SFT (L)", "base model"]
+    recon = [job.name for job in reproduction.jobs_in_order(["T2L recon (M)"])]
+    loras = [f"task LoRA {t}" for t in (*TRAIN_TASKS, *HELDOUT_TASKS)]
+    assert recon == ["encoder tuning", *loras, "T2L recon (M)", "base model"]  # recon M fits the task LoRAs
+    every = [job.name for job in reproduction.jobs_in_order()]
+    assert [name for name in every if name in recon] == recon  # the order of the full run
+
+
 def test_jobs_run_as_soon_as_what_they_wait_for_is_done_earliest_first():
     bench = reproduction
     started, lock = [], threading.Lock()
