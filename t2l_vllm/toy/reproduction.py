@@ -705,7 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                         help="processes that train and score the arms, sharing the cores (default: one per core, %(default)s)")
     parser.add_argument("--arms", nargs="+", choices=list(HYPERNET_ARMS), metavar="ARM",
-                        help="train and score only these hypernetworks (and the base model's rows), reading the encoder "
+                        help="train and score only these hypernetworks (with the jobs they wait for, and the base model's rows), reading the encoder "
                              "already tuned in --out if there is one; choices: %(choices)s")
     parser.add_argument("--augment-variants", type=int, default=Budget.augment_variants,
                         help="rewritings (toy/augment.py) of every seen description added to the SFT data (default: %(default)s)")
