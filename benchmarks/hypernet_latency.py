@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from t2l_vllm.generator import GeneratorSettings
 from t2l_vllm.hypernet.config import VARIANTS, EncoderSettings, HypernetConfig, LoraSettings
 from t2l_vllm.hypernet.model import Workspace, build_hypernet, count_parameters
 from t2l_vllm.hypernet.shapes import BaseModelShapes, ModuleShape
@@ -75,6 +76,7 @@ ENCODER = EncoderSettings(model="Alibaba-NLP/gte-large-en-v1.5", dim=1024, pooli
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TARGET_RATIO = 1.3
 TARGET_RATIO_BATCH_1 = 1.5
+HEAD_FORMS = ("packed", "dense", "both")
 RATE_BATCH = 32  # the matmul rate is measured at the largest head's shape for this many descriptions
 
 
@@ -118,6 +120,24 @@ def timed_ms(fn: Callable[[], object], warmup: int, repeats: int, sync: Callable
         fn()
         sync()
         times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def timed_by_form(model: torch.nn.Module, fn: Callable[[], object], args: argparse.Namespace,
+                  sync: Callable[[], None]) -> dict[str, list[float]]:
+    """{"dense" and/or "packed": wall times (ms)} of `fn`, the hypernetwork's pass, with its heads in that
+    form. Both forms are timed round by round, each after its own warm-up, so that a stretch of
+    contention on a shared machine falls on both."""
+    forms = ("dense", "packed") if args.heads == "both" else (args.heads,)
+    times: dict[str, list[float]] = {form: [] for form in forms}
+    for round_ in range(args.repeats if len(forms) > 1 else 1):
+        for form in forms[round_ % 2:] + forms[:round_ % 2]:
+            if form == "packed":
+                model.pack_heads()
+            else:
+                model.unpack_heads()
+            times[form] += timed_ms(fn, args.warmup, 1 if len(forms) > 1 else args.repeats, sync)
+    model.unpack_heads()
     return times
 
 
@@ -165,6 +185,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own, one per core)")
+    parser.add_argument("--heads", choices=HEAD_FORMS, default="packed" if GeneratorSettings.pack_heads else "dense",
+                        help="packed: with the packed copies the generator keeps for small passes; dense: without; "
+                             "both: each configuration timed both ways, round by round (default: %(default)s)")
     parser.add_argument("--repeats", type=int, help="timed runs per configuration (auto: 3 on CPU, 20 on CUDA)")
     parser.add_argument("--warmup", type=int, help="untimed runs first (auto: 1 on CPU, 5 on CUDA)")
     parser.add_argument("--quick", action="store_true", help="one warm-up and one timed run per configuration")
@@ -198,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
 
     rates: dict[str, dict[str, Any]] = {}
     results: list[dict[str, Any]] = []
-    header = (f"{'model':<13} {'variant':>7} {'batch':>5} {'params (M)':>10} {'ms/adapter':>11} "
+    header = (f"{'model':<13} {'variant':>7} {'batch':>5} {'heads':>6} {'params (M)':>10} {'ms/adapter':>11} "
               f"{'floor ms/adapter':>16} {'ratio':>6}")
     for key in args.models:
         model_spec = MODELS[key]
@@ -215,11 +238,12 @@ def main(argv: list[str] | None = None) -> None:
             for batch in args.batches:
                 task_emb = torch.randn(batch, config.encoder.dim, device=device, dtype=dtype)
                 with torch.inference_mode():
-                    times = timed_ms(partial(model, task_emb, workspace), args.warmup, args.repeats, sync)
+                    times = timed_by_form(model, partial(model, task_emb, workspace), args, sync)
                 del task_emb
                 free_memory(device)
-                rows.append(dict(model=key, base_model=model_spec.name, variant=variant, batch=batch, params=params,
-                                 head_gflop=head_flops(config, batch) / 1e9, times_ms=times))
+                rows.extend(dict(model=key, base_model=model_spec.name, variant=variant, batch=batch, params=params,
+                                 heads=form, head_gflop=head_flops(config, batch) / 1e9, times_ms=form_times)
+                            for form, form_times in times.items())
             del model, workspace
             free_memory(device)
         _, rate_after = matmul_rate(model_spec, device, dtype, args.warmup, args.repeats, sync)
@@ -235,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
             ms = statistics.median(row["times_ms"]) / row["batch"]
             floor = row["head_gflop"] * 1e9 / rate * 1e3 / row["batch"]
             row.update(ms_per_adapter=ms, floor_ms_per_adapter=floor, ratio=ms / floor)
-            print(f"{key:<13} {row['variant']:>7} {row['batch']:>5} {row['params'] / 1e6:>10.1f} {ms:>11.3f} "
+            print(f"{key:<13} {row['variant']:>7} {row['batch']:>5} {row['heads']:>6} {row['params'] / 1e6:>10.1f} {ms:>11.3f} "
                   f"{floor:>16.3f} {ms / floor:>6.2f}", flush=True)
         results.extend(rows)
 
@@ -245,14 +269,21 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\ntarget: batch {batch} within {target}x of the floor")
         for r in rows:
             verdict = "meets" if r["ratio"] <= target else "misses"
-            print(f"{r['model']:<13} {r['variant']}: {verdict} the target ({r['ratio']:.2f}x floor)")
+            print(f"{r['model']:<13} {r['variant']} ({r['heads']} heads): {verdict} the target ({r['ratio']:.2f}x floor)")
+    if args.heads == "both":
+        print("\npacked over dense, median of the per-round ratios (range)")
+        for dense, packed in zip(results[::2], results[1::2]):
+            ratios = [p / d for p, d in zip(packed["times_ms"], dense["times_ms"])]
+            packed["packed_over_dense"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+            print(f"{packed['model']:<13} {packed['variant']} batch {packed['batch']:>3}: {statistics.median(ratios):.2f} "
+                  f"({min(ratios):.2f}-{max(ratios):.2f})")
 
     peak = {"peak_host_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if device.type == "cuda":
         peak["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     report = dict(
         device=device_name(device), device_type=device.type, cpu_cores=os.cpu_count(),
-        torch_threads=torch.get_num_threads(), load_average_at_start=load_average, dtype=dtype_name,
+        torch_threads=torch.get_num_threads(), heads=args.heads, load_average_at_start=load_average, dtype=dtype_name,
         torch_version=torch.__version__, python_version=sys.version.split()[0], warmup=args.warmup, repeats=args.repeats,
         target_ratio=TARGET_RATIO, target_ratio_batch_1=TARGET_RATIO_BATCH_1, lora=dict(rank=LORA.rank, alpha=LORA.alpha, use_rslora=LORA.use_rslora,
                                              target_modules=list(LORA.target_modules)),

@@ -50,7 +50,7 @@ import torch
 import yaml
 from hypernet_latency import MODELS, device_name
 
-from t2l_vllm.generator import AdapterGenerator
+from t2l_vllm.generator import AdapterGenerator, GeneratorSettings
 from t2l_vllm.hypernet.reference_import import import_reference_checkpoint
 
 SCHEMA = "t2l_vllm.reference_comparison/1"
@@ -159,8 +159,11 @@ def write_run(folder: Path, hypermod: Any, args: dict[str, Any]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({k: v for k, v in hypermod.state_dict().items()}, folder / "hypermod.pt")
     (folder / "args.yaml").write_text(yaml.safe_dump(args))
+    # PEFT holds target_modules as a set, which the reference numbers its module types by and
+    # `save_pretrained` writes as a list: in this process's hash order, not TARGETS' (see
+    # docs/import-reference.md, module order).
     adapter = {"peft_type": "LORA", "r": RANK, "lora_alpha": ALPHA, "use_rslora": True, "lora_dropout": 0.05,
-               "target_modules": TARGETS, "task_type": "CAUSAL_LM"}
+               "target_modules": list(hypermod.target_modules), "task_type": "CAUSAL_LM"}
     (folder / "adapter_config.json").write_text(json.dumps(adapter))
     return folder
 
@@ -256,6 +259,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="mistral-7b", choices=list(MODELS), help="base-model shapes")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for both (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds (default: %(default)s)")
+    parser.add_argument("--pack-heads", action=argparse.BooleanOptionalAction, default=GeneratorSettings.pack_heads,
+                        help="our heads' packed copies for small passes, as the generator keeps them (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "reference_comparison.json")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.threads < 1:
@@ -276,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
             hypermod, run_args = build_reference(hm, variant, args.model, seed=0)
             ours = import_reference_checkpoint(write_run(Path(tmp) / variant, hypermod, run_args))
             layers = torch.arange(MODELS[args.model].hf_config["num_hidden_layers"])
-            pair = Pair(variant, hypermod, AdapterGenerator(ours, None, f"reference-{variant}"), layers)  # type: ignore[arg-type]
+            pair = Pair(variant, hypermod, AdapterGenerator(ours, None, f"reference-{variant}", GeneratorSettings(pack_heads=args.pack_heads)), layers)  # type: ignore[arg-type]
             with torch.no_grad():
                 difference = max_difference(pair, torch.randn(1, EMBEDDING_DIM))
             measured = measure(pair, args.rounds)
@@ -298,6 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {"schema": SCHEMA, "device": device_name(torch.device("cpu")), "cpu_cores": os.cpu_count(),
               "torch_threads": args.threads, "torch": torch.__version__, "load_average_at_start": load,
               "load_average_at_end": os.getloadavg()[0], "model": args.model, "rounds": args.rounds,
+              "pack_heads": args.pack_heads,
               "reference_stood_in": stood_in, "targets": {"one_at_most": TARGET_ONE, "many_at_least": TARGET_MANY, **targets},
               "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)

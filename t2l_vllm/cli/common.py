@@ -9,8 +9,6 @@ from ..errors import ConfigError
 from ..generator import AdapterGenerator, GeneratorSettings
 from .settings_args import add_setting, settings_from
 
-# GeneratorSettings lives in generator.py, whose fields do not carry their help yet; until
-# they do, it is written here, once (the defaults are the dataclass's all the same).
 def add_hypernet_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--hypernet", metavar="DIR", help="hypernetwork checkpoint folder (default: the embedded default)"
@@ -26,6 +24,7 @@ def add_generator_options(parser: argparse.ArgumentParser) -> None:
     add_setting(group, GeneratorSettings, "dtype", "--hypernet-dtype")
     add_setting(group, GeneratorSettings, "encoder_path", "--encoder-path")
     add_setting(group, GeneratorSettings, "strict")
+    add_setting(group, GeneratorSettings, "pack_heads")
 
 
 def generator_settings(args: argparse.Namespace, base: GeneratorSettings | None = None) -> GeneratorSettings:

@@ -21,8 +21,11 @@ S: like M, but the head emits one rank row (max(in,out)) at a time; the rank
 `residual_blocks` below 2 leaves block2, then block1, out (an identity in their
 place): a shallower trunk that fits a small task set less as clusters.
 
-Inference (autograd off) takes three shortcuts that leave every number as the
-plain computation gives it, to float32 rounding. The heads write into a
+Inference (autograd off) takes four shortcuts that leave every number as the
+plain computation gives it, to float32 rounding. A loaded generator packs its
+heads (`pack_heads`): a copy of each weight in oneDNN's blocked layout serves
+the passes of a few dozen rows a batch of 1-3 descriptions makes, which MKL
+runs at about half its rate (see `packed.py`). The heads write into a
 `Workspace` when given one, instead of fresh memory: a batch of 32 at
 Mistral-7B shapes returns 0.4-0.7 GB, which fresh memory pays for in page
 faults on every pass. M's heads compute only the columns kept: B of v_proj
@@ -46,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import HypernetConfig
+from .packed import PACKED_MAX_ROWS, pack_weight, packed_linear
 
 Tensor = torch.Tensor
 
@@ -104,9 +108,38 @@ class Workspace:
         return sum(b.numel() * b.element_size() for b in self._buffers.values())
 
 
+class Head(nn.Linear):
+    """An output head: an `nn.Linear` that can also hold a packed copy of its weight (`pack`).
+
+    The copy serves inference passes of at most `PACKED_MAX_ROWS` rows, and only while the
+    weight is the one it was made from: an optimizer step, a `load_state_dict` or any other
+    in-place change of the weight (its version counter), or a new weight tensor, makes the
+    copy stale, and the dense weight serves instead. It is not part of the state dict.
+    """
+
+    _packed: tuple[Tensor, int, int] | None = None  # (copy, weight's data_ptr, weight's version)
+
+    def pack(self) -> int:
+        """Makes the packed copy; returns its size in bytes (0 where this torch cannot pack)."""
+        packed = pack_weight(self.weight, self.bias)
+        self._packed = None if packed is None else (packed, self.weight.data_ptr(), self.weight._version)
+        return 0 if packed is None else self.weight.numel() * self.weight.element_size()
+
+    def packed_weight(self, rows: int) -> Tensor | None:
+        """The packed copy, if it is fresh and a pass of `rows` rows gains from it."""
+        if self._packed is None or rows > PACKED_MAX_ROWS or torch.is_grad_enabled():
+            return None
+        packed, data_ptr, version = self._packed
+        return packed if (self.weight.data_ptr(), self.weight._version) == (data_ptr, version) else None
+
+
 def linear_into(x: Tensor, linear: nn.Linear, rows: slice | None, workspace: Workspace | None, name: str) -> Tensor:
     """`linear(x)` (x 2-D) restricted to output features `rows` (a contiguous range of the weight's
-    rows), written into `workspace[name]` when autograd is off."""
+    rows), written into `workspace[name]` when autograd is off; a whole head's small pass uses its
+    packed copy (fresh memory: a few MB, which malloc reuses)."""
+    packed = linear.packed_weight(x.shape[0]) if rows is None and isinstance(linear, Head) else None
+    if packed is not None:
+        return packed_linear(x, packed, linear.bias)
     weight, bias = linear.weight, linear.bias
     if rows is not None:
         weight, bias = weight[rows], None if bias is None else bias[rows]
@@ -180,12 +213,16 @@ class TextToLoRA(nn.Module):
             nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.SiLU(), nn.Dropout(p), nn.Linear(4 * d, config.head_in_size), nn.SiLU()
         )
         self.heads = nn.ModuleDict(
-            {m: nn.Linear(config.head_in_size, self.head_out_features(m)) for m in self.modules_order}
+            {m: Head(config.head_in_size, self.head_out_features(m)) for m in self.modules_order}
         )
         self._register_output_statistics()
 
     # --- variant interface -------------------------------------------------
     def head_out_features(self, module: str) -> int:
+        raise NotImplementedError
+
+    def head_rows(self, module: str, rows: int) -> int:
+        """Rows of the whole-head matmul for `rows` trunk rows of one module (one per layer and description)."""
         raise NotImplementedError
 
     def _decode(self, h: Tensor, module: str, workspace: Workspace | None) -> tuple[Tensor, Tensor]:
@@ -226,6 +263,18 @@ class TextToLoRA(nn.Module):
             else:
                 head.weight.normal_(0.0, 0.02, generator=generator)
                 head.bias.zero_()
+
+    def pack_heads(self) -> int:
+        """Gives a packed copy of its weight (see `Head`) to every head that one description's pass
+        sends few enough rows through to gain from it; returns the bytes the copies take (0 off a
+        float32 CPU, or where this torch cannot pack)."""
+        layers = self.config.base.num_layers
+        return sum(head.pack() for m, head in self.heads.items() if self.head_rows(m, layers) <= PACKED_MAX_ROWS)
+
+    def unpack_heads(self) -> None:
+        """Drops the heads' packed copies (and their memory): every pass runs on the dense weights."""
+        for head in self.heads.values():
+            head._packed = None
 
     def embed_inputs(self, task_emb: Tensor) -> Tensor:
         """(N, E) task embeddings -> (N, modules, layers, d) trunk inputs."""
@@ -293,6 +342,9 @@ class TextToLoRA_L(TextToLoRA):
         s = self.shapes[module]
         return self.rank * (s.in_features + s.out_features)
 
+    def head_rows(self, module: str, rows: int) -> int:
+        return rows
+
     def _decode(self, h: Tensor, module: str, workspace: Workspace | None) -> tuple[Tensor, Tensor]:
         s = self.shapes[module]
         with one_thread_below(self._body_work(h.shape[0])):
@@ -348,6 +400,10 @@ class TextToLoRA_M(_SharedHead):
     def head_out_features(self, module: str) -> int:
         return self.rank * self._width(module)
 
+    def head_rows(self, module: str, rows: int) -> int:
+        s = self.shapes[module]
+        return 2 * rows if s.in_features == s.out_features else rows  # A and B stacked, or A alone (B: columns)
+
     def _matrices(self, h: Tensor, emb: Tensor, module: str, widths: tuple[int, int],
                   workspace: Workspace | None) -> tuple[Tensor, Tensor]:
         if widths[0] != widths[1]:
@@ -396,6 +452,9 @@ class TextToLoRA_S(_SharedHead):
     def head_out_features(self, module: str) -> int:
         return self._width(module)
 
+    def head_rows(self, module: str, rows: int) -> int:
+        return rows * self.rank
+
     def _rows(self, h: Tensor, module: str, width: int, workspace: Workspace | None, name: str) -> Tensor:
         positions = torch.arange(self.rank, device=h.device)
         t = h.shape[0]
@@ -407,7 +466,8 @@ class TextToLoRA_S(_SharedHead):
                 h = self.block2(rotary(h, positions))
             z = self.to_head(h).reshape(t * self.rank, -1)  # (T*r, head_in)
         # the first `width` outputs are the first rows of the head's weight: no work on the rest
-        return linear_into(z, self.heads[module], slice(0, width), workspace, name).reshape(t, self.rank, width)
+        rows = None if width == self._width(module) else slice(0, width)
+        return linear_into(z, self.heads[module], rows, workspace, name).reshape(t, self.rank, width)
 
     def _hyperinit_bias(self, module: str, generator: torch.Generator | None) -> Tensor:
         s = self.shapes[module]
