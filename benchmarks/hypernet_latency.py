@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from t2l_vllm.generator import GeneratorSettings
+from t2l_vllm.generator import GeneratorSettings, keep_freed_memory
 from t2l_vllm.hypernet.config import VARIANTS, EncoderSettings, HypernetConfig, LoraSettings
 from t2l_vllm.hypernet.model import Workspace, build_hypernet, count_parameters
 from t2l_vllm.hypernet.shapes import BaseModelShapes, ModuleShape
@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the generator's process runs: a packed pass's outputs are fresh memory
     device, dtype = args.device, args.dtype
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     torch.manual_seed(0)

@@ -50,7 +50,7 @@ import torch
 import yaml
 from hypernet_latency import MODELS, device_name
 
-from t2l_vllm.generator import AdapterGenerator, GeneratorSettings
+from t2l_vllm.generator import AdapterGenerator, GeneratorSettings, keep_freed_memory
 from t2l_vllm.hypernet.reference_import import import_reference_checkpoint
 
 SCHEMA = "t2l_vllm.reference_comparison/1"
@@ -271,6 +271,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the generator's process runs (both generators share the process)
     hm, stood_in = import_reference(args.reference_dir.expanduser().resolve())
     load = os.getloadavg()[0]
     print(f"device: {device_name(torch.device('cpu'))}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
