@@ -54,8 +54,8 @@ class GeneratorSettings:
 
     pack_heads: bool = field(default=True, metadata={
         "help": "on a float32 CPU, keep a copy of every head's weight in oneDNN's blocked layout for the passes of "
-                "1-3 descriptions: 0.65-0.75x the time of a one-description L pass at Mistral-7B and Llama-3.1-8B "
-                "shapes, for memory the size of the heads (218 MB for L at Mistral-7B, 872 MB at Llama-3.1-8B; "
+                "1-3 descriptions: a one-description pass took 0.74-0.84x the time for L and 0.73-0.91x for M at "
+                "Mistral-7B and Llama-3.1-8B shapes, for memory the size of the heads (218 MB for L at Mistral-7B, 872 MB at Llama-3.1-8B; "
                 "docs/benchmarks.md)"})
 
     def __post_init__(self) -> None:
