@@ -22,8 +22,8 @@ S: like M, but the head emits one rank row (max(in,out)) at a time; the rank
 place): a shallower trunk that fits a small task set less as clusters.
 
 Inference (autograd off) takes four shortcuts that leave every number as the
-plain computation gives it, to float32 rounding. A loaded generator packs its
-heads (`pack_heads`): a copy of each weight in oneDNN's blocked layout serves
+plain computation gives it, to float32 rounding. The generator packs its
+hypernetwork's heads (`pack_heads`): a copy of each weight in oneDNN's blocked layout serves
 the passes of a few dozen rows a batch of 1-3 descriptions makes, which MKL
 runs at about half its rate (see `packed.py`). The heads write into a
 `Workspace` when given one, instead of fresh memory: a batch of 32 at
@@ -125,6 +125,10 @@ class Head(nn.Linear):
         self._packed = None if packed is None else (packed, self.weight.data_ptr(), self.weight._version)
         return 0 if packed is None else self.weight.numel() * self.weight.element_size()
 
+    def unpack(self) -> None:
+        """Drops the packed copy (and its memory)."""
+        self._packed = None
+
     def packed_weight(self, rows: int) -> Tensor | None:
         """The packed copy, if it is fresh and a pass of `rows` rows gains from it."""
         if self._packed is None or rows > PACKED_MAX_ROWS or torch.is_grad_enabled():
@@ -221,8 +225,8 @@ class TextToLoRA(nn.Module):
     def head_out_features(self, module: str) -> int:
         raise NotImplementedError
 
-    def head_rows(self, module: str, rows: int) -> int:
-        """Rows of the whole-head matmul for `rows` trunk rows of one module (one per layer and description)."""
+    def head_rows_per_description(self, module: str) -> int:
+        """Rows one description sends through the whole-head matmul of `module` in one pass."""
         raise NotImplementedError
 
     def _decode(self, h: Tensor, module: str, workspace: Workspace | None) -> tuple[Tensor, Tensor]:
@@ -268,13 +272,12 @@ class TextToLoRA(nn.Module):
         """Gives a packed copy of its weight (see `Head`) to every head that one description's pass
         sends few enough rows through to gain from it; returns the bytes the copies take (0 off a
         float32 CPU, or where this torch cannot pack)."""
-        layers = self.config.base.num_layers
-        return sum(head.pack() for m, head in self.heads.items() if self.head_rows(m, layers) <= PACKED_MAX_ROWS)
+        return sum(head.pack() for m, head in self.heads.items() if self.head_rows_per_description(m) <= PACKED_MAX_ROWS)
 
     def unpack_heads(self) -> None:
         """Drops the heads' packed copies (and their memory): every pass runs on the dense weights."""
         for head in self.heads.values():
-            head._packed = None
+            head.unpack()
 
     def embed_inputs(self, task_emb: Tensor) -> Tensor:
         """(N, E) task embeddings -> (N, modules, layers, d) trunk inputs."""
@@ -342,8 +345,8 @@ class TextToLoRA_L(TextToLoRA):
         s = self.shapes[module]
         return self.rank * (s.in_features + s.out_features)
 
-    def head_rows(self, module: str, rows: int) -> int:
-        return rows
+    def head_rows_per_description(self, module: str) -> int:
+        return self.config.base.num_layers
 
     def _decode(self, h: Tensor, module: str, workspace: Workspace | None) -> tuple[Tensor, Tensor]:
         s = self.shapes[module]
@@ -400,9 +403,9 @@ class TextToLoRA_M(_SharedHead):
     def head_out_features(self, module: str) -> int:
         return self.rank * self._width(module)
 
-    def head_rows(self, module: str, rows: int) -> int:
-        s = self.shapes[module]
-        return 2 * rows if s.in_features == s.out_features else rows  # A and B stacked, or A alone (B: columns)
+    def head_rows_per_description(self, module: str) -> int:
+        s, layers = self.shapes[module], self.config.base.num_layers
+        return 2 * layers if s.in_features == s.out_features else layers  # A and B stacked, or A alone (B: columns)
 
     def _matrices(self, h: Tensor, emb: Tensor, module: str, widths: tuple[int, int],
                   workspace: Workspace | None) -> tuple[Tensor, Tensor]:
@@ -452,8 +455,8 @@ class TextToLoRA_S(_SharedHead):
     def head_out_features(self, module: str) -> int:
         return self._width(module)
 
-    def head_rows(self, module: str, rows: int) -> int:
-        return rows * self.rank
+    def head_rows_per_description(self, module: str) -> int:
+        return self.config.base.num_layers * self.rank
 
     def _rows(self, h: Tensor, module: str, width: int, workspace: Workspace | None, name: str) -> Tensor:
         positions = torch.arange(self.rank, device=h.device)
