@@ -77,35 +77,40 @@ class ServiceSettings:
         field needs no code here. Raises `ConfigError` naming an unknown key (a typo would
         otherwise be ignored), a missing required one, or a value that its class refuses.
         """
-        _check_keys(doc, cls, "")
-        hints = typing.get_type_hints(cls)
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name not in doc:
-                if f.default is MISSING and f.default_factory is MISSING:
-                    raise ConfigError(f"t2l_vllm settings: `{f.name}` is missing.")
-                continue
-            values[f.name] = _field_value(hints[f.name], f.name, doc[f.name])
-        try:
-            return cls(**values)
-        except TypeError as err:  # a value of the wrong kind, e.g. a mapping where a number goes
-            raise ConfigError(f"t2l_vllm settings: {err}") from None
+        return _settings(cls, doc, "")
+
+
+def _settings(cls: type, doc: Any, prefix: str) -> Any:
+    """An instance of the settings dataclass `cls` from `doc`, field by field (`prefix`: where it
+    sits in the file, for messages), nested settings the same way."""
+    _check_keys(doc, cls, prefix)
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in doc:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise ConfigError(f"t2l_vllm settings: `{prefix}{f.name}` is missing.")
+            continue
+        values[f.name] = _field_value(hints[f.name], f"{prefix}{f.name}", doc[f.name])
+    try:
+        return cls(**values)
+    except TypeError as err:  # a value of the wrong kind, e.g. a mapping where a number goes
+        raise ConfigError(f"t2l_vllm settings: {f'`{prefix[:-1]}`: ' if prefix else ''}{err}") from None
 
 
 def _field_value(hint: Any, name: str, value: Any) -> Any:
-    """A field's value from a mapping: nested settings built from theirs, sequences as tuples."""
+    """A field's value from a mapping: nested settings built from theirs, sequences as tuples, and
+    a switch only from true or false (YAML's "false" in quotes is a string, which Python counts as on)."""
     args = typing.get_args(hint)
     nested = next((a for a in (hint, *args) if is_dataclass(a)), None)
     if nested is not None:
         if value is None:
             return None if type(None) in args else nested()
-        _check_keys(value, nested, f"{name}.")
-        try:
-            return nested(**value)
-        except TypeError as err:
-            raise ConfigError(f"t2l_vllm settings: `{name}`: {err}") from None
+        return _settings(nested, value, f"{name}.")
     if typing.get_origin(hint) is tuple:
         return tuple(value or ())
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"t2l_vllm settings: `{name}` must be true or false, got {value!r}.")
     return value
 
 

@@ -117,6 +117,8 @@ def test_a_settings_file_without_a_hypernetwork_serves_the_embedded_default(tmp_
         ("hypernet: h\ncache: {max_entries: 0}\n", "`max_entries` must be positive, got 0"),
         ("hypernet: h\nrouter: {scoring: best}\n", "`router scoring` must be one of"),
         ("hypernet: [unclosed\n", "cannot read the t2l_vllm settings file"),
+        ("hypernet: h\ngenerator: {pack_heads: 'false'}\n", "`generator.pack_heads` must be true or false, got 'false'"),
+        ("hypernet: h\nplayground: 1\n", "`playground` must be true or false, got 1"),
     ],
 )
 def test_a_bad_settings_file_is_refused_naming_the_file_and_the_problem(tmp_path, text, fragment):
