@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from t2l_vllm.toy import cue_probe, reproduction
+from t2l_vllm.toy.wordings import INDEPENDENT
 from t2l_vllm.toy.world import HELDOUT_TASKS, TRAIN_TASKS
 
 
@@ -29,6 +30,8 @@ def test_a_tiny_run_writes_every_arm_with_the_spread_over_seeds(tmp_path, probe)
             assert 0.0 < error["min"] <= error["mean"] <= error["max"], (arm, column)
             assert 0.0 <= exact["min"] <= exact["mean"] <= exact["max"] <= 1.0, (arm, column)
         assert set(row["held-out tasks, exact match by task"]) == set(HELDOUT_TASKS)
+        assert set(row[probe.BY_STYLE]) == {w.style for w in INDEPENDENT}
+        assert all(0.0 <= v <= 1.0 for v in row[probe.BY_STYLE].values())
 
 
 def test_seen_templates_keeps_the_first_descriptions_of_every_training_task(probe):
