@@ -6,8 +6,13 @@ of the output heads (the bulk of the work at these shapes) divided by the rate
 this device reaches on a matmul of the largest head's shape. That rate is the
 fastest run, measured before and after each model: contention only ever slows a
 run, so the best one is closest to what the hardware allows. The ratio (median
-time / floor) says how close generation is to that; the target is batch 32 within
-1.3x of the floor. Base shapes are written inline, so nothing is downloaded.
+time / floor) says how close generation is to that; the targets are batch 32
+within 1.3x of the floor and batch 1 within 1.5x. Beside it, a byte floor: the
+heads' weights read once at the rate a one-row product streams the largest head
+(measured the same way). A batch-1 pass reads every head weight for a few dozen
+rows, so `ratio to flop + byte` (time over the two floors added) says how much of
+a batch-1 miss is a kernel that streams the weight and then computes, without
+overlapping the two. Base shapes are written inline, so nothing is downloaded.
 
     python benchmarks/hypernet_latency.py [--device cuda] [--quick] [--out results.json]
 """
@@ -99,6 +104,13 @@ def head_rows(variant: str, batch: int, layers: int, rank: int) -> int:
     return batch * layers * {"L": 1, "M": 2, "S": 2 * rank}[variant]
 
 
+def head_weight_bytes(config: HypernetConfig, itemsize: int) -> int:
+    """Bytes of all output heads' weights, each read at least once by a pass of any batch."""
+    rank = config.lora.rank
+    return sum(config.head_in_size * head_out_features(config.variant, config.base.module_shape(m), rank) * itemsize
+               for m in config.lora.target_modules)
+
+
 def head_flops(config: HypernetConfig, batch: int) -> int:
     """Multiply-add FLOPs of all output heads for `batch` descriptions."""
     layers, rank = config.base.num_layers, config.lora.rank
@@ -141,9 +153,10 @@ def timed_by_form(model: torch.nn.Module, fn: Callable[[], object], args: argpar
     return times
 
 
-def matmul_rate(model: BaseModel, device: torch.device, dtype: torch.dtype, warmup: int, repeats: int,
-                sync: Callable[[], None]) -> tuple[list[int], float]:
-    """Best FLOP/s of the heads' own kernel (a biased linear) at the largest L head's shape, batch 32."""
+def device_rates(model: BaseModel, device: torch.device, dtype: torch.dtype, warmup: int, repeats: int,
+                 sync: Callable[[], None]) -> tuple[list[int], float, float]:
+    """The heads' own kernel (a biased linear) at the largest L head's shape: [M, K, N] of the batch-32
+    product, its best FLOP/s, and the best bytes/s at which a one-row product streams the weight."""
     config = hypernet_config(model, "L")
     layers, rank = config.base.num_layers, config.lora.rank
     rows = head_rows("L", RATE_BATCH, layers, rank)
@@ -154,8 +167,10 @@ def matmul_rate(model: BaseModel, device: torch.device, dtype: torch.dtype, warm
     bias = torch.zeros(cols, device=device, dtype=dtype)
     with torch.inference_mode():
         times = timed_ms(partial(F.linear, x, weight, bias), warmup, repeats, sync)
+        stream_times = timed_ms(partial(F.linear, x[:1], weight, bias), warmup, repeats, sync)
+    weight_bytes = weight.numel() * weight.element_size()
     del x, weight, bias
-    return [rows, k, cols], 2 * rows * k * cols / (min(times) / 1e3)
+    return [rows, k, cols], 2 * rows * k * cols / (min(times) / 1e3), weight_bytes / (min(stream_times) / 1e3)
 
 
 def device_name(device: torch.device) -> str:
@@ -223,12 +238,12 @@ def main(argv: list[str] | None = None) -> None:
     rates: dict[str, dict[str, Any]] = {}
     results: list[dict[str, Any]] = []
     header = (f"{'model':<13} {'variant':>7} {'batch':>5} {'heads':>6} {'params (M)':>10} {'ms/adapter':>11} "
-              f"{'floor ms/adapter':>16} {'ratio':>6}")
+              f"{'floor ms/adapter':>16} {'ratio':>6} {'byte floor ms':>13} {'ratio to flop + byte':>20}")
     for key in args.models:
         model_spec = MODELS[key]
         # The rate is measured before and after this model's runs and the floor takes the
         # better one, so a stretch of contention on a shared machine does not lower the floor.
-        shape, rate_before = matmul_rate(model_spec, device, dtype, args.warmup, args.repeats, sync)
+        shape, rate_before, read_before = device_rates(model_spec, device, dtype, args.warmup, args.repeats, sync)
         free_memory(device)
         rows: list[dict[str, Any]] = []
         for variant in args.variants:
@@ -243,25 +258,31 @@ def main(argv: list[str] | None = None) -> None:
                 del task_emb
                 free_memory(device)
                 rows.extend(dict(model=key, base_model=model_spec.name, variant=variant, batch=batch, params=params,
-                                 heads=form, head_gflop=head_flops(config, batch) / 1e9, times_ms=form_times)
+                                 heads=form, head_gflop=head_flops(config, batch) / 1e9,
+                                 head_weight_mb=head_weight_bytes(config, torch.finfo(dtype).bits // 8) / 1e6, times_ms=form_times)
                             for form, form_times in times.items())
             del model, workspace
             free_memory(device)
-        _, rate_after = matmul_rate(model_spec, device, dtype, args.warmup, args.repeats, sync)
+        _, rate_after, read_after = device_rates(model_spec, device, dtype, args.warmup, args.repeats, sync)
         free_memory(device)
-        rate = max(rate_before, rate_after)
+        rate, read = max(rate_before, rate_after), max(read_before, read_after)
         rates[key] = {"shape_mkn": shape, "gflops": rate / 1e9,
-                      "gflops_before": rate_before / 1e9, "gflops_after": rate_after / 1e9}
+                      "gflops_before": rate_before / 1e9, "gflops_after": rate_after / 1e9,
+                      "weight_read_gbps": read / 1e9, "weight_read_gbps_before": read_before / 1e9,
+                      "weight_read_gbps_after": read_after / 1e9}
 
         print(f"\n{key}: matmul [{shape[0]}x{shape[1]}] @ [{shape[1]}x{shape[2]}] {rate / 1e9:.1f} GFLOP/s "
-              f"(best run; {rate_before / 1e9:.1f} before, {rate_after / 1e9:.1f} after)")
+              f"(best run; {rate_before / 1e9:.1f} before, {rate_after / 1e9:.1f} after); weight read by one row "
+              f"{read / 1e9:.1f} GB/s ({read_before / 1e9:.1f} before, {read_after / 1e9:.1f} after)")
         print(header)
         for row in rows:
             ms = statistics.median(row["times_ms"]) / row["batch"]
             floor = row["head_gflop"] * 1e9 / rate * 1e3 / row["batch"]
-            row.update(ms_per_adapter=ms, floor_ms_per_adapter=floor, ratio=ms / floor)
+            byte_floor = row["head_weight_mb"] * 1e6 / read * 1e3 / row["batch"]
+            row.update(ms_per_adapter=ms, floor_ms_per_adapter=floor, ratio=ms / floor,
+                       byte_floor_ms_per_adapter=byte_floor, ratio_to_flop_plus_byte=ms / (floor + byte_floor))
             print(f"{key:<13} {row['variant']:>7} {row['batch']:>5} {row['heads']:>6} {row['params'] / 1e6:>10.1f} {ms:>11.3f} "
-                  f"{floor:>16.3f} {ms / floor:>6.2f}", flush=True)
+                  f"{floor:>16.3f} {ms / floor:>6.2f} {byte_floor:>13.3f} {ms / (floor + byte_floor):>20.2f}", flush=True)
         results.extend(rows)
 
     for batch, target in ((1, TARGET_RATIO_BATCH_1), (32, TARGET_RATIO)):
