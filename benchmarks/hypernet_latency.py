@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
                 free_memory(device)
                 rows.extend(dict(model=key, base_model=model_spec.name, variant=variant, batch=batch, params=params,
                                  heads=form, head_gflop=head_flops(config, batch) / 1e9,
-                                 head_weight_mb=head_weight_bytes(config, torch.finfo(dtype).bits // 8) / 1e6, times_ms=form_times)
+                                 head_weight_mb=head_weight_bytes(config, dtype.itemsize) / 1e6, times_ms=form_times)
                             for form, form_times in times.items())
             del model, workspace
             free_memory(device)
