@@ -6,6 +6,7 @@ and the server's batcher all call `AdapterGenerator.generate_batch`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -113,6 +114,16 @@ def keep_freed_memory() -> bool:
     return _malloc_tuned
 
 
+def naming_fingerprint(checkpoint_fingerprint: str, dtype: torch.dtype) -> str:
+    """The fingerprint that names a generator's adapters: the checkpoint's for float32 passes, and one
+    of the checkpoint's and the dtype for any other. A bfloat16 pass computes other weights (0.6-0.9%
+    from float32 at 7B shapes), so its adapters must not share names with float32 ones, which a
+    deployment's adapter folder or vLLM's registry would then hand out for either."""
+    if dtype == torch.float32:
+        return checkpoint_fingerprint
+    return hashlib.sha256(f"{checkpoint_fingerprint}:{dtype}".encode()).hexdigest()
+
+
 class AdapterGenerator:
     """Generates named, checked adapters from descriptions in one batched pass."""
 
@@ -146,9 +157,10 @@ class AdapterGenerator:
         settings.apply_threads()
         keep_freed_memory()
         device = settings.resolved_device()
-        hypernet, digest = load_checkpoint(folder, device=device, dtype=settings.resolved_dtype(device))
+        dtype = settings.resolved_dtype(device)
+        hypernet, digest = load_checkpoint(folder, device=device, dtype=dtype)
         encoder = load_task_encoder(folder, hypernet.config, device=device, source=settings.encoder_path)
-        return cls(hypernet, encoder, digest, settings)
+        return cls(hypernet, encoder, naming_fingerprint(digest, dtype), settings)
 
     @property
     def base_model(self) -> str:

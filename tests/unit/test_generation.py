@@ -58,6 +58,18 @@ def test_names_depend_on_the_hypernetwork(generator, default_paths):
     assert altered.name_for(DESCRIPTIONS[0]) != generator.name_for(DESCRIPTIONS[0])
 
 
+def test_a_bfloat16_generator_names_its_adapters_apart_from_float32_ones(generator, default_paths):
+    from t2l_vllm.generator import AdapterGenerator, GeneratorSettings
+
+    assert generator.dtype == torch.float32 and generator.fingerprint == load_checkpoint(default_paths.hypernet)[1]
+    bf16 = AdapterGenerator.from_checkpoint(default_paths.hypernet, GeneratorSettings(dtype="bfloat16"))
+    assert bf16.fingerprint != generator.fingerprint
+    ours, theirs = generator.generate([DESCRIPTIONS[0]])[0], bf16.generate([DESCRIPTIONS[0]])[0]
+    assert ours.name != theirs.name
+    key = next(iter(ours.tensors))
+    assert not torch.equal(ours.tensors[key], theirs.tensors[key])  # other weights: hence another name
+
+
 def test_peft_folder_round_trips_through_peft(generator, default_paths, tmp_path):
     adapter = generator.generate([DESCRIPTIONS[1]])[0]
     folder = adapter.save_peft(tmp_path / adapter.name)
