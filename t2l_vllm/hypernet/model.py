@@ -425,15 +425,18 @@ class TextToLoRA_M(_SharedHead):
         head = self.heads[module]
         if width == full:
             return linear_into(z, head, None, workspace, name).reshape(-1, self.rank, full)
-        # Only the first `width` of each rank's `full` outputs are kept: a strided view of the
-        # weight, (r, width, head_in), one matmul per rank row, and no work on the rest.
+        # Only the first `width` of each rank's `full` outputs are kept, and no work is done on the
+        # rest: one matmul per rank row, on that row's first `width` rows of the weight, a contiguous
+        # block. (A batched matmul over the strided (r, width, head_in) view copies the whole view
+        # first in bfloat16: 200 ms of a 5 ms product at Llama-3.1-8B shapes.)
         weight = head.weight.view(self.rank, full, -1)[:, :width]
-        bias = head.bias.view(self.rank, 1, full)[..., :width]
-        x = z.unsqueeze(0).expand(self.rank, -1, -1)  # (r, T, head_in)
+        bias = head.bias.view(self.rank, full)[:, :width]
         if workspace is None or torch.is_grad_enabled():
-            out = torch.baddbmm(bias, x, weight.transpose(1, 2))
+            out = torch.stack([F.linear(z, weight[i], bias[i]) for i in range(self.rank)])
         else:
-            out = torch.baddbmm(bias, x, weight.transpose(1, 2), out=workspace.take(name, (self.rank, z.shape[0], width), z))
+            out = workspace.take(name, (self.rank, z.shape[0], width), z)
+            for i in range(self.rank):
+                torch.addmm(bias[i], z, weight[i].t(), out=out[i])
         return out.transpose(0, 1)  # (T, r, width)
 
     def _hyperinit_bias(self, module: str, generator: torch.Generator | None) -> Tensor:
