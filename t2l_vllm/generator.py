@@ -40,7 +40,7 @@ class GeneratorSettings:
     max_delta_norm: float = field(default=DEFAULT_MAX_DELTA_NORM, metadata={"help": "refuse adapters whose weight update norm exceeds this"})
     device: str = field(default="auto", metadata={"help": "device for encoder and hypernetwork: auto, cpu, cuda, cuda:1"})
     dtype: str = field(default="auto", metadata={"help": "auto: float32 on CPU, bfloat16 on GPU. bfloat16 on a CPU with AMX: "
-                                                                       "7-8B-shape passes up to 3x faster at batch 1 and 5-6.5x at batch 32, "
+                                                                       "7-8B-shape passes 1.5-2.6x faster at batch 1 and 3.7-4.9x at batch 32, "
                                                                        "adapters 0.6-0.9 percent from float32 (docs/benchmarks.md)", "choices": ("auto", *DTYPES)})
     strict: bool = field(default=False, metadata={
         "help": "refuse to start when the probe adapters' strength against the base weights looks like a scaling bug "
