@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from t2l_vllm.toy.base import greedy_answers, prompt_text
+from t2l_vllm.toy.reproduction import COLUMNS as TABLE_COLUMNS
 from t2l_vllm.toy.reproduction import Bench, add_bench_options, by_heldout_task, exact, options_budget, parse_bench_options
 from t2l_vllm.toy.wordings import INDEPENDENT
 from t2l_vllm.toy.world import HELDOUT_TASKS, TASKS, TRAIN_TASKS, split_descriptions
@@ -57,8 +58,9 @@ MIXUP_ALPHA = 0.2
 BATCH = 32
 LR = 1e-3
 BY_STYLE = "held-out tasks, independent wordings, exact match by style"
-COLUMNS = ("train tasks, held-out descriptions", "held-out tasks", "held-out tasks, unseen templates",
-           "held-out tasks, independent wordings", "train tasks, independent wordings")
+# The reproduction's columns but its first (the regressors' own training descriptions) and held-out
+# tasks in training wordings.
+COLUMNS = (TABLE_COLUMNS[1], TABLE_COLUMNS[2], *TABLE_COLUMNS[4:])
 
 
 def shallow_mlp(dim: int, cue_size: int) -> nn.Module:
@@ -105,8 +107,8 @@ def fit(net: nn.Module, x: torch.Tensor, z: torch.Tensor, steps: int, mixup: boo
 def measure(bench: Bench, predict: Callable[[Sequence[str]], torch.Tensor]) -> dict:
     """Relative cue error and exact match with the predicted cue, per column, and held-out tasks one by one."""
     result: dict = {}
-    columns = (bench.heldout_desc, bench.heldout_task, bench.heldout_task_unseen_templates, bench.independent, bench.dev)
-    for column, descriptions in zip(COLUMNS, columns, strict=True):
+    for column in COLUMNS:
+        descriptions = bench.described[column]
         rows, texts = bench.described_rows(descriptions)
         with torch.no_grad():
             predicted, true = predict(texts), bench.cues([task for task, _ in rows])
@@ -115,9 +117,9 @@ def measure(bench: Bench, predict: Callable[[Sequence[str]], torch.Tensor]) -> d
             "relative cue error": float(((predicted - true).norm(dim=1) / true.norm(dim=1)).mean()),
             "exact match": exact(answers, rows, [task for task, _ in rows]),
         }
-        if column == COLUMNS[1]:
+        if column == TABLE_COLUMNS[2]:
             result["held-out tasks, exact match by task"] = by_heldout_task(answers, rows)
-        if column == COLUMNS[3]:
+        if column == TABLE_COLUMNS[5]:
             result[BY_STYLE] = bench.by_style(answers, rows, descriptions, INDEPENDENT)
     return result
 

@@ -188,6 +188,12 @@ class Bench:
         self.encoder_validation: list[tuple[int, float]] = []  # (step, nearest-task accuracy) of the encoder tuning
 
     @cached_property
+    def described(self) -> dict[str, dict[str, Sequence[str]]]:
+        """The table's exact-match columns -> the descriptions each of their tasks is scored under."""
+        return dict(zip(COLUMNS, (self.seen, self.heldout_desc, self.heldout_task, self.heldout_task_seen_wording,
+                                  self.heldout_task_unseen_templates, self.independent, self.dev), strict=True))
+
+    @cached_property
     def encoder(self) -> TaskEncoder:
         """What every hypernetwork here reads: MiniLM with its top layers tuned to the training tasks
         (`encoder/`, tuned on first use), or as published when the budget tunes none."""
@@ -299,9 +305,7 @@ class Bench:
         """The table's row for a hypernetwork, and its breakdowns: the main held-out column and the independent
         wordings task by task, the independent wordings (of held-out and of training tasks) style by style."""
         result, breakdown = {}, {}
-        described = (self.seen, self.heldout_desc, self.heldout_task, self.heldout_task_seen_wording,
-                     self.heldout_task_unseen_templates, self.independent, self.dev)
-        for column, descs in zip(COLUMNS, described):
+        for column, descs in self.described.items():
             answers, rows = self.described_answers(hypernet, descs)
             result[column] = exact(answers, rows, [task for task, _ in rows])
             if column == COLUMNS[2]:

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     hypernet = bench.new_hypernet(args.variant, seed=args.seed, **hypernet_options)
     source = HypernetSource(hypernet, bench.encoder, [d for r in records for d in r.descriptions])
     trainer = bench.sft_trainer(source, records, args.steps, args.lr)
-    scored = dict(zip(COLUMNS[1:], (bench.heldout_desc, bench.heldout_task, bench.heldout_task_seen_wording)))
+    scored = {column: bench.described[column] for column in COLUMNS[1:4]}
     rows, start = [], time.monotonic()
     while trainer.step < args.steps:
         losses = trainer.train(steps=min(args.every, args.steps - trainer.step), log=lambda _: None)
