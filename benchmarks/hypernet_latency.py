@@ -104,21 +104,16 @@ def head_rows(variant: str, batch: int, layers: int, rank: int) -> int:
     return batch * layers * {"L": 1, "M": 2, "S": 2 * rank}[variant]
 
 
-def head_weight_bytes(config: HypernetConfig, itemsize: int) -> int:
-    """Bytes of all output heads' weights, each read at least once by a pass of any batch."""
+def head_weights(config: HypernetConfig) -> int:
+    """Elements of all output heads' weights: each is read at least once, and multiplied once per row."""
     rank = config.lora.rank
-    return sum(config.head_in_size * head_out_features(config.variant, config.base.module_shape(m), rank) * itemsize
+    return sum(config.head_in_size * head_out_features(config.variant, config.base.module_shape(m), rank)
                for m in config.lora.target_modules)
 
 
 def head_flops(config: HypernetConfig, batch: int) -> int:
     """Multiply-add FLOPs of all output heads for `batch` descriptions."""
-    layers, rank = config.base.num_layers, config.lora.rank
-    rows = head_rows(config.variant, batch, layers, rank)
-    return sum(
-        2 * rows * config.head_in_size * head_out_features(config.variant, config.base.module_shape(m), rank)
-        for m in config.lora.target_modules
-    )
+    return 2 * head_rows(config.variant, batch, config.base.num_layers, config.lora.rank) * head_weights(config)
 
 
 def timed_ms(fn: Callable[[], object], warmup: int, repeats: int, sync: Callable[[], None]) -> list[float]:
@@ -259,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
                 free_memory(device)
                 rows.extend(dict(model=key, base_model=model_spec.name, variant=variant, batch=batch, params=params,
                                  heads=form, head_gflop=head_flops(config, batch) / 1e9,
-                                 head_weight_mb=head_weight_bytes(config, dtype.itemsize) / 1e6, times_ms=form_times)
+                                 head_weight_mb=head_weights(config) * dtype.itemsize / 1e6, times_ms=form_times)
                             for form, form_times in times.items())
             del model, workspace
             free_memory(device)

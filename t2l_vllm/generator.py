@@ -125,7 +125,11 @@ def naming_fingerprint(checkpoint_fingerprint: str, dtype: torch.dtype) -> str:
 
 
 class AdapterGenerator:
-    """Generates named, checked adapters from descriptions in one batched pass."""
+    """Generates named, checked adapters from descriptions in one batched pass.
+
+    `fingerprint` names every adapter it generates: `from_checkpoint` passes the checkpoint's
+    through `naming_fingerprint`, so a pass in another dtype names its adapters apart.
+    """
 
     def __init__(
         self,
