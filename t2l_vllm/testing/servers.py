@@ -164,13 +164,15 @@ def t2l_serve_command(port: int, options: Sequence[str] = (), *, host: str = HOS
 
 @contextlib.contextmanager
 def t2l_serve(work: Path, options: Sequence[str] = (), *, port: int | None = None, cli_options: Sequence[str] = (),
-              env: Mapping[str, str] | None = None, log_name: str = "server.log", **running_options) -> Iterator[Server]:
+              env: Mapping[str, str | None] | None = None, log_name: str = "server.log", **running_options) -> Iterator[Server]:
     """`t2l-vllm serve` on a free (or the given) loopback port, its log `work/log_name`.
 
     `cli_options` go before `serve` (`-v`: t2l_vllm's own logging at INFO); `env` is laid over this
-    process's environment, `CPU_ENGINE_DEFAULTS` and `QUIET_VLLM`. `running_options` as for `running`."""
+    process's environment, `CPU_ENGINE_DEFAULTS` and `QUIET_VLLM`, a None in it unsetting its variable
+    (a server started as a user starts it). `running_options` as for `running`."""
     port = port or free_port()
-    environment = {**with_cpu_engine_defaults(), **QUIET_VLLM, **(env or {})}
+    laid = {**with_cpu_engine_defaults(), **QUIET_VLLM, **(env or {})}
+    environment = {name: value for name, value in laid.items() if value is not None}
     command = t2l_serve_command(port, options, cli_options=cli_options)
     with running(command, work / log_name, f"http://{HOST}:{port}", env=environment, name="t2l-vllm serve",
                  **running_options) as server:
