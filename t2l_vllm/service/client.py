@@ -265,13 +265,19 @@ def _read_hello(sock: socket.socket) -> Hello:
 
 
 def _start(socket_path: str, settings: ServiceSettings, owner_pid: int) -> None:
-    """Starts the service, detached in its own session (a signal to the server's process group,
-    or vLLM killing an API server's process tree, must not stop it while other clients use it),
+    """Starts the service, detached in a process group of its own (a signal to the server's process
+    group, or vLLM killing an API server's process tree, must not stop it while other clients use it),
     and waits until it is ready, at most `settings.service_start_timeout_s`: a start that hangs
-    is killed, the detached service with it (it stays in the session's process group)."""
+    is killed, the detached service with it (it stays in that process group).
+
+    The group stays in the server's session, not a session of its own: Linux's scheduler shares the
+    CPU between sessions (autogroups) before threads, and vLLM's engine core and worker poll busily
+    while they serve, so a service alone in its session ran about a tenth of the time it was ready to
+    beside a running CPU engine (measured on 2 cores: a one-thread pass of 3-4 descriptions 384-440 ms
+    against 43 ms in the server's session; docs/benchmarks.md)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "t2l_vllm.service", socket_path, str(owner_pid)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, process_group=0,
     )
     assert process.stdin is not None and process.stdout is not None
     process.stdin.write(settings.to_json().encode())
