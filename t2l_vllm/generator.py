@@ -50,10 +50,9 @@ class GeneratorSettings:
                 "ones the hypernetwork records (none: by name, from the hub or its cache)"})
     threads: int = field(default=THREADS_DEFAULT, metadata={
         "help": "torch CPU threads of the process that runs the encoder and hypernetwork (the adapter service, or "
-                "`generate`); 0: torch's default, one per core. Beside a vLLM CPU engine on 2 cores, all cores beat one: "
-                "a burst of new descriptions, which the engine waits for, got passes about 2x faster and about 20% more "
-                "tokens/s; fewer leave the engine's worker its cores when it is busy with other traffic "
-                "(docs/benchmarks.md, thread budget)"})
+                "`generate`); 0: torch's default, one per core. Beside a vLLM CPU engine on 2 cores, one thread and all "
+                "cores gave passes within each other's spread once the service shared the server's session; fewer leave "
+                "the engine's worker its cores when it is busy with other traffic (docs/benchmarks.md, thread budget)"})
 
     pack_heads: bool = field(default=True, metadata={
         "help": "on a float32 CPU, keep a copy of every head's weight in oneDNN's blocked layout for the passes of "
