@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -64,10 +65,12 @@ def default_paths(build: bool = True) -> DefaultPaths:
     return paths
 
 
-def engine_defaults(model: str) -> dict[str, int]:
-    """vLLM engine options that an engine of `model` gets where the user gives none (`--kv-cache-memory-bytes`;
-    on CPU `VLLM_CPU_KVCACHE_SPACE`, which vLLM reads over both): for the embedded base model, its KV cache's size."""
-    return {"kv_cache_memory_bytes": KV_CACHE_BYTES} if Path(model).resolve() == (ASSETS / "base").resolve() else {}
+def engine_defaults(model: str, given: Mapping[str, object]) -> dict[str, int]:
+    """vLLM engine options that an engine of `model` gets because `given` (the user's options, by vLLM's
+    names) lacks them or leaves them None: for the embedded base model, its KV cache's size. On CPU
+    `VLLM_CPU_KVCACHE_SPACE` still wins, since vLLM reads it over both."""
+    defaults = {"kv_cache_memory_bytes": KV_CACHE_BYTES} if Path(model).resolve() == (ASSETS / "base").resolve() else {}
+    return {option: value for option, value in defaults.items() if given.get(option) is None}
 
 
 def _install_atomically(root: Path) -> None:

@@ -39,9 +39,7 @@ def serve(model: str, lora_rank: int, settings: ServiceSettings, vllm_options: S
     os.environ[CHECKED_ENV] = "1"  # the CLI checked these settings, flags included (`check_deployment`)
     cli_env_setup()
     args = make_arg_parser(FlexibleArgumentParser(prog="t2l-vllm serve")).parse_args(["--model", model, *vllm_options])
-    for option, value in engine_defaults(model).items():
-        if getattr(args, option) is None:
-            setattr(args, option, value)
+    vars(args).update(engine_defaults(model, vars(args)))
     check_adapter_dir_reaches_every_node(args, settings)
     args.enable_lora = True
     args.max_lora_rank = max(args.max_lora_rank or 0, lora_rank)

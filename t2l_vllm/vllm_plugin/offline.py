@@ -81,8 +81,7 @@ class T2LEngine:
         config = check_deployment(self.settings, model, llm_kwargs.setdefault("enable_lora", True))
         os.environ[CHECKED_ENV] = "1"  # checked: a $T2L_VLLM_CONFIG file is not this engine's settings
         llm_kwargs["max_lora_rank"] = max(llm_kwargs.get("max_lora_rank", 0), config.lora.rank)
-        for option, value in engine_defaults(model).items():
-            llm_kwargs.setdefault(option, value)
+        llm_kwargs.update(engine_defaults(model, llm_kwargs))
         self.model = model
         self.adapters = BlockingServiceLink(service_socket_path(f"offline-{os.getpid()}-{next(_ENGINES)}"), self.settings)
         self._finalizer = weakref.finalize(self, self.adapters.close)  # the service removes its folders when we leave

@@ -1,7 +1,7 @@
 """The memory vLLM reserves beside the adapter service: the embedded default's KV cache has its own size.
 
-Without a size, vLLM reserves 90% of the memory for the KV cache (on CPU, of the host's RAM, which the
-adapter service and its folders share); `t2l-vllm serve` gives the embedded base model the size it needs,
+Without a size, vLLM reserves `gpu_memory_utilization` of the memory for the KV cache (on CPU, of the
+host's RAM, which the adapter service and its folders share); `t2l-vllm serve` gives the embedded base model the size it needs,
 and a size the user names wins. Read back from vLLM's own `vllm:cache_config_info` on /metrics.
 """
 
@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from t2l_vllm.default_model import KV_CACHE_BYTES
+from t2l_vllm.paths import CPU_ENGINE_DEFAULTS
 
 pytestmark = pytest.mark.server
 
@@ -32,6 +33,7 @@ def test_serve_gives_the_embedded_default_its_kv_cache_size_when_the_user_names_
 
 
 def test_a_kv_cache_size_in_the_environment_wins_over_the_embedded_defaults(server):
-    # the shared test server runs with VLLM_CPU_KVCACHE_SPACE=1 (GiB), from the harness's CPU engine defaults
-    assert KV_CACHE_BYTES != 2**30
-    assert kv_cache_bytes(server) == 2**30
+    # the shared test server runs with the harness's CPU engine defaults' VLLM_CPU_KVCACHE_SPACE (GiB)
+    harness_bytes = int(CPU_ENGINE_DEFAULTS["VLLM_CPU_KVCACHE_SPACE"]) * 2**30
+    assert KV_CACHE_BYTES != harness_bytes
+    assert kv_cache_bytes(server) == harness_bytes
