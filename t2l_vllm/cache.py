@@ -28,7 +28,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +35,7 @@ from lru import LRU
 
 from .adapter_store import AdapterStore, StoredAdapter
 from .adapters import LoRAAdapter
+from .compute_thread import ComputeThread
 from .descriptions import NormalTask
 from .errors import ConfigError, GenerationError, T2LError
 from .generator import AdapterGenerator
@@ -105,8 +105,10 @@ class AdapterCache:
     """Description -> pinned stored adapter, with single-flight batched generation.
 
     All methods run on one event loop; only the generation pass and the folder
-    writes run in the worker thread. `on_remove` is called (on the loop) just
-    before an adapter's folder is deleted, so the server can forget its name.
+    writes run in `compute`, the thread that does the process's torch work (see
+    `compute_thread.py`; by default one of the cache's own, ended by `close`).
+    `on_remove` is called (on the loop) just before an adapter's folder is
+    deleted, so the server can forget its name.
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class AdapterCache:
         settings: CacheSettings = CacheSettings(),
         metrics: T2LMetrics | None = None,
         on_remove: Callable[[StoredAdapter], None] | None = None,
+        compute: ComputeThread | None = None,
     ) -> None:
         self.generator = generator
         self.store = store
@@ -132,7 +135,8 @@ class AdapterCache:
         self._aliases: LRU = LRU(4 * settings.max_entries)  # description name -> reused adapter name
         self._queue: asyncio.Queue[tuple[str, float]] = asyncio.Queue()  # (name, when it was queued)
         self._idle_since = 0.0  # loop time the last pass ended
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="t2l-hypernet")
+        self._owns_compute = compute is None
+        self._compute = ComputeThread() if compute is None else compute
         self._batcher: asyncio.Task | None = None
 
     # --- public ------------------------------------------------------------
@@ -156,7 +160,9 @@ class AdapterCache:
             if not pending.future.done():
                 pending.future.set_exception(T2LError("the server is shutting down."))
         self._pending.clear()
-        self._executor.shutdown(wait=True)
+        await self._compute.drain()  # a pass the cancelled batcher left running is done with the store
+        if self._owns_compute:
+            self._compute.close()
         self.store.close()
 
     def __len__(self) -> int:
@@ -333,7 +339,7 @@ class AdapterCache:
             self._pin(stored.name)  # candidates for reuse keep their folders during the pass
         start = time.perf_counter()
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self._executor, self._generate_and_store, texts, resident)
+            results = await self._compute.run(self._generate_and_store, texts, resident)
         except Exception as err:  # noqa: BLE001 - a bug must fail these requests, not the batcher
             logger.exception("hypernetwork pass failed for %d descriptions", len(texts))
             results = [GenerationError(f"adapter generation failed: {err}")] * len(texts)
@@ -362,17 +368,15 @@ class AdapterCache:
         for stored in resident[0] if resident else ():
             self._unpin(stored.name)
 
-    def _semantic_snapshot(self) -> tuple[list[StoredAdapter], torch.Tensor] | None:
-        """Kept adapters and their embeddings, for the worker thread to compare against."""
+    def _semantic_snapshot(self) -> tuple[list[StoredAdapter], list[torch.Tensor]] | None:
+        """Kept adapters and their embeddings, for the worker thread to compare against (it stacks them:
+        torch work stays in that thread)."""
         if self.settings.semantic_threshold is None:
             return None
-        if not self._embeddings:
-            return [], torch.empty(0)
-        stored, embeddings = zip(*self._embeddings.values())
-        return list(stored), torch.stack(embeddings)
+        return [stored for stored, _ in self._embeddings.values()], [unit for _, unit in self._embeddings.values()]
 
     def _generate_and_store(
-        self, texts: list[NormalTask], resident: tuple[list[StoredAdapter], torch.Tensor] | None
+        self, texts: list[NormalTask], resident: tuple[list[StoredAdapter], list[torch.Tensor]] | None
     ) -> list[tuple[StoredAdapter, torch.Tensor | None, bool] | T2LError]:
         """Worker thread: one batched pass (reusing close resident adapters), then PEFT folders."""
         if resident is None:
@@ -381,9 +385,9 @@ class AdapterCache:
         units = torch.nn.functional.normalize(embeddings, dim=-1)
         out: list = [None] * len(texts)
         fresh = []
-        stored, matrix = resident
+        stored, kept_units = resident
         if stored:
-            best, where = (units @ matrix.T).max(dim=-1)
+            best, where = (units @ torch.stack(kept_units).T).max(dim=-1)
         for i in range(len(texts)):
             if stored and float(best[i]) >= self.settings.semantic_threshold:  # type: ignore[operator]
                 out[i] = (stored[int(where[i])], None, True)

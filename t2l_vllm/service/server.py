@@ -33,6 +33,7 @@ from typing import Any
 
 from ..adapter_store import AdapterStore, StoredAdapter
 from ..cache import AdapterCache, Lease
+from ..compute_thread import ComputeThread
 from ..errors import ConfigError, InvalidDescriptionError, T2LError
 from ..generator import AdapterGenerator
 from ..metrics import T2LMetrics
@@ -113,10 +114,17 @@ class AdapterService:
         self.metrics_dir = metrics_dir
         self.private_metrics = private_metrics
         self.metrics = T2LMetrics()
-        self.generator = with_test_faults(AdapterGenerator.from_checkpoint(settings.hypernet, settings.generator))
-        self._check_strength()
-        self.router = None if settings.router is None else EmbeddingRouter.from_settings(
-            settings.router, settings.generator.max_description_chars)
+        # Every torch step, from loading on, runs in this one thread (see `compute_thread.py`).
+        self.compute = ComputeThread("t2l-torch")
+        try:
+            self.generator = self.compute.call(
+                lambda: with_test_faults(AdapterGenerator.from_checkpoint(settings.hypernet, settings.generator)))
+            self.compute.call(self._check_strength)
+            self.router = None if settings.router is None else self.compute.call(
+                EmbeddingRouter.from_settings, settings.router, settings.generator.max_description_chars)
+        except BaseException:
+            self.compute.close()
+            raise
         # The deployment's folder, named by its socket and owner: what a service of it that died left is adopted.
         self.store = AdapterStore(settings.adapter_dir, deployment=socket_path, owner_pid=owner_pid)
         self._sessions: set[_Session] = set()
@@ -185,7 +193,8 @@ class AdapterService:
         self._stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
-        self.cache = AdapterCache(self.generator, self.store, self.settings.cache, self.metrics, on_remove=self._removed)
+        self.cache = AdapterCache(self.generator, self.store, self.settings.cache, self.metrics, on_remove=self._removed,
+                                  compute=self.compute)
         self.cache.start()
         server = None
         try:
@@ -203,6 +212,7 @@ class AdapterService:
             for session in list(self._sessions):
                 session.release_all()
             await self.cache.close()
+            self.compute.close()
             self._close_metrics()
             await asyncio.to_thread(self._remove_socket_files)
 
@@ -339,7 +349,7 @@ class AdapterService:
         assert self.cache is not None
         if self.router is None:
             raise T2LError("this deployment has no router (`--router`).")
-        decision = (await asyncio.to_thread(self.router.route, [request.query]))[0]
+        decision = (await self.compute.run(self.router.route, [request.query]))[0]
         self.metrics.router_decisions.labels(task=decision.label).inc()
         trained = self._trained.get(decision.task) if decision.task is not None else None
         if trained is not None:
@@ -376,6 +386,6 @@ class AdapterService:
         tasks: list[tuple[str, float]] = []
         if self.router is not None and request.nearest > 0:
             text = normal if isinstance(normal, str) else " ".join(part for part, _ in normal.parts)
-            tasks = await asyncio.to_thread(self.router.nearest_tasks, text, request.nearest)
+            tasks = await self.compute.run(self.router.nearest_tasks, text, request.nearest)
         # another name than asked for: a semantic-cache reuse, nothing made
         return Reported(request.id, lease.name, not found and lease.name == name, milliseconds, tuple(tasks))
