@@ -73,6 +73,7 @@ import numpy as np
 
 from t2l_vllm.generator import AdapterGenerator, GeneratorSettings
 from t2l_vllm.paths import CONFIG_ENV
+from t2l_vllm.service.server import threads_beside_the_engine
 from t2l_vllm.testing.servers import (
     free_port,
     scrape_metrics,
@@ -172,7 +173,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--max-tokens", type=int, default=32, help="output tokens per request, ignore_eos (default: %(default)s)")
     parser.add_argument("--hypernet-threads", type=int,
                         help="the adapter service's torch threads (GeneratorSettings.threads; default: its default, "
-                             f"{GeneratorSettings().threads}; 0: torch's, one per core)")
+                             f"{GeneratorSettings().threads}: automatic, one beside this CPU engine)")
     parser.add_argument("--client-cpu", type=int, help="the CPU this client is pinned to once the server is up "
                         "(default: the last one it may use; -1: not pinned)")
     parser.add_argument("--port", type=int, help="server port on 127.0.0.1 (default: a free one)")
@@ -544,7 +545,7 @@ def run(args: argparse.Namespace, extra: list[str], work: Path) -> dict[str, Any
     options = server_options(args, {**native, **cold}, cache_entries, not torch.cuda.is_available(), extra)
     command = t2l_serve_command(port, options)
     env = service_settings_file(args.hypernet_threads, work)
-    threads = GeneratorSettings().threads if args.hypernet_threads is None else args.hypernet_threads
+    threads = threads_beside_the_engine(GeneratorSettings(threads=args.hypernet_threads or 0), torch.cuda.is_available(), os.environ).threads
     print(f"server ({len(cold)} folders for arm e; adapter service torch threads {threads}):",
           " ".join(c if len(c) < 200 else c[:80] + "..." for c in command[:60]), "...", flush=True)
     start = time.perf_counter()

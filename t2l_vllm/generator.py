@@ -50,9 +50,10 @@ class GeneratorSettings:
                 "ones the hypernetwork records (none: by name, from the hub or its cache)"})
     threads: int = field(default=THREADS_DEFAULT, metadata={
         "help": "torch CPU threads of the process that runs the encoder and hypernetwork (the adapter service, or "
-                "`generate`); 0: torch's default, one per core. Beside a vLLM CPU engine on 2 cores, one thread and all "
-                "cores gave passes within each other's spread once the service shared the server's session; fewer leave "
-                "the engine's worker its cores when it is busy with other traffic (docs/benchmarks.md, thread budget)"})
+                "`generate`); 0: automatic: in the adapter service on a host without a GPU, the cores vLLM's CPU backend "
+                "leaves beside its workers (VLLM_CPU_NUM_OF_RESERVED_CPU, else one per worker), where one thread beside "
+                "a serving engine on 2 cores gave shorter passes and more tokens/s than two; elsewhere torch's default, "
+                "one per core (docs/benchmarks.md, thread budget)"})
 
     pack_heads: bool = field(default=True, metadata={
         "help": "on a float32 CPU, keep a copy of every head's weight in oneDNN's blocked layout for the passes of "
@@ -62,7 +63,7 @@ class GeneratorSettings:
 
     def __post_init__(self) -> None:
         if self.threads < 0:
-            raise ConfigError(f"`threads` must be 0 (torch's default) or more, got {self.threads}.")
+            raise ConfigError(f"`threads` must be 0 (automatic) or more, got {self.threads}.")
         if self.max_description_chars <= 0:
             raise ConfigError(f"`max_description_chars` must be positive, got {self.max_description_chars}.")
         if self.max_delta_norm <= 0:
@@ -82,7 +83,8 @@ class GeneratorSettings:
         return DTYPES[self.dtype]
 
     def apply_threads(self) -> None:
-        """Sets torch's thread count for this process (`threads`; 0 leaves torch's default)."""
+        """Sets torch's thread count for this process (`threads`; 0 leaves torch's default: the adapter
+        service resolves its 0 first, `service.server.threads_beside_the_engine`)."""
         if self.threads:
             torch.set_num_threads(self.threads)
 

@@ -26,16 +26,18 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..adapter_store import AdapterStore, StoredAdapter
 from ..cache import AdapterCache, Lease
 from ..compute_thread import ComputeThread
 from ..errors import ConfigError, InvalidDescriptionError, T2LError
-from ..generator import AdapterGenerator
+from ..generator import AdapterGenerator, GeneratorSettings
 from ..metrics import T2LMetrics
 from ..progress import progress
 from ..router import EmbeddingRouter
@@ -68,6 +70,28 @@ from .protocol import (
 from .settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
+
+# What vLLM's CPU backend leaves to all but its workers: this many cores (its own default is one per
+# tensor-parallel worker on x86 and Arm, which it puts in the environment the service inherits).
+RESERVED_CORES_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
+CPU_WORKERS_ENV = "LOCAL_WORLD_SIZE"
+
+
+def threads_beside_the_engine(settings: GeneratorSettings, has_gpu: bool, environ: Mapping[str, str]) -> GeneratorSettings:
+    """The generator settings the service loads with: `threads` 0 (its default) on a host without a GPU,
+    where vLLM runs on the CPU, becomes the cores vLLM reserves beside its workers.
+
+    vLLM's CPU worker binds its OpenMP threads to every other core and keeps them busy while it
+    serves, so a pass threaded over all cores waits, at every parallel region, for the thread that
+    shares a core with the worker. Measured beside a serving engine on 2 cores (docs/benchmarks.md,
+    thread budget): one thread gave shorter passes during arm d and more tokens/s than two. Given
+    threads, and hosts with a GPU (the engine's cores are free), keep their setting.
+    """
+    if settings.threads or has_gpu:
+        return settings
+    reserved = environ.get(RESERVED_CORES_ENV) or environ.get(CPU_WORKERS_ENV) or "1"
+    return replace(settings, threads=max(1, int(reserved)))
+
 
 # A service nobody connects to (its starter died between start and connect) stops after this.
 FIRST_CLIENT_TIMEOUT_S = 120.0
@@ -117,8 +141,9 @@ class AdapterService:
         # Every torch step, from loading on, runs in this one thread (see `compute_thread.py`).
         self.compute = ComputeThread("t2l-torch")
         try:
+            generator_settings = threads_beside_the_engine(settings.generator, torch.cuda.is_available(), os.environ)
             self.generator = self.compute.call(
-                lambda: with_test_faults(AdapterGenerator.from_checkpoint(settings.hypernet, settings.generator)))
+                lambda: with_test_faults(AdapterGenerator.from_checkpoint(settings.hypernet, generator_settings)))
             self.compute.call(self._check_strength)
             self.router = None if settings.router is None else self.compute.call(
                 EmbeddingRouter.from_settings, settings.router, settings.generator.max_description_chars)

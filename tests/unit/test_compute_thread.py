@@ -85,3 +85,18 @@ def test_the_cache_runs_every_pass_in_the_thread_it_is_given(generator, tmp_path
         assert compute.call(threading.get_ident) == compute.ident  # a given thread outlives the cache
     finally:
         compute.close()
+
+
+def test_the_service_threads_a_pass_over_the_cores_vllm_reserves_beside_a_cpu_engine():
+    from t2l_vllm.generator import GeneratorSettings
+    from t2l_vllm.service.server import threads_beside_the_engine
+
+    default = GeneratorSettings()
+    assert default.threads == 0
+    # No GPU: vLLM serves on the CPU and leaves its reserved cores (one per worker by default) to the rest.
+    assert threads_beside_the_engine(default, has_gpu=False, environ={}).threads == 1
+    assert threads_beside_the_engine(default, has_gpu=False, environ={"LOCAL_WORLD_SIZE": "2"}).threads == 2
+    assert threads_beside_the_engine(default, has_gpu=False, environ={"LOCAL_WORLD_SIZE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU": "3"}).threads == 3
+    # A GPU host's engine leaves the cores free; a count the user gave is kept either way.
+    assert threads_beside_the_engine(default, has_gpu=True, environ={}).threads == 0
+    assert threads_beside_the_engine(GeneratorSettings(threads=2), has_gpu=False, environ={}).threads == 2
