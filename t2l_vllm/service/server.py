@@ -71,8 +71,9 @@ from .settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
 
-# What vLLM's CPU backend leaves to all but its workers: this many cores (its own default is one per
-# tensor-parallel worker on x86 and Arm, which it puts in the environment the service inherits).
+# What vLLM's CPU backend leaves to all but its workers: this many cores. Its own default is one per
+# worker on x86 and Arm; it counts them in LOCAL_WORLD_SIZE, which the service inherits when vLLM set it
+# before the service started (else one is assumed: right at tensor parallel 1).
 RESERVED_CORES_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 CPU_WORKERS_ENV = "LOCAL_WORLD_SIZE"
 
