@@ -90,8 +90,13 @@ def threads_beside_the_engine(settings: GeneratorSettings, has_gpu: bool, enviro
     """
     if settings.threads or has_gpu:
         return settings
-    reserved = environ.get(RESERVED_CORES_ENV) or environ.get(CPU_WORKERS_ENV) or "1"
-    return replace(settings, threads=max(1, int(reserved)))
+    name = next((n for n in (RESERVED_CORES_ENV, CPU_WORKERS_ENV) if environ.get(n)), None)
+    if name is None:
+        return replace(settings, threads=1)
+    try:
+        return replace(settings, threads=max(1, int(environ[name])))
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number of cores, got {environ[name]!r}.") from None
 
 
 # A service nobody connects to (its starter died between start and connect) stops after this.

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import pytest
+
 from t2l_vllm.adapter_store import AdapterStore
 from t2l_vllm.cache import AdapterCache, CacheSettings
 from t2l_vllm.compute_thread import ComputeThread
+from t2l_vllm.errors import ConfigError
 from t2l_vllm.generator import AdapterGenerator
 
 
@@ -100,3 +103,6 @@ def test_the_service_threads_a_pass_over_the_cores_vllm_reserves_beside_a_cpu_en
     # A GPU host's engine leaves the cores free; a count the user gave is kept either way.
     assert threads_beside_the_engine(default, has_gpu=True, environ={}).threads == 0
     assert threads_beside_the_engine(GeneratorSettings(threads=2), has_gpu=False, environ={}).threads == 2
+    # A count vLLM's variable cannot be read as is refused by name, not with int()'s message.
+    with pytest.raises(ConfigError, match="VLLM_CPU_NUM_OF_RESERVED_CPU must be a whole number of cores, got 'two'"):
+        threads_beside_the_engine(default, has_gpu=False, environ={"VLLM_CPU_NUM_OF_RESERVED_CPU": "two"})
